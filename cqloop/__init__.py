@@ -1,0 +1,24 @@
+"""cqloop: a nestable asyncio event loop for Linux on epoll, with the ideas of Lua's cqueues.
+
+    import asyncio, cqloop
+    asyncio.run(main(), loop_factory=cqloop.new_event_loop)   # Python 3.12+
+    cqloop.run(main())                                         # any supported Python
+
+A loop's fd is readable whenever it has work, and `loop.step()` runs one iteration, so a
+cqloop loop nests inside any other event loop: `inner.nest_in(outer)`.
+"""
+
+import sys
+
+if not sys.platform.startswith("linux"):
+    raise ImportError(
+        f"cqloop runs on Linux only (it is built on epoll, eventfd and timerfd); "
+        f"this is {sys.platform!r}"
+    )
+
+from cqloop.loop import Loop  # noqa: E402
+from cqloop.policy import EventLoopPolicy, install, new_event_loop, run  # noqa: E402
+
+__version__ = "0.1.0.dev0"
+
+__all__ = ["EventLoopPolicy", "Loop", "__version__", "install", "new_event_loop", "run"]

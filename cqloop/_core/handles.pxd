@@ -1,0 +1,30 @@
+# Handle and TimerHandle: a scheduled callback, as asyncio.Handle and asyncio.TimerHandle.
+# The kernel creates them with new_handle/new_timer_handle (no __init__ call) and runs them
+# with Handle._run, the only place a callback is entered.
+
+cdef class Handle:
+    cdef readonly object _callback
+    cdef readonly object _args
+    cdef readonly object _context
+    cdef readonly object _loop
+    cdef readonly bint _cancelled
+    cdef public object _source_traceback
+    cdef object _repr
+    cdef object __weakref__
+
+    cdef int _run(self) except -1
+    cdef int _on_callback_error(self) except -1
+    cdef list _repr_info(self)
+
+
+cdef class TimerHandle(Handle):
+    cdef readonly double _when
+    # True while the handle sits in a loop's timer heap (asyncio's flag of the same name).
+    cdef public bint _scheduled
+    # Insertion order, so that timers due at the same instant run first-scheduled first.
+    cdef unsigned long long _seq
+
+
+cdef Handle new_handle(object callback, tuple args, object loop, object context)
+cdef TimerHandle new_timer_handle(double when, object callback, tuple args, object loop,
+                                  object context, unsigned long long seq)

@@ -1,0 +1,202 @@
+# cython: freethreading_compatible=False
+"""Handle and TimerHandle: scheduled callbacks with asyncio's behaviour.
+
+Owns: the callback, its arguments and the contextvars.Context it runs in; cancellation; the
+debug-mode source traceback and repr. Invariant: a cancelled handle has dropped its callback
+and arguments (as asyncio does, so that cancelling frees what the callback held) and is
+never run. Handle._run is the only place in cqloop where a scheduled callback is called;
+the kernel's run-once step (kernel.pyx) is the only caller of _run.
+"""
+
+import sys
+from asyncio import format_helpers
+
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_XDECREF
+
+from cqloop._core.includes.pyapi cimport (
+    PyContext_CopyCurrent,
+    PyContext_Enter,
+    PyContext_Exit,
+    cq_call_tuple,
+    cq_reraise,
+)
+
+cdef object _extract_stack = format_helpers.extract_stack
+cdef object _format_callback_source = format_helpers._format_callback_source
+cdef object _getframe = sys._getframe
+
+
+cdef class Handle:
+    """A callback scheduled with call_soon, as asyncio.Handle."""
+
+    def __init__(self, callback, args, loop, context=None):
+        if context is None:
+            context = PyContext_CopyCurrent()
+        self._context = context
+        self._loop = loop
+        self._callback = callback
+        self._args = tuple(args)
+        self._cancelled = False
+        self._repr = None
+        self._source_traceback = None
+        if loop.get_debug():
+            self._source_traceback = _extract_stack(_getframe(1))
+
+    # -- public API ------------------------------------------------------------------
+
+    def get_context(self):
+        return self._context
+
+    def cancel(self):
+        if not self._cancelled:
+            self._cancelled = True
+            if self._loop is not None and self._loop.get_debug():
+                # Keep a representation so that a debug message can still name the callback.
+                self._repr = repr(self)
+            self._callback = None
+            self._args = None
+
+    def cancelled(self):
+        return self._cancelled
+
+    def __repr__(self):
+        if self._repr is not None:
+            return self._repr
+        return "<{}>".format(" ".join(self._repr_info()))
+
+    # -- running ---------------------------------------------------------------------
+
+    cdef int _run(self) except -1:
+        """Run the callback inside its context. Errors go to the loop's exception handler;
+        only SystemExit and KeyboardInterrupt propagate, as in asyncio."""
+        cdef PyObject *result
+        # Local references: a callback may cancel its own handle, which drops these.
+        cdef object context = self._context
+        cdef object callback = self._callback
+        cdef object args = self._args
+        if PyContext_Enter(context) < 0:
+            # The context is already entered elsewhere (asyncio reports the same
+            # RuntimeError through the exception handler).
+            return self._on_callback_error()
+        result = cq_call_tuple(callback, args)
+        if PyContext_Exit(context) < 0:
+            Py_XDECREF(result)
+            return self._on_callback_error()
+        if result is NULL:
+            return self._on_callback_error()
+        Py_XDECREF(result)
+        return 0
+
+    def _run_handle(self):
+        """Run the handle from Python (asyncio.Handle._run's name; tests and tools call it)."""
+        self._run()
+
+    cdef int _on_callback_error(self) except -1:
+        # Called with the callback's exception set; cq_reraise hands it to this try.
+        try:
+            cq_reraise()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            cb = format_helpers._format_callback_source(self._callback, self._args)
+            context = {
+                "message": f"Exception in callback {cb}",
+                "exception": exc,
+                "handle": self,
+            }
+            if self._source_traceback:
+                context["source_traceback"] = self._source_traceback
+            self._loop.call_exception_handler(context)
+            exc = None
+            context = None
+        return 0
+
+    cdef list _repr_info(self):
+        info = [type(self).__name__]
+        if self._cancelled:
+            info.append("cancelled")
+        if self._callback is not None:
+            info.append(_format_callback_source(self._callback, self._args))
+        if self._source_traceback:
+            frame = self._source_traceback[-1]
+            info.append(f"created at {frame[0]}:{frame[1]}")
+        return info
+
+
+cdef class TimerHandle(Handle):
+    """A callback scheduled with call_later/call_at, as asyncio.TimerHandle."""
+
+    def __init__(self, when, callback, args, loop, context=None):
+        super().__init__(callback, args, loop, context)
+        if self._source_traceback:
+            del self._source_traceback[-1]
+        self._when = when
+        self._scheduled = False
+
+    def when(self):
+        return self._when
+
+    def cancel(self):
+        if not self._cancelled and self._loop is not None:
+            self._loop._timer_handle_cancelled(self)
+        Handle.cancel(self)
+
+    def __hash__(self):
+        return hash(self._when)
+
+    def __lt__(self, other):
+        if isinstance(other, TimerHandle):
+            return self._when < (<TimerHandle>other)._when
+        return NotImplemented
+
+    def __le__(self, other):
+        if isinstance(other, TimerHandle):
+            return self._when < (<TimerHandle>other)._when or self == other
+        return NotImplemented
+
+    def __gt__(self, other):
+        if isinstance(other, TimerHandle):
+            return self._when > (<TimerHandle>other)._when
+        return NotImplemented
+
+    def __ge__(self, other):
+        if isinstance(other, TimerHandle):
+            return self._when > (<TimerHandle>other)._when or self == other
+        return NotImplemented
+
+    def __eq__(self, other):
+        if isinstance(other, TimerHandle):
+            return (
+                self._when == (<TimerHandle>other)._when
+                and self._callback == (<TimerHandle>other)._callback
+                and self._args == (<TimerHandle>other)._args
+                and self._cancelled == (<TimerHandle>other)._cancelled
+            )
+        return NotImplemented
+
+    cdef list _repr_info(self):
+        info = Handle._repr_info(self)
+        info.insert(2 if self._cancelled else 1, f"when={self._when}")
+        return info
+
+
+cdef Handle new_handle(object callback, tuple args, object loop, object context):
+    cdef Handle handle = Handle.__new__(Handle)
+    handle._callback = callback
+    handle._args = args
+    handle._loop = loop
+    handle._context = PyContext_CopyCurrent() if context is None else context
+    return handle
+
+
+cdef TimerHandle new_timer_handle(double when, object callback, tuple args, object loop,
+                                  object context, unsigned long long seq):
+    cdef TimerHandle handle = TimerHandle.__new__(TimerHandle)
+    handle._callback = callback
+    handle._args = args
+    handle._loop = loop
+    handle._context = PyContext_CopyCurrent() if context is None else context
+    handle._when = when
+    handle._seq = seq
+    return handle

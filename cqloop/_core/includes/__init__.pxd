@@ -1,0 +1,1 @@
+# cqloop._core.includes: every `cdef extern` the kernel uses lives in this package.

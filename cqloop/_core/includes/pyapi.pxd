@@ -1,0 +1,22 @@
+# CPython C-API entry points the kernel calls directly, bypassing their Python-level
+# wrappers (Context.run costs about twice what PyContext_Enter/PyContext_Exit around a
+# vectorcall does: see docs/design.md, "the only place callbacks run").
+
+from cpython.object cimport PyObject
+
+
+cdef extern from "Python.h":
+    object PyContext_CopyCurrent()
+    # No `except` clause: _run checks the result itself, the error path is cold.
+    int PyContext_Enter(object ctx)
+    int PyContext_Exit(object ctx)
+    int PyErr_CheckSignals() except -1
+
+
+cdef extern from "cqcompat.h":
+    # Call callback(*args) with vectorcall; args must be a tuple. Returns NULL with an
+    # exception set on failure (the caller decides what to do with it).
+    PyObject *cq_call_tuple(object callback, object args)
+    # Returns -1 and leaves the pending exception in place, so that a `try` around the
+    # call catches the exception an earlier raw C-API call left set.
+    int cq_reraise() except -1

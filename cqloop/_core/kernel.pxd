@@ -1,0 +1,70 @@
+# Kernel: the loop's state below the asyncio API. This file is the map of it.
+
+from libc.stdint cimport uint32_t
+
+from cqloop._core.handles cimport Handle, TimerHandle
+from cqloop._core.poller cimport Poller
+from cqloop._core.timerheap cimport TimerHeap
+from cqloop._core.watchers cimport FdWatcher
+
+
+cdef class Kernel:
+    # -- the kernel queue -------------------------------------------------------------
+    cdef Poller _poller
+    # eventfd: wakes a blocked epoll_wait from other threads; also what makes the epoll fd
+    # readable while callbacks are ready and the loop is driven from outside.
+    cdef int _efd
+    cdef bint _efd_signalled
+    # timerfd, created the first time the loop is driven from outside, armed to the
+    # earliest timer so that the epoll fd turns readable when it is due. -1 until then.
+    cdef int _tfd
+    # Absolute CLOCK_MONOTONIC deadline the timerfd is armed for; < 0 when disarmed.
+    cdef double _tfd_deadline
+    # True once the loop's fd was handed out or step() was called: see "driven from outside".
+    cdef bint _external
+
+    # -- callbacks and timers ---------------------------------------------------------
+    cdef list _ready
+    # The list _ready is swapped with at each iteration (two lists, no deque pops).
+    cdef list _ready_spare
+    cdef TimerHeap _timers
+    cdef unsigned long long _timer_seq
+    cdef double _clock_resolution
+
+    # -- fds --------------------------------------------------------------------------
+    # fd -> FdWatcher
+    cdef dict _watchers
+    cdef uint32_t _last_gen
+
+    # -- lifecycle --------------------------------------------------------------------
+    cdef bint _closed
+    cdef public bint _stopping
+    # True inside run_forever and inside step(): is_running().
+    cdef public bint _running
+    # True inside run_forever only (step() leaves it False).
+    cdef bint _running_forever
+    cdef bint _debug
+    cdef public double slow_callback_duration
+    cdef public object _thread_id
+    cdef readonly int _pid
+
+    # -- methods ----------------------------------------------------------------------
+    cdef double _now(self) noexcept
+    cdef int _check_closed(self) except -1
+    cdef int _debug_checks(self, object callback, str method) except -1
+    cdef TimerHandle _schedule_at(self, double when, object callback, tuple args,
+                                  object context)
+    cdef int _iterate(self, double max_wait) except -1
+    cdef int _dispatch(self, int nevents) except -1
+    cdef int _run_ready(self) except -1
+    cdef int _run_ready_debug(self, list batch) except -1
+    cdef int _run_due_timers(self) except -1
+    cdef int _sync_external(self) except -1
+    cdef int _signal_wakeup(self) noexcept
+    cdef int _drain_wakeup(self) noexcept
+    cdef int _ensure_timerfd(self) except -1
+    cdef int _arm_timerfd(self, double deadline) except -1
+    cdef int _drain_timerfd(self) noexcept
+    cdef uint32_t _new_gen(self) noexcept
+    cdef int _update_watcher(self, FdWatcher watcher, bint removing) except -1
+    cdef int _install_watcher(self, FdWatcher watcher) except -1

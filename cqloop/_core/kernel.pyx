@@ -1,0 +1,713 @@
+"""Kernel: the nestable kernel queue and the run-once step under cqloop's Loop.
+
+Owns: the epoll fd (through Poller), the wake-up eventfd, the lazily created timerfd, the
+ready queue, the timer heap and the table of fd watchers. cqloop.loop.Loop subclasses
+Kernel and adds the rest of the asyncio API in Python; nothing here imports the public
+modules. `_iterate` is the single place callbacks run (through Handle._run), and the only
+caller of Poller.wait.
+
+Invariants:
+- A callback scheduled during an iteration runs in the next one: each iteration swaps the
+  ready list for an empty spare and runs only what was queued before it started.
+- Every watcher in `_watchers` whose `registered` mask is non-zero has a live epoll
+  registration whose data is (gen << 32 | fd); the wake-up and timer fds use generation 0.
+
+Driven from outside (the nesting semantics of docs/design.md):
+A loop may be run by run_forever, or stepped by someone else who polls its fd: another
+event loop (`outer.add_reader(inner.fileno(), inner.step)`), select(), a GUI toolkit. For
+the second case the epoll fd must turn readable whenever the loop has work, not only when
+one of its fds is ready:
+- ready callbacks: the eventfd is signalled while the ready queue is non-empty between
+  steps (call_soon from outside a step signals it; the end of a step signals or drains it);
+- timers: a timerfd, registered in the epoll set, is armed to the earliest deadline, so the
+  epoll fd itself turns readable when a timer is due. It costs a timerfd_settime per change
+  of the earliest deadline, so it exists only once the loop has been driven from outside
+  (fileno() was handed out or step() was called); a loop that is only ever run by
+  run_forever computes its epoll timeout from the heap and never creates it.
+Readability may be spurious (a timer cancelled after the timerfd was armed): an outside
+poller then runs a step that finds nothing to do, which is harmless.
+"""
+
+import threading
+
+from libc.math cimport ceil
+from libc.stdint cimport uint32_t, uint64_t
+
+from asyncio import Future
+
+from cqloop._core.handles cimport Handle, TimerHandle, new_handle, new_timer_handle
+from cqloop._core.includes.system cimport (
+    CLOCK_MONOTONIC,
+    EBADF,
+    EEXIST,
+    EFD_CLOEXEC,
+    EFD_NONBLOCK,
+    ENOENT,
+    EPOLLIN,
+    TFD_CLOEXEC,
+    TFD_NONBLOCK,
+    TFD_TIMER_ABSTIME,
+    clock_gettime,
+    close,
+    errno,
+    eventfd,
+    getpid,
+    itimerspec,
+    read,
+    timerfd_create,
+    timerfd_settime,
+    timespec,
+    write,
+)
+from cqloop._core.poller cimport Poller
+from cqloop._core.timerheap cimport TimerHeap
+from cqloop._core.watchers cimport FdWatcher, HandleWatcher
+
+# asyncio caps one select at a day; so do we (and it fits epoll_wait's int milliseconds).
+cdef double MAX_POLL_TIMEOUT_S = 24 * 3600.0
+# Generations are 32 bits in epoll_data; 0 is reserved for the kernel's own fds.
+cdef uint32_t FIRST_GEN = 1
+
+cdef object _get_ident = threading.get_ident
+cdef object _Future = Future
+
+
+cdef class Kernel:
+
+    def __cinit__(self, *args, **kwargs):
+        cdef uint64_t token
+        cdef int err
+        self._efd = -1
+        self._tfd = -1
+        self._tfd_deadline = -1.0
+        self._poller = Poller()
+        self._efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)
+        if self._efd < 0:
+            raise OSError(errno, "eventfd failed")
+        token = <uint64_t>self._efd
+        err = self._poller.register(self._efd, EPOLLIN, token)
+        if err:
+            raise OSError(err, "cannot register the wake-up eventfd")
+        self._ready = []
+        self._ready_spare = []
+        self._timers = TimerHeap()
+        self._timer_seq = 0
+        self._watchers = {}
+        self._last_gen = FIRST_GEN
+        self._clock_resolution = 1e-9
+        self.slow_callback_duration = 0.1
+        self._thread_id = None
+        self._pid = getpid()
+
+    def __dealloc__(self):
+        # A loop dropped without close(): give its fds back (Loop.__del__ warns first).
+        if self._efd >= 0:
+            close(self._efd)
+            self._efd = -1
+        if self._tfd >= 0:
+            close(self._tfd)
+            self._tfd = -1
+
+    # -- time ---------------------------------------------------------------------------
+
+    cdef double _now(self) noexcept:
+        # CLOCK_MONOTONIC, the clock of time.monotonic() and of asyncio's loop.time().
+        cdef timespec ts
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
+
+    def time(self):
+        """The loop's clock: time.monotonic()."""
+        return self._now()
+
+    # -- scheduling ---------------------------------------------------------------------
+
+    def call_soon(self, callback, *args, context=None):
+        """Run callback(*args) in the next iteration, in `context` (default: a copy of the
+        current one). Returns a Handle."""
+        cdef Handle handle
+        if self._closed:
+            self._check_closed()
+        if self._debug:
+            self._debug_checks(callback, "call_soon")
+        handle = new_handle(callback, args, self, context)
+        if self._debug:
+            handle._source_traceback = self._source_traceback()
+        if self._external and not self._running and not self._efd_signalled:
+            self._signal_wakeup()
+        self._ready.append(handle)
+        return handle
+
+    def call_soon_threadsafe(self, callback, *args, context=None):
+        """call_soon from any thread: also wakes the loop if it is blocked."""
+        cdef Handle handle
+        self._check_closed()
+        if self._debug:
+            self._debug_checks_nothread(callback, "call_soon_threadsafe")
+        handle = new_handle(callback, args, self, context)
+        if self._debug:
+            handle._source_traceback = self._source_traceback()
+        self._ready.append(handle)
+        self._signal_wakeup()
+        return handle
+
+    def call_later(self, delay, callback, *args, context=None):
+        """Run callback(*args) after `delay` seconds. Returns a TimerHandle."""
+        if delay is None:
+            raise TypeError("delay must not be None")
+        return self._call_at_checked(self._now() + delay, callback, args, context,
+                                     "call_later")
+
+    def call_at(self, when, callback, *args, context=None):
+        """Run callback(*args) at loop time `when`. Returns a TimerHandle."""
+        if when is None:
+            raise TypeError("when cannot be None")
+        return self._call_at_checked(when, callback, args, context, "call_at")
+
+    def _call_at_checked(self, double when, callback, tuple args, context, str method):
+        self._check_closed()
+        if self._debug:
+            self._debug_checks(callback, method)
+        return self._schedule_at(when, callback, args, context)
+
+    cdef TimerHandle _schedule_at(self, double when, object callback, tuple args,
+                                  object context):
+        cdef TimerHandle timer
+        self._timer_seq += 1
+        timer = new_timer_handle(when, callback, args, self, context, self._timer_seq)
+        if self._debug:
+            timer._source_traceback = self._source_traceback()
+        self._timers.push(timer)
+        if self._external and not self._running:
+            if self._tfd_deadline < 0 or when < self._tfd_deadline:
+                self._arm_timerfd(when)
+        return timer
+
+    def _timer_handle_cancelled(self, TimerHandle handle):
+        # Called by TimerHandle.cancel (asyncio's name for the same notification).
+        if handle._scheduled:
+            self._timers.cancelled += 1
+
+    def create_future(self):
+        """A new asyncio.Future bound to this loop."""
+        return _Future(loop=self)
+
+    # -- debug --------------------------------------------------------------------------
+
+    def get_debug(self):
+        return self._debug
+
+    def set_debug(self, enabled):
+        self._debug = bool(enabled)
+
+    cdef int _debug_checks(self, object callback, str method) except -1:
+        self._check_thread()
+        self._check_callback(callback, method)
+        return 0
+
+    def _debug_checks_nothread(self, callback, method):
+        self._check_callback(callback, method)
+
+    def _check_thread(self):
+        """In debug mode, refuse a non-threadsafe call from a thread the loop is not
+        running in (asyncio's check and message)."""
+        if self._thread_id is None:
+            return
+        if _get_ident() != self._thread_id:
+            raise RuntimeError(
+                "Non-thread-safe operation invoked on an event loop other "
+                "than the current one")
+
+    def _source_traceback(self):
+        # Overridden in cqloop.loop (it formats stacks); the kernel only asks for one.
+        return None
+
+    def _check_callback(self, callback, method):
+        # Overridden in cqloop.loop.
+        pass
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    cdef int _check_closed(self) except -1:
+        if self._closed:
+            raise RuntimeError("Event loop is closed")
+        return 0
+
+    def is_closed(self):
+        return self._closed
+
+    def is_running(self):
+        return self._running
+
+    def _close_kernel(self):
+        """Release the kernel queue: watchers, timers, ready callbacks and every fd."""
+        cdef FdWatcher watcher
+        if self._closed:
+            return
+        self._closed = True
+        self._ready.clear()
+        self._ready_spare.clear()
+        self._timers.clear()
+        for watcher in list(self._watchers.values()):
+            if watcher.registered:
+                self._poller.unregister(watcher.fd)
+                watcher.registered = 0
+        self._watchers.clear()
+        self._poller.close()
+        if self._efd >= 0:
+            close(self._efd)
+            self._efd = -1
+        if self._tfd >= 0:
+            close(self._tfd)
+            self._tfd = -1
+
+    # -- running ------------------------------------------------------------------------
+
+    def _run_until_stopped(self):
+        """The body of run_forever: iterate until stop(). Loop.run_forever does the set-up."""
+        self._running_forever = True
+        try:
+            while True:
+                self._iterate(-1.0)
+                if self._stopping:
+                    break
+        finally:
+            self._stopping = False
+            self._running_forever = False
+
+    def _step_once(self, timeout):
+        """The body of step(): one iteration waiting at most `timeout` seconds for work
+        (None: until there is some), then leave the fd readable iff work remains."""
+        cdef double max_wait = -1.0 if timeout is None else timeout
+        if max_wait < 0 and timeout is not None:
+            raise ValueError("timeout must be non-negative or None")
+        self._external = True
+        try:
+            self._iterate(max_wait)
+        finally:
+            self._sync_external()
+
+    cdef int _iterate(self, double max_wait) except -1:
+        """One iteration: poll fds (waiting at most max_wait seconds, < 0 meaning no cap,
+        and not at all when callbacks are ready), queue due timers, run the callbacks
+        that were ready when it started."""
+        cdef double timeout
+        cdef int timeout_ms
+        cdef int nevents
+        cdef TimerHandle first
+        cdef TimerHeap timers = self._timers
+
+        if timers.size():
+            timers.drop_cancelled_head()
+
+        if self._ready or self._stopping:
+            timeout = 0.0
+        else:
+            first = timers.peek()
+            if first is not None:
+                timeout = first._when - self._now()
+                if timeout < 0.0:
+                    timeout = 0.0
+                if max_wait >= 0.0 and timeout > max_wait:
+                    timeout = max_wait
+            else:
+                timeout = max_wait
+        if timeout > MAX_POLL_TIMEOUT_S:
+            timeout = MAX_POLL_TIMEOUT_S
+
+        if timeout == 0.0 and self._ready and not self._watchers:
+            # Callbacks are ready and no fd is watched: the only fds in the epoll set are
+            # the kernel's own eventfd and timerfd, which exist to end a *blocking* wait
+            # (call_soon_threadsafe has already queued its handle) or to be seen by an
+            # outside poller. Nothing can be learnt from polling them now, so skip the
+            # syscall; they are drained the next time the loop polls.
+            pass
+        else:
+            if timeout < 0.0:
+                timeout_ms = -1
+            else:
+                # Round up, as asyncio does: waking before the timer is due costs a spin.
+                timeout_ms = <int>ceil(timeout * 1e3)
+            nevents = self._poller.wait(timeout_ms)
+            if nevents:
+                self._dispatch(nevents)
+
+        if timers.size():
+            self._run_due_timers()
+        return self._run_ready()
+
+    cdef int _run_due_timers(self) except -1:
+        cdef TimerHeap timers = self._timers
+        cdef TimerHandle timer
+        cdef double end = self._now() + self._clock_resolution
+        cdef list ready = self._ready
+        while True:
+            timer = timers.peek()
+            if timer is None or timer._when >= end:
+                break
+            timers.pop()
+            if not timer._cancelled:
+                ready.append(timer)
+        return 0
+
+    cdef int _run_ready(self) except -1:
+        # The only place callbacks run.
+        cdef list batch = self._ready
+        cdef Py_ssize_t n = len(batch)
+        cdef Py_ssize_t i = 0
+        cdef Handle handle
+        if n == 0:
+            return 0
+        self._ready = self._ready_spare
+        if self._debug:
+            return self._run_ready_debug(batch)
+        try:
+            while i < n:
+                handle = <Handle>batch[i]
+                i += 1
+                if not handle._cancelled:
+                    handle._run()
+        except BaseException:
+            # SystemExit or KeyboardInterrupt left a callback: the rest of this batch is
+            # still due and runs first when the loop runs again, as asyncio keeps it.
+            self._ready = batch[i:] + self._ready
+            batch.clear()
+            self._ready_spare = batch
+            raise
+        handle = None
+        batch.clear()
+        self._ready_spare = batch
+        return 0
+
+    cdef int _run_ready_debug(self, list batch) except -1:
+        # _run_ready in debug mode: time each callback and report the slow ones.
+        cdef Py_ssize_t n = len(batch)
+        cdef Py_ssize_t i = 0
+        cdef Handle handle
+        cdef double t0, dt
+        try:
+            while i < n:
+                handle = <Handle>batch[i]
+                i += 1
+                if not handle._cancelled:
+                    t0 = self._now()
+                    handle._run()
+                    dt = self._now() - t0
+                    if dt >= self.slow_callback_duration:
+                        self._on_slow_callback(handle, dt)
+        except BaseException:
+            self._ready = batch[i:] + self._ready
+            batch.clear()
+            self._ready_spare = batch
+            raise
+        batch.clear()
+        self._ready_spare = batch
+        return 0
+
+    def _on_slow_callback(self, handle, duration):
+        # Overridden in cqloop.loop (it logs the warning asyncio logs).
+        pass
+
+    # -- fd events ----------------------------------------------------------------------
+
+    cdef int _dispatch(self, int nevents) except -1:
+        cdef int i
+        cdef int fd
+        cdef uint64_t data
+        cdef uint32_t events
+        cdef object found
+        cdef FdWatcher watcher
+        cdef list ready = self._ready
+        cdef dict watchers = self._watchers
+        for i in range(nevents):
+            data = self._poller.events[i].data.u64
+            events = self._poller.events[i].events
+            if data == <uint64_t>self._efd:
+                self._drain_wakeup()
+                continue
+            if self._tfd >= 0 and data == <uint64_t>self._tfd:
+                self._drain_timerfd()
+                continue
+            fd = <int>(data & 0xffffffffu)
+            found = watchers.get(fd)
+            if found is None:
+                continue
+            watcher = <FdWatcher>found
+            if watcher.gen != <uint32_t>(data >> 32):
+                # A registration that outlived its fd number (see poller.pyx): not ours.
+                continue
+            if watcher._on_events(events, ready):
+                self._update_watcher(watcher, True)
+        return 0
+
+    cdef uint32_t _new_gen(self) noexcept:
+        self._last_gen += 1
+        if self._last_gen == 0:
+            self._last_gen = FIRST_GEN
+        return self._last_gen
+
+    cdef int _install_watcher(self, FdWatcher watcher) except -1:
+        """Put a new watcher in the table and register what it wants with epoll."""
+        watcher.gen = self._new_gen()
+        watcher.registered = 0
+        self._watchers[watcher.fd] = watcher
+        try:
+            self._update_watcher(watcher, False)
+        except BaseException:
+            del self._watchers[watcher.fd]
+            raise
+        return 0
+
+    cdef int _update_watcher(self, FdWatcher watcher, bint removing) except -1:
+        """Bring the epoll registration in line with watcher.wanted(); drop the watcher from
+        the table when it wants nothing. With `removing`, an fd that was closed meanwhile
+        is not an error: its registration went with it, or lingers under a dup with a
+        generation that is now stale."""
+        cdef uint32_t wanted = watcher.wanted()
+        cdef int fd = watcher.fd
+        cdef int err = 0
+        if wanted == 0:
+            if watcher.registered:
+                self._poller.unregister(fd)
+                watcher.registered = 0
+            if self._watchers.get(fd) is watcher:
+                del self._watchers[fd]
+            return 0
+        if watcher.registered == wanted:
+            return 0
+        if watcher.registered:
+            err = self._poller.modify(fd, wanted, _token(watcher))
+            if err == ENOENT:
+                # The fd number now names another file than the one registered: register
+                # that one afresh, under a new generation.
+                watcher.gen = self._new_gen()
+                err = self._poller.register(fd, wanted, _token(watcher))
+        else:
+            err = self._poller.register(fd, wanted, _token(watcher))
+            if err == EEXIST:
+                # Registered under this fd and file by an earlier watcher whose removal
+                # could not reach epoll; take it over.
+                err = self._poller.modify(fd, wanted, _token(watcher))
+        if err:
+            watcher.registered = 0
+            watcher.gen = self._new_gen()
+            if removing and (err == EBADF or err == ENOENT):
+                return 0
+            raise OSError(err, f"cannot watch fd {fd}: {_strerror(err)}")
+        watcher.registered = wanted
+        return 0
+
+    def _add_reader(self, int fd, callback, tuple args):
+        return self._add_handle(fd, callback, args, True)
+
+    def _add_writer(self, int fd, callback, tuple args):
+        return self._add_handle(fd, callback, args, False)
+
+    def _add_handle(self, int fd, callback, tuple args, bint reading):
+        cdef HandleWatcher watcher
+        cdef Handle handle
+        cdef Handle old
+        self._check_closed()
+        handle = new_handle(callback, args, self, None)
+        found = self._watchers.get(fd)
+        if found is None:
+            watcher = HandleWatcher(fd)
+            if reading:
+                watcher.reader = handle
+            else:
+                watcher.writer = handle
+            self._install_watcher(watcher)
+            return handle
+        if not isinstance(found, HandleWatcher):
+            raise RuntimeError(f"File descriptor {fd!r} is used by {found!r}")
+        watcher = <HandleWatcher>found
+        if reading:
+            old = watcher.reader
+            watcher.reader = handle
+        else:
+            old = watcher.writer
+            watcher.writer = handle
+        try:
+            self._update_watcher(watcher, False)
+        except BaseException:
+            if reading:
+                watcher.reader = old
+            else:
+                watcher.writer = old
+            raise
+        if old is not None:
+            old.cancel()
+        return handle
+
+    def _remove_reader(self, int fd):
+        return self._remove_handle(fd, True)
+
+    def _remove_writer(self, int fd):
+        return self._remove_handle(fd, False)
+
+    def _remove_handle(self, int fd, bint reading):
+        cdef HandleWatcher watcher
+        cdef Handle handle
+        if self._closed:
+            return False
+        found = self._watchers.get(fd)
+        if found is None or not isinstance(found, HandleWatcher):
+            return False
+        watcher = <HandleWatcher>found
+        if reading:
+            handle = watcher.reader
+            watcher.reader = None
+        else:
+            handle = watcher.writer
+            watcher.writer = None
+        if handle is None:
+            return False
+        self._update_watcher(watcher, True)
+        handle.cancel()
+        return True
+
+    def _watcher_of(self, int fd):
+        """The watcher registered for fd, or None."""
+        return self._watchers.get(fd)
+
+    def _watched_fds(self):
+        return list(self._watchers)
+
+    # -- the kernel's own fds -----------------------------------------------------------
+
+    cdef int _signal_wakeup(self) noexcept:
+        cdef uint64_t one = 1
+        if self._efd >= 0:
+            # EAGAIN would mean the counter is at its maximum: it is readable anyway.
+            write(self._efd, &one, sizeof(one))
+            self._efd_signalled = True
+        return 0
+
+    cdef int _drain_wakeup(self) noexcept:
+        cdef uint64_t value
+        if self._efd >= 0:
+            read(self._efd, &value, sizeof(value))
+        self._efd_signalled = False
+        return 0
+
+    def _write_to_self(self):
+        """Wake the loop from another thread (asyncio's name)."""
+        self._signal_wakeup()
+
+    cdef int _ensure_timerfd(self) except -1:
+        cdef int err
+        if self._tfd >= 0:
+            return 0
+        self._tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK)
+        if self._tfd < 0:
+            raise OSError(errno, "timerfd_create failed")
+        err = self._poller.register(self._tfd, EPOLLIN, <uint64_t>self._tfd)
+        if err:
+            close(self._tfd)
+            self._tfd = -1
+            raise OSError(err, "cannot register the timerfd")
+        self._tfd_deadline = -1.0
+        return 0
+
+    cdef int _arm_timerfd(self, double deadline) except -1:
+        """Arm the timerfd for `deadline` (absolute loop time), or disarm it if < 0."""
+        cdef itimerspec spec
+        cdef double secs
+        if self._tfd < 0:
+            self._ensure_timerfd()
+        if deadline == self._tfd_deadline:
+            return 0
+        spec.it_interval.tv_sec = 0
+        spec.it_interval.tv_nsec = 0
+        if deadline < 0.0:
+            spec.it_value.tv_sec = 0
+            spec.it_value.tv_nsec = 0
+        else:
+            secs = <double>(<long>deadline)
+            spec.it_value.tv_sec = <long>deadline
+            spec.it_value.tv_nsec = <long>((deadline - secs) * 1e9)
+            if spec.it_value.tv_sec == 0 and spec.it_value.tv_nsec == 0:
+                # A zero it_value disarms; one nanosecond after boot is long past.
+                spec.it_value.tv_nsec = 1
+        if timerfd_settime(self._tfd, TFD_TIMER_ABSTIME, &spec, NULL) < 0:
+            raise OSError(errno, "timerfd_settime failed")
+        self._tfd_deadline = deadline
+        return 0
+
+    cdef int _drain_timerfd(self) noexcept:
+        cdef uint64_t expirations
+        if self._tfd >= 0:
+            read(self._tfd, &expirations, sizeof(expirations))
+        # A one-shot timer that fired is disarmed.
+        self._tfd_deadline = -1.0
+        return 0
+
+    cdef int _sync_external(self) except -1:
+        """Make the epoll fd tell the truth to an outside poller: readable iff callbacks
+        are ready, and due to turn readable when the earliest timer is."""
+        cdef TimerHandle first
+        if self._closed:
+            return 0
+        if self._ready:
+            if not self._efd_signalled:
+                self._signal_wakeup()
+        elif self._efd_signalled:
+            self._drain_wakeup()
+        if self._timers.size():
+            self._timers.drop_cancelled_head()
+        first = self._timers.peek()
+        self._arm_timerfd(-1.0 if first is None else first._when)
+        return 0
+
+    def _refresh_pollfd(self):
+        """After run_forever returns: if the loop is also driven from outside, make its fd
+        tell the truth again."""
+        if self._external:
+            self._sync_external()
+
+    # -- the loop as a pollable object --------------------------------------------------
+
+    def fileno(self):
+        """The epoll fd: readable whenever the loop has work (an fd event, a due timer, a
+        ready callback, a wake-up from another thread). Handing it out makes the loop keep
+        that promise from now on (see "driven from outside")."""
+        self._check_closed()
+        if not self._external:
+            self._external = True
+            if not self._running:
+                self._sync_external()
+        return self._poller.epfd
+
+    def timeout(self):
+        """How long an outside poller may sleep before calling step(): 0 when callbacks
+        are ready, the time to the next timer, or None when the loop is idle."""
+        cdef TimerHandle first
+        if self._ready:
+            return 0.0
+        if self._timers.size():
+            self._timers.drop_cancelled_head()
+        first = self._timers.peek()
+        if first is None:
+            return None
+        return max(0.0, first._when - self._now())
+
+    # -- statistics ---------------------------------------------------------------------
+
+    def _kernel_statistics(self):
+        return {
+            "ready": len(self._ready),
+            "timers": self._timers.size(),
+            "timers_cancelled": self._timers.cancelled,
+            "fds": len(self._watchers),
+            "external": bool(self._external),
+            "timerfd": self._tfd >= 0,
+        }
+
+
+cdef inline uint64_t _token(FdWatcher watcher) noexcept:
+    return (<uint64_t>watcher.gen << 32) | <uint32_t>watcher.fd
+
+
+def _strerror(int err):
+    import os
+    return os.strerror(err)

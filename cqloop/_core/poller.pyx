@@ -1,0 +1,129 @@
+"""Poller: one epoll instance, the kernel queue's file descriptor.
+
+Owns: the epoll fd and the event buffer epoll_wait fills. register, modify and unregister
+return 0 or an errno rather than raising, because EEXIST, ENOENT and EBADF are normal events
+for the kernel (an fd closed or reused behind its back) and it decides what each means. `wait` is the only place in cqloop where epoll_wait is called.
+
+Some facts about epoll that shape the kernel above this file:
+- epoll keys a registration by (open file description, fd number), not by fd number alone.
+  Closing an fd removes the registration only when no other fd (a dup, a forked child's
+  copy) refers to the same file description. Until then the registration keeps reporting
+  events under the old fd number, even after that number is reused for another file, and
+  it cannot be removed: EPOLL_CTL_DEL looks the entry up through the fd's *current* file.
+  The kernel therefore tags every registration with a generation in epoll_data and drops
+  events whose generation is stale (kernel.pyx, "_dispatch").
+- An epoll fd is itself pollable: it is readable while any of its registrations is ready.
+  That is what makes a loop nestable; see kernel.pyx, "driven from outside".
+- epoll_wait fails with EINTR when a signal handler runs; Python-level handlers (SIGINT's
+  KeyboardInterrupt, asyncio.Runner's Ctrl-C handler) run only when the interpreter checks
+  for them, so `wait` checks at once and returns no events, like PEP 475 retry loops do.
+"""
+
+from os import strerror
+
+from libc.stdlib cimport free, malloc, realloc
+
+from cqloop._core.includes.pyapi cimport PyErr_CheckSignals
+from cqloop._core.includes.system cimport (
+    EINTR,
+    EPOLL_CLOEXEC,
+    EPOLL_CTL_ADD,
+    EPOLL_CTL_DEL,
+    EPOLL_CTL_MOD,
+    close,
+    epoll_create1,
+    epoll_ctl,
+    epoll_wait,
+    errno,
+)
+
+cdef int INITIAL_CAPACITY = 64
+# The buffer doubles when a wait fills it, up to this many events per wait.
+cdef int MAX_CAPACITY = 4096
+
+
+cdef class Poller:
+    def __cinit__(self):
+        self.epfd = -1
+        self.events = <epoll_event *>malloc(INITIAL_CAPACITY * sizeof(epoll_event))
+        if self.events is NULL:
+            raise MemoryError()
+        self.capacity = INITIAL_CAPACITY
+        self.epfd = epoll_create1(EPOLL_CLOEXEC)
+        if self.epfd < 0:
+            raise OSError(errno, "epoll_create1 failed")
+
+    def __dealloc__(self):
+        if self.epfd >= 0:
+            close(self.epfd)
+            self.epfd = -1
+        if self.events is not NULL:
+            free(self.events)
+            self.events = NULL
+
+    def fileno(self):
+        return self.epfd
+
+    cdef int register(self, int fd, uint32_t events, uint64_t data) noexcept:
+        cdef epoll_event ev
+        ev.events = events
+        ev.data.u64 = data
+        if epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
+            return errno
+        return 0
+
+    cdef int modify(self, int fd, uint32_t events, uint64_t data) noexcept:
+        cdef epoll_event ev
+        ev.events = events
+        ev.data.u64 = data
+        if epoll_ctl(self.epfd, EPOLL_CTL_MOD, fd, &ev) < 0:
+            return errno
+        return 0
+
+    cdef int unregister(self, int fd) noexcept:
+        cdef epoll_event ev
+        if epoll_ctl(self.epfd, EPOLL_CTL_DEL, fd, &ev) < 0:
+            return errno
+        return 0
+
+    cdef int wait(self, int timeout_ms) except -1:
+        """Wait up to timeout_ms (-1: forever, 0: poll). Returns how many entries of
+        self.events are filled."""
+        cdef int n
+        cdef int err
+        if self.epfd < 0:
+            raise RuntimeError("the poller is closed")
+        if timeout_ms == 0:
+            n = epoll_wait(self.epfd, self.events, self.capacity, 0)
+        else:
+            with nogil:
+                n = epoll_wait(self.epfd, self.events, self.capacity, timeout_ms)
+        if n < 0:
+            err = errno
+            if err == EINTR:
+                PyErr_CheckSignals()
+                return 0
+            _raise_errno(err, "epoll_wait", self.epfd)
+        if n == self.capacity and self.capacity < MAX_CAPACITY:
+            self._grow()
+        return n
+
+    cdef int _grow(self) except -1:
+        cdef int capacity = self.capacity * 2
+        cdef epoll_event *events = <epoll_event *>realloc(
+            self.events, capacity * sizeof(epoll_event))
+        if events is NULL:
+            raise MemoryError()
+        self.events = events
+        self.capacity = capacity
+        return 0
+
+    cdef int close(self) except -1:
+        if self.epfd >= 0:
+            close(self.epfd)
+            self.epfd = -1
+        return 0
+
+
+cdef int _raise_errno(int err, str call, int fd) except -1:
+    raise OSError(err, f"{call} on fd {fd}: {strerror(err)}")

@@ -1,0 +1,24 @@
+# FdWatcher: what the kernel knows about one watched fd. The kernel owns the epoll
+# registration; a watcher says which events it wants and reacts to the ones that come.
+
+from libc.stdint cimport uint32_t
+
+from cqloop._core.handles cimport Handle
+
+
+cdef class FdWatcher:
+    cdef readonly int fd
+    # Generation of the epoll registration this watcher owns (see poller.pyx on epoll and
+    # reused fd numbers); events carrying another generation are not this watcher's.
+    cdef uint32_t gen
+    # Events currently registered with epoll for this watcher; 0 when not registered.
+    cdef uint32_t registered
+
+    cdef uint32_t wanted(self) noexcept
+    cdef int _on_events(self, uint32_t events, list ready) except -1
+
+
+cdef class HandleWatcher(FdWatcher):
+    # asyncio's add_reader/add_writer: a handle per direction, queued when the fd is ready.
+    cdef public Handle reader
+    cdef public Handle writer

@@ -1,0 +1,64 @@
+"""FdWatcher and HandleWatcher: the objects the kernel dispatches fd events to.
+
+A watcher is registered under one fd in the kernel's table. The kernel keeps its epoll
+registration in step with `wanted()` and calls `_on_events` from its dispatch with the
+events epoll reported. HandleWatcher serves add_reader/add_writer: it appends the reader's
+and writer's handles to the ready queue, so they run in the same iteration as asyncio's
+would. Transports (cqloop.transports) subclass FdWatcher to act on events directly.
+"""
+
+from libc.stdint cimport uint32_t
+
+from cqloop._core.handles cimport Handle
+from cqloop._core.includes.system cimport EPOLLIN, EPOLLOUT
+
+
+cdef class FdWatcher:
+    def __cinit__(self, int fd):
+        self.fd = fd
+        self.gen = 0
+        self.registered = 0
+
+    cdef uint32_t wanted(self) noexcept:
+        return 0
+
+    cdef int _on_events(self, uint32_t events, list ready) except -1:
+        """React to `events`; return 1 when wanted() changed and the kernel must update the
+        epoll registration, else 0."""
+        return 0
+
+
+cdef class HandleWatcher(FdWatcher):
+    cdef uint32_t wanted(self) noexcept:
+        cdef uint32_t mask = 0
+        if self.reader is not None:
+            mask |= EPOLLIN
+        if self.writer is not None:
+            mask |= EPOLLOUT
+        return mask
+
+    cdef int _on_events(self, uint32_t events, list ready) except -1:
+        # As asyncio's EpollSelector: anything but plain EPOLLOUT (EPOLLIN, EPOLLHUP,
+        # EPOLLERR) makes the fd readable, anything but plain EPOLLIN makes it writable, so
+        # a hung-up or failed fd wakes both directions and their callbacks see the error.
+        # A cancelled handle is dropped here, as asyncio removes the reader or writer whose
+        # handle it finds cancelled; returning 1 asks the kernel to update the registration.
+        cdef Handle handle
+        cdef int changed = 0
+        if events & ~EPOLLOUT:
+            handle = self.reader
+            if handle is not None:
+                if handle._cancelled:
+                    self.reader = None
+                    changed = 1
+                else:
+                    ready.append(handle)
+        if events & ~EPOLLIN:
+            handle = self.writer
+            if handle is not None:
+                if handle._cancelled:
+                    self.writer = None
+                    changed = 1
+                else:
+                    ready.append(handle)
+        return changed

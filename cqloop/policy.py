@@ -1,0 +1,47 @@
+"""cqloop.policy: the ways a program gets a cqloop loop.
+
+`run(main)` and `new_event_loop()` (for `asyncio.run(..., loop_factory=...)` and
+`asyncio.Runner(loop_factory=...)`) are the primary forms; `EventLoopPolicy` and `install()`
+serve programs that call asyncio.run()/new_event_loop() themselves (policies are deprecated
+from Python 3.14).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from cqloop.loop import Loop
+
+__all__ = ["EventLoopPolicy", "install", "new_event_loop", "run"]
+
+_T = TypeVar("_T")
+
+
+def new_event_loop() -> Loop:
+    """A new cqloop event loop."""
+    return Loop()
+
+
+class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
+    """An asyncio event loop policy whose loops are cqloop loops."""
+
+    def new_event_loop(self) -> Loop:
+        return Loop()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}>"
+
+
+def install() -> None:
+    """Make asyncio.run(), asyncio.new_event_loop() and friends create cqloop loops."""
+    asyncio.set_event_loop_policy(EventLoopPolicy())
+
+
+def run(main: Coroutine[Any, Any, _T], *, debug: bool | None = None) -> _T:
+    """Run coroutine `main` on a new cqloop loop and return its result, with the contract
+    of asyncio.run(): cancel what is left, shut down async generators and the default
+    executor, close the loop."""
+    with asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
+        return runner.run(main)
