@@ -16,8 +16,8 @@ if not sys.platform.startswith("linux"):
         f"this is {sys.platform!r}"
     )
 
-from cqloop.loop import Loop  # noqa: E402
-from cqloop.policy import EventLoopPolicy, install, new_event_loop, run  # noqa: E402
+from cqloop.loop import Loop
+from cqloop.policy import EventLoopPolicy, install, new_event_loop, run
 
 __version__ = "0.1.0.dev0"
 

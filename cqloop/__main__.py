@@ -1,7 +1,7 @@
 """python -m cqloop: run an asyncio program on cqloop, or run the benchmarks.
 
-    python -m cqloop run path/to/script.py [args...]
-    python -m cqloop bench [--quick] [...]
+python -m cqloop run path/to/script.py [args...]
+python -m cqloop bench [--quick] [...]
 """
 
 from __future__ import annotations

@@ -14,22 +14,26 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
+import os
 import sys
 import threading
 import traceback
 import warnings
 import weakref
-from asyncio import coroutines, events, format_helpers, futures, tasks
+from asyncio import constants, coroutines, events, format_helpers, futures, tasks
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar, TypeVarTuple, Unpack
 
 from cqloop._core.kernel import Kernel
 
 __all__ = ["Loop"]
 
-logger = asyncio.log.logger  # the "asyncio" logger: users' logging set-up applies as is
+# The "asyncio" logger, so that users' logging set-up applies as it is.
+logger = logging.getLogger("asyncio")
 
-_PY312 = sys.version_info >= (3, 12)
+_Ts = TypeVarTuple("_Ts")
+_T = TypeVar("_T")
 
 
 def _fileobj_to_fd(fileobj: Any) -> int:
@@ -55,16 +59,30 @@ def _format_handle(handle: Any) -> str:
     return str(handle)
 
 
+def _debug_mode_requested() -> bool:
+    # asyncio's rule: -X dev, or PYTHONASYNCIODEBUG unless -E.
+    return sys.flags.dev_mode or (
+        not sys.flags.ignore_environment and bool(os.environ.get("PYTHONASYNCIODEBUG"))
+    )
+
+
+def _set_result_unless_cancelled(fut: asyncio.Future[Any], result: Any) -> None:
+    if not fut.cancelled():
+        fut.set_result(result)
+
+
 def _run_until_complete_cb(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled():
         exc = fut.exception()
         if isinstance(exc, (SystemExit, KeyboardInterrupt)):
             # The exception propagates from run_forever; stopping would mask it.
             return
-    futures._get_loop(fut).stop()
+    fut.get_loop().stop()
 
 
-class Loop(Kernel, asyncio.AbstractEventLoop):
+# The compiled handles are not asyncio.Handle subclasses (as uvloop's are not), so mypy sees
+# Kernel's call_soon/call_later/call_at as incompatible with AbstractEventLoop's.
+class Loop(Kernel, asyncio.AbstractEventLoop):  # type: ignore[misc]
     """An asyncio event loop on epoll, and a cqueues controller: its fd is pollable and
     `step()` runs one iteration, so it nests inside any other loop."""
 
@@ -80,7 +98,7 @@ class Loop(Kernel, asyncio.AbstractEventLoop):
         # The loop this one was nested into with nest_in(), so close() can leave it.
         self._outer: asyncio.AbstractEventLoop | None = None
         self._outer_fd = -1
-        self.set_debug(coroutines._is_debug_mode())
+        self.set_debug(_debug_mode_requested())
 
     def __repr__(self) -> str:
         return (
@@ -252,8 +270,10 @@ class Loop(Kernel, asyncio.AbstractEventLoop):
         self._check_closed_py()
         if self._task_factory is None:
             task = tasks.Task(coro, loop=self, name=name, context=context, **kwargs)
-            if task._source_traceback:
-                del task._source_traceback[-1]
+            source_traceback = getattr(task, "_source_traceback", None)
+            if source_traceback:
+                # Drop this frame: the task was created by whoever called create_task.
+                del source_traceback[-1]
             return task
         if context is not None:
             kwargs["context"] = context
@@ -272,7 +292,7 @@ class Loop(Kernel, asyncio.AbstractEventLoop):
 
     # -- fd watching ----------------------------------------------------------------------
 
-    def add_reader(self, fd: Any, callback: Callable[..., Any], *args: Any) -> None:
+    def add_reader(self, fd: Any, callback: Callable[[Unpack[_Ts]], object], *args: *_Ts) -> None:
         """Call callback(*args) whenever fd is readable, replacing any earlier reader."""
         self._check_closed_py()
         self._add_reader(_fileobj_to_fd(fd), callback, args)
@@ -282,7 +302,7 @@ class Loop(Kernel, asyncio.AbstractEventLoop):
         meanwhile."""
         return bool(self._remove_reader(_fileobj_to_fd(fd)))
 
-    def add_writer(self, fd: Any, callback: Callable[..., Any], *args: Any) -> None:
+    def add_writer(self, fd: Any, callback: Callable[[Unpack[_Ts]], object], *args: *_Ts) -> None:
         """Call callback(*args) whenever fd is writable, replacing any earlier writer."""
         self._check_closed_py()
         self._add_writer(_fileobj_to_fd(fd), callback, args)
@@ -293,7 +313,12 @@ class Loop(Kernel, asyncio.AbstractEventLoop):
 
     # -- executors ------------------------------------------------------------------------
 
-    def run_in_executor(self, executor: Any, func: Callable[..., Any], *args: Any) -> Any:
+    def run_in_executor(
+        self,
+        executor: concurrent.futures.Executor | None,
+        func: Callable[[Unpack[_Ts]], _T],
+        *args: *_Ts,
+    ) -> asyncio.Future[_T]:
         """Run func(*args) in `executor` (default: the loop's thread pool)."""
         self._check_closed_py()
         if self.get_debug():
@@ -326,8 +351,7 @@ class Loop(Kernel, asyncio.AbstractEventLoop):
                 await future
         except TimeoutError:
             warnings.warn(
-                "The executor did not finishing joining "
-                f"its threads within {timeout} seconds.",
+                f"The executor did not finishing joining its threads within {timeout} seconds.",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -340,7 +364,7 @@ class Loop(Kernel, asyncio.AbstractEventLoop):
             assert self._default_executor is not None
             self._default_executor.shutdown(wait=True)
             if not self.is_closed():
-                self.call_soon_threadsafe(futures._set_result_unless_cancelled, future, None)
+                self.call_soon_threadsafe(_set_result_unless_cancelled, future, None)
         except Exception as ex:
             if not self.is_closed() and not future.cancelled():
                 self.call_soon_threadsafe(future.set_exception, ex)
@@ -359,6 +383,7 @@ class Loop(Kernel, asyncio.AbstractEventLoop):
                 f"loop.shutdown_asyncgens() call",
                 ResourceWarning,
                 source=self,
+                stacklevel=2,
             )
         self._asyncgens.add(agen)
 
@@ -428,7 +453,8 @@ class Loop(Kernel, asyncio.AbstractEventLoop):
         try:
             # Run the handler in the context of what failed, as asyncio 3.12+ does.
             owner = context.get("task") or context.get("future") or context.get("handle")
-            ctx = owner.get_context() if hasattr(owner, "get_context") else None
+            get_context = getattr(owner, "get_context", None)
+            ctx = get_context() if get_context is not None else None
             if ctx is not None and hasattr(ctx, "run"):
                 ctx.run(self._exception_handler, self, context)
             else:
@@ -465,8 +491,8 @@ class Loop(Kernel, asyncio.AbstractEventLoop):
             return
         if enabled:
             self._coroutine_origin_tracking_saved_depth = sys.get_coroutine_origin_tracking_depth()
-            sys.set_coroutine_origin_tracking_depth(coroutines._DEBUG_STACK_DEPTH)
-        else:
+            sys.set_coroutine_origin_tracking_depth(constants.DEBUG_STACK_DEPTH)
+        elif self._coroutine_origin_tracking_saved_depth is not None:
             sys.set_coroutine_origin_tracking_depth(self._coroutine_origin_tracking_saved_depth)
         self._coroutine_origin_tracking_enabled = enabled
 
@@ -474,9 +500,7 @@ class Loop(Kernel, asyncio.AbstractEventLoop):
         if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
             raise TypeError(f"coroutines cannot be used with {method}()")
         if not callable(callback):
-            raise TypeError(
-                f"a callable object was expected by {method}(), got {callback!r}"
-            )
+            raise TypeError(f"a callable object was expected by {method}(), got {callback!r}")
 
     def _source_traceback(self) -> Any:
         # Called by the kernel in debug mode: the kernel's compiled frames are invisible,

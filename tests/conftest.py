@@ -59,9 +59,7 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item):
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "loop_factory" in metafunc.fixturenames:
         factories = _factories_for(metafunc.definition)
-        metafunc.parametrize(
-            "loop_factory", list(factories.values()), ids=list(factories.keys())
-        )
+        metafunc.parametrize("loop_factory", list(factories.values()), ids=list(factories.keys()))
 
 
 @pytest.fixture
@@ -79,6 +77,17 @@ def loop(loop_factory: LoopFactory) -> Iterator[asyncio.AbstractEventLoop]:
 
 def is_cqloop(loop: asyncio.AbstractEventLoop) -> bool:
     return isinstance(loop, cqloop.Loop)
+
+
+def is_uvloop(loop: asyncio.AbstractEventLoop) -> bool:
+    return uvloop is not None and isinstance(loop, uvloop.Loop)
+
+
+def skip_where_uvloop_differs(loop: asyncio.AbstractEventLoop, why: str) -> None:
+    """uvloop runs the tests where it implements the feature as asyncio does; where it
+    knowingly differs from asyncio (the oracle), the test names the difference and skips."""
+    if is_uvloop(loop):
+        pytest.skip(f"uvloop differs from asyncio here: {why}")
 
 
 def open_fds() -> set[int]:

@@ -473,8 +473,10 @@ cdef class Kernel:
             if self._watchers.get(fd) is watcher:
                 del self._watchers[fd]
             return 0
-        if watcher.registered == wanted:
+        if watcher.registered == wanted and removing:
             return 0
+        # When adding, re-issue the registration even if the mask is unchanged: that is how
+        # the kernel learns (ENOENT) that the fd was closed and its number reused since.
         if watcher.registered:
             err = self._poller.modify(fd, wanted, _token(watcher))
             if err == ENOENT:

@@ -2,7 +2,8 @@
 
 Owns: the epoll fd and the event buffer epoll_wait fills. register, modify and unregister
 return 0 or an errno rather than raising, because EEXIST, ENOENT and EBADF are normal events
-for the kernel (an fd closed or reused behind its back) and it decides what each means. `wait` is the only place in cqloop where epoll_wait is called.
+for the kernel (an fd closed or reused behind its back) and it decides what each means.
+`wait` is the only place in cqloop where epoll_wait is called.
 
 Some facts about epoll that shape the kernel above this file:
 - epoll keys a registration by (open file description, fd number), not by fd number alone.
@@ -30,7 +31,7 @@ from cqloop._core.includes.system cimport (
     EPOLL_CTL_ADD,
     EPOLL_CTL_DEL,
     EPOLL_CTL_MOD,
-    close,
+    close as close_fd,
     epoll_create1,
     epoll_ctl,
     epoll_wait,
@@ -55,7 +56,7 @@ cdef class Poller:
 
     def __dealloc__(self):
         if self.epfd >= 0:
-            close(self.epfd)
+            close_fd(self.epfd)
             self.epfd = -1
         if self.events is not NULL:
             free(self.events)
@@ -120,7 +121,7 @@ cdef class Poller:
 
     cdef int close(self) except -1:
         if self.epfd >= 0:
-            close(self.epfd)
+            close_fd(self.epfd)
             self.epfd = -1
         return 0
 

@@ -1,0 +1,782 @@
+"""The non-network asyncio loop API, checked on cqloop against stock asyncio (the oracle)
+and uvloop: scheduling, timers, handles, running and stopping, fd watching, executors,
+tasks and the task factory, async generators, the exception handler API and debug mode.
+
+Each test runs once per loop kind through the `loop` fixture (sync tests) or pytest-asyncio's
+loop factories (async tests); see conftest.py. Where asyncio's own behaviour is weaker than
+cqloop's promise (fds closed and reused behind the loop's back), the test says so and runs
+on cqloop only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import logging
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+import cqloop
+from tests.conftest import is_cqloop, is_uvloop, skip_where_uvloop_differs
+
+PY312 = sys.version_info >= (3, 12)
+
+
+# -- call_soon and the ready queue ---------------------------------------------------------
+
+
+def test_call_soon_runs_callbacks_in_order_with_args(loop):
+    calls = []
+    for i in range(5):
+        loop.call_soon(calls.append, i)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert calls == [0, 1, 2, 3, 4]
+
+
+def test_callbacks_scheduled_while_running_run_in_a_later_iteration(loop):
+    skip_where_uvloop_differs(loop, "it runs callbacks queued during an iteration in it")
+    order = []
+
+    def first():
+        order.append("first")
+        loop.call_soon(order.append, "scheduled-by-first")
+
+    loop.call_soon(first)
+    loop.call_soon(order.append, "second")
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    # stop() ends run_forever after the iteration it was called in; the callback that
+    # `first` scheduled belongs to the next iteration.
+    assert order == ["first", "second"]
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert order == ["first", "second", "scheduled-by-first"]
+
+
+def test_cancelled_handle_is_not_run(loop):
+    calls = []
+    handle = loop.call_soon(calls.append, "cancelled")
+    loop.call_soon(calls.append, "kept")
+    handle.cancel()
+    assert handle.cancelled()
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert calls == ["kept"]
+
+
+def test_callback_runs_in_given_context(loop):
+    var = contextvars.ContextVar("var", default="default")
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, "in-ctx")
+    seen = []
+    handle = loop.call_soon(lambda: seen.append(var.get()), context=ctx)
+    loop.call_soon(lambda: seen.append(var.get()))
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert seen == ["in-ctx", "default"]
+    if hasattr(handle, "get_context"):  # asyncio's Handle has it from 3.12
+        assert handle.get_context() is ctx
+
+
+def test_callback_changes_to_context_stay_in_that_context(loop):
+    var = contextvars.ContextVar("var", default=0)
+    ctx = contextvars.copy_context()
+    for _ in range(3):
+        loop.call_soon(lambda: var.set(var.get() + 1), context=ctx)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert ctx[var] == 3
+    assert var.get() == 0
+
+
+def test_callback_that_cancels_its_own_handle_runs_to_completion(loop):
+    done = []
+    holder = {}
+
+    def callback(value):
+        holder["handle"].cancel()
+        done.append(value)
+
+    holder["handle"] = loop.call_soon(callback, "value")
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert done == ["value"]
+
+
+def test_call_soon_threadsafe_from_another_thread_wakes_the_loop(loop):
+    fut = loop.create_future()
+
+    def from_thread():
+        loop.call_soon_threadsafe(fut.set_result, threading.get_ident())
+
+    thread = threading.Thread(target=from_thread)
+    loop.call_soon(thread.start)
+    ident = loop.run_until_complete(asyncio.wait_for(fut, 10))
+    thread.join()
+    assert ident == thread.ident
+
+
+def test_closed_loop_refuses_new_callbacks(loop):
+    loop.close()
+    assert loop.is_closed()
+    with pytest.raises(RuntimeError, match="closed"):
+        loop.call_soon(print)
+    with pytest.raises(RuntimeError, match="closed"):
+        loop.call_later(1, print)
+    coro = asyncio.sleep(0)
+    with pytest.raises(RuntimeError, match="closed"):
+        loop.run_until_complete(coro)
+    coro.close()
+    loop.close()  # closing twice is allowed
+
+
+# -- timers ---------------------------------------------------------------------------------
+
+
+def test_timers_fire_in_deadline_order(loop):
+    fired = []
+    start = loop.time()
+    for delay in (0.03, 0.01, 0.02, 0.0):
+        loop.call_at(start + delay, fired.append, delay)
+    loop.call_at(start + 0.04, loop.stop)
+    loop.run_forever()
+    assert fired == [0.0, 0.01, 0.02, 0.03]
+
+
+def test_timer_fires_no_earlier_than_its_deadline(loop):
+    delay = 0.05
+    fired = loop.create_future()
+    start = loop.time()
+    handle = loop.call_later(delay, lambda: fired.set_result(loop.time()))
+    assert handle.when() == pytest.approx(start + delay, abs=0.01)
+    when_fired = loop.run_until_complete(asyncio.wait_for(fired, 10))
+    assert when_fired >= handle.when()
+
+
+def test_cancelled_timer_does_not_fire(loop):
+    fired = []
+    handle = loop.call_later(0.01, fired.append, "cancelled")
+    loop.call_later(0.02, loop.stop)
+    handle.cancel()
+    loop.run_forever()
+    assert fired == []
+    assert handle.cancelled()
+
+
+def test_loop_time_is_the_monotonic_clock(loop):
+    import time
+
+    skip_where_uvloop_differs(loop, "its time() is libuv's millisecond-cached clock")
+
+    before = time.monotonic()
+    now = loop.time()
+    after = time.monotonic()
+    assert before <= now <= after
+
+
+def test_call_later_and_call_at_refuse_none(loop):
+    with pytest.raises(TypeError):
+        loop.call_later(None, print)
+    with pytest.raises(TypeError):
+        loop.call_at(None, print)
+
+
+def test_many_cancelled_timers_are_compacted_away():
+    # asyncio rebuilds its heap when most timers are cancelled; so does cqloop.
+    loop = cqloop.new_event_loop()
+    try:
+        handles = [loop.call_later(3600 + i, print) for i in range(1000)]
+        for handle in handles[:900]:
+            handle.cancel()
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        stats = loop.statistics()
+        assert stats["timers"] == 100
+        assert stats["timers_cancelled"] == 0
+    finally:
+        loop.close()
+
+
+def test_timers_due_together_run_in_scheduling_order():
+    # asyncio's heap does not promise this order; cqloop does (and so does libuv).
+    loop = cqloop.new_event_loop()
+    try:
+        fired = []
+        when = loop.time() + 0.01
+        for i in range(50):
+            loop.call_at(when, fired.append, i)
+        loop.call_at(when + 0.01, loop.stop)
+        loop.run_forever()
+        assert fired == list(range(50))
+    finally:
+        loop.close()
+
+
+# -- handles ---------------------------------------------------------------------------------
+
+
+def test_handle_repr_names_the_callback(loop):
+    skip_where_uvloop_differs(loop, "its TimerHandle repr has no when=")
+
+    def my_callback():
+        pass
+
+    handle = loop.call_soon(my_callback)
+    assert "my_callback" in repr(handle)
+    timer = loop.call_later(10, my_callback)
+    assert "when=" in repr(timer)
+    timer.cancel()
+    assert "cancelled" in repr(timer)
+    handle.cancel()
+
+
+def test_handle_repr_in_debug_mode_names_where_it_was_created(loop):
+    loop.set_debug(True)
+    handle = loop.call_soon(print)
+    line = sys._getframe().f_lineno - 1
+    assert f"created at {__file__}:{line}" in repr(handle)
+    handle.cancel()
+    # A cancelled handle keeps its repr in debug mode.
+    assert "created at" in repr(handle)
+
+
+def test_timer_handles_compare_by_deadline(loop):
+    skip_where_uvloop_differs(loop, "its TimerHandles are not orderable")
+    early = loop.call_at(100.0, print)
+    late = loop.call_at(200.0, print)
+    assert early < late and late > early and early <= late
+    assert early != late
+    early.cancel()
+    late.cancel()
+
+
+# -- running and stopping -------------------------------------------------------------------
+
+
+def test_run_until_complete_returns_the_result(loop):
+    async def coro():
+        await asyncio.sleep(0)
+        return 42
+
+    assert loop.run_until_complete(coro()) == 42
+
+
+def test_run_until_complete_raises_the_exception(loop):
+    async def coro():
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        loop.run_until_complete(coro())
+
+
+def test_run_until_complete_stopped_early_raises(loop):
+    fut = loop.create_future()
+    loop.call_soon(loop.stop)
+    with pytest.raises(RuntimeError, match="stopped before Future completed"):
+        loop.run_until_complete(fut)
+
+
+def test_is_running_only_while_running(loop):
+    seen = []
+    loop.call_soon(lambda: seen.append(loop.is_running()))
+    loop.call_soon(loop.stop)
+    assert not loop.is_running()
+    loop.run_forever()
+    assert seen == [True]
+    assert not loop.is_running()
+
+
+def test_running_loop_cannot_be_run_again_or_closed(loop):
+    errors = []
+
+    def inside():
+        for attempt in (loop.run_forever, loop.close):
+            try:
+                attempt()
+            except RuntimeError as exc:
+                errors.append(str(exc))
+        loop.stop()
+
+    loop.call_soon(inside)
+    loop.run_forever()
+    assert len(errors) == 2
+
+
+def test_stop_before_run_forever_runs_one_iteration(loop):
+    calls = []
+    loop.call_soon(calls.append, 1)
+    loop.stop()
+    loop.run_forever()
+    assert calls == [1]
+
+
+def test_get_running_loop_inside_and_outside(loop):
+    async def coro():
+        return asyncio.get_running_loop()
+
+    assert loop.run_until_complete(coro()) is loop
+    with pytest.raises(RuntimeError):
+        asyncio.get_running_loop()
+
+
+def test_keyboard_interrupt_in_callback_propagates_and_keeps_the_rest():
+    # KeyboardInterrupt behaviour is tested in a subprocess (the project's rule).
+    script = textwrap.dedent(
+        """
+        import asyncio, sys
+        import cqloop, uvloop
+        kind = sys.argv[1]
+        loop = {"cqloop": cqloop.new_event_loop, "asyncio": asyncio.new_event_loop,
+                "uvloop": uvloop.new_event_loop}[kind]()
+        calls = []
+        def interrupt():
+            raise KeyboardInterrupt
+        loop.call_soon(calls.append, 1)
+        loop.call_soon(interrupt)
+        loop.call_soon(calls.append, 2)
+        try:
+            loop.run_forever()
+        except KeyboardInterrupt:
+            calls.append("interrupted")
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        loop.close()
+        print(calls)
+        """
+    )
+    results = {}
+    for kind in ("cqloop", "asyncio"):
+        proc = subprocess.run(
+            [sys.executable, "-c", script, kind],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        )
+        assert proc.returncode == 0, proc.stderr
+        results[kind] = proc.stdout.strip()
+    assert results["cqloop"] == results["asyncio"] == "[1, 'interrupted', 2]"
+
+
+# -- fd watching ----------------------------------------------------------------------------
+
+
+def test_add_reader_fires_when_readable_and_remove_reader_stops_it(loop):
+    rsock, wsock = socket.socketpair()
+    try:
+        received = loop.create_future()
+
+        def on_readable():
+            received.set_result(rsock.recv(100))
+
+        loop.add_reader(rsock, on_readable)
+        loop.call_soon(wsock.send, b"ping")
+        assert loop.run_until_complete(asyncio.wait_for(received, 10)) == b"ping"
+        removed = [loop.remove_reader(rsock), loop.remove_reader(rsock)]
+        if not is_uvloop(loop):  # uvloop's remove_reader returns None
+            assert removed == [True, False]
+    finally:
+        rsock.close()
+        wsock.close()
+
+
+def test_add_writer_fires_when_writable(loop):
+    rsock, wsock = socket.socketpair()
+    try:
+        writable = loop.create_future()
+        loop.add_writer(wsock.fileno(), writable.set_result, "writable")
+        assert loop.run_until_complete(asyncio.wait_for(writable, 10)) == "writable"
+        removed = loop.remove_writer(wsock.fileno())
+        if not is_uvloop(loop):  # uvloop's remove_writer returns None
+            assert removed is True
+    finally:
+        rsock.close()
+        wsock.close()
+
+
+def test_add_reader_replaces_the_previous_reader(loop):
+    rsock, wsock = socket.socketpair()
+    try:
+        got = loop.create_future()
+        loop.add_reader(rsock, got.set_result, "first")
+        loop.add_reader(rsock, got.set_result, "second")
+        wsock.send(b"x")
+        assert loop.run_until_complete(asyncio.wait_for(got, 10)) == "second"
+        loop.remove_reader(rsock)
+    finally:
+        rsock.close()
+        wsock.close()
+
+
+def test_reader_and_writer_on_one_fd_are_independent(loop):
+    rsock, wsock = socket.socketpair()
+    try:
+        events = []
+        done = loop.create_future()
+
+        def on_writable():
+            events.append("w")
+            loop.remove_writer(rsock)
+            wsock.send(b"x")
+
+        def on_readable():
+            events.append("r")
+            rsock.recv(1)
+            loop.remove_reader(rsock)
+            done.set_result(None)
+
+        loop.add_reader(rsock, on_readable)
+        loop.add_writer(rsock, on_writable)
+        loop.run_until_complete(asyncio.wait_for(done, 10))
+        assert events == ["w", "r"]
+    finally:
+        rsock.close()
+        wsock.close()
+
+
+def test_add_reader_refuses_negative_and_invalid_fds(loop):
+    with pytest.raises(ValueError):
+        loop.add_reader(-1, print)
+    with pytest.raises(ValueError):
+        loop.add_reader(object(), print)
+
+
+def test_remove_reader_on_an_fd_closed_meanwhile_works(loop):
+    rsock, wsock = socket.socketpair()
+    fd = rsock.fileno()
+    loop.add_reader(fd, print)
+    rsock.close()
+    wsock.close()
+    removed = loop.remove_reader(fd)
+    if not is_uvloop(loop):  # uvloop's remove_reader returns None
+        assert removed is True
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+
+
+@pytest.mark.cqloop_only
+def test_fd_reused_after_close_gets_only_its_own_events(loop):
+    # A reader registered for an fd that was closed and whose number was reused: a new
+    # registration for the new file must work, and only the new file's events reach it.
+    old_r, old_w = socket.socketpair()
+    fd = old_r.fileno()
+    loop.add_reader(fd, print)
+    old_r.close()
+    new_r, new_w = socket.socketpair()
+    try:
+        if new_r.fileno() != fd:
+            # Swap so that the new socket takes the old number.
+            os.dup2(new_r.fileno(), fd)
+            new_r.close()
+            new_r = socket.socket(fileno=fd)
+        got = loop.create_future()
+        loop.add_reader(fd, lambda: got.set_result(new_r.recv(10)))
+        new_w.send(b"new")
+        assert loop.run_until_complete(asyncio.wait_for(got, 10)) == b"new"
+        loop.remove_reader(fd)
+    finally:
+        for sock in (old_w, new_r, new_w):
+            sock.close()
+
+
+@pytest.mark.cqloop_only
+def test_fd_reused_while_a_dup_keeps_the_old_file_open_gets_no_stale_events(loop):
+    # epoll keys registrations by (file, fd): closing an fd whose file is still open through
+    # a dup leaves the old registration alive under the old fd number. Stock asyncio hands
+    # its events to whatever is registered under that number now; cqloop must not.
+    old_r, old_w = socket.socketpair()
+    fd = old_r.fileno()
+    keeper = os.dup(fd)  # keeps the old file description alive
+    loop.add_reader(fd, print)
+    loop.remove_reader(fd)
+    loop.add_reader(fd, lambda: None)  # a fresh registration on the old file...
+    os.close(fd)  # ...whose fd number is now closed, the file kept open by `keeper`
+    old_r.detach()
+    new_r, new_w = socket.socketpair()
+    try:
+        if new_r.fileno() != fd:
+            os.dup2(new_r.fileno(), fd)
+            new_r.close()
+            new_r = socket.socket(fileno=fd)
+        calls = []
+        got_new = loop.create_future()
+
+        def on_readable():
+            data = new_r.recv(10, socket.MSG_DONTWAIT)
+            calls.append(data)
+            if data == b"new":
+                got_new.set_result(None)
+
+        # The old file turns readable first; its stale registration must not reach us.
+        old_w.send(b"old")
+        loop.add_reader(fd, on_readable)
+        new_w.send(b"new")
+        loop.run_until_complete(asyncio.wait_for(got_new, 10))
+        assert calls == [b"new"]
+        loop.remove_reader(fd)
+    finally:
+        os.close(keeper)
+        for sock in (old_w, new_r, new_w):
+            sock.close()
+
+
+# -- executors ------------------------------------------------------------------------------
+
+
+def test_run_in_executor_returns_the_result(loop):
+    result = loop.run_until_complete(loop.run_in_executor(None, sum, [1, 2, 3]))
+    assert result == 6
+    loop.run_until_complete(loop.shutdown_default_executor())
+
+
+def test_run_in_executor_after_shutdown_is_refused(loop):
+    loop.run_until_complete(loop.run_in_executor(None, int))
+    loop.run_until_complete(loop.shutdown_default_executor())
+    with pytest.raises(RuntimeError, match="shutdown"):
+        loop.run_in_executor(None, int)
+
+
+def test_set_default_executor_wants_a_thread_pool(loop):
+    skip_where_uvloop_differs(loop, "set_default_executor accepts any executor")
+    with pytest.raises(TypeError):
+        loop.set_default_executor(object())
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    loop.set_default_executor(pool)
+    name = loop.run_until_complete(
+        loop.run_in_executor(None, lambda: threading.current_thread().name)
+    )
+    assert name.startswith("ThreadPoolExecutor")
+    loop.run_until_complete(loop.shutdown_default_executor())
+    pool.shutdown()
+
+
+# -- tasks ----------------------------------------------------------------------------------
+
+
+async def test_create_task_with_name_and_context():
+    var = contextvars.ContextVar("var", default="default")
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, "task-ctx")
+
+    async def read_var():
+        return var.get()
+
+    task = asyncio.get_running_loop().create_task(read_var(), name="named", context=ctx)
+    assert task.get_name() == "named"
+    assert await task == "task-ctx"
+
+
+async def test_task_factory_gets_the_task_arguments():
+    loop = asyncio.get_running_loop()
+    seen = {}
+
+    def factory(loop, coro, **kwargs):
+        seen.update(kwargs)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    loop.set_task_factory(factory)
+    try:
+        assert loop.get_task_factory() is factory
+        ctx = contextvars.copy_context()
+        task = loop.create_task(asyncio.sleep(0, "x"), name="by-factory", context=ctx)
+        assert await task == "x"
+        assert task.get_name() == "by-factory"
+        assert seen["context"] is ctx
+    finally:
+        loop.set_task_factory(None)
+
+
+def test_set_task_factory_refuses_non_callables(loop):
+    with pytest.raises(TypeError):
+        loop.set_task_factory(42)
+
+
+@pytest.mark.skipif(not PY312, reason="eager tasks are Python 3.12+")
+async def test_eager_task_factory_starts_tasks_eagerly():
+    loop = asyncio.get_running_loop()
+    started = []
+
+    async def coro():
+        started.append(True)
+        return "eager"
+
+    loop.set_task_factory(asyncio.eager_task_factory)
+    try:
+        task = loop.create_task(coro())
+        # An eager task runs its first step inside create_task.
+        assert started == [True]
+        assert task.done()
+        assert await task == "eager"
+    finally:
+        loop.set_task_factory(None)
+
+
+@pytest.mark.skipif(not PY312, reason="eager_start is Python 3.12+")
+async def test_create_task_passes_eager_start_to_the_task():
+    loop = asyncio.get_running_loop()
+    started = []
+
+    async def coro():
+        started.append(True)
+
+    if not is_cqloop(loop):
+        pytest.skip("asyncio's create_task takes eager_start only on 3.14+")
+    task = loop.create_task(coro(), eager_start=True)
+    assert started == [True]
+    await task
+
+
+async def test_current_task_inside_a_task():
+    async def who():
+        return asyncio.current_task()
+
+    task = asyncio.get_running_loop().create_task(who())
+    assert await task is task
+
+
+# -- async generators -----------------------------------------------------------------------
+
+
+def test_shutdown_asyncgens_closes_open_generators(loop):
+    closed = []
+
+    async def agen():
+        try:
+            yield 1
+            yield 2
+        finally:
+            closed.append(True)
+
+    gen = agen()
+
+    async def first():
+        return await gen.__anext__()
+
+    assert loop.run_until_complete(first()) == 1
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    assert closed == [True]
+
+
+# -- errors and the exception handler -------------------------------------------------------
+
+
+def test_exception_in_callback_goes_to_the_exception_handler(loop):
+    contexts = []
+
+    def handler(the_loop, context):
+        contexts.append((the_loop, context))
+
+    def bad():
+        raise ZeroDivisionError("bad callback")
+
+    loop.set_exception_handler(handler)
+    assert loop.get_exception_handler() is handler
+    handle = loop.call_soon(bad)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert len(contexts) == 1
+    the_loop, context = contexts[0]
+    assert the_loop is loop
+    assert isinstance(context["exception"], ZeroDivisionError)
+    assert context["message"].startswith("Exception in callback")
+    assert context["handle"] is handle
+
+
+def test_default_exception_handler_logs_to_the_asyncio_logger(loop, caplog):
+    def bad():
+        raise ZeroDivisionError("logged")
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        loop.call_soon(bad)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+    records = [r for r in caplog.records if r.name == "asyncio"]
+    assert records, "nothing was logged"
+    assert "Exception in callback" in records[0].getMessage()
+    assert records[0].exc_info[0] is ZeroDivisionError
+
+
+def test_error_in_the_exception_handler_is_logged_not_raised(loop, caplog):
+    def broken_handler(the_loop, context):
+        raise RuntimeError("handler broke")
+
+    loop.set_exception_handler(broken_handler)
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        loop.call_exception_handler({"message": "original"})
+    assert any("Unhandled error in exception handler" in r.getMessage() for r in caplog.records)
+
+
+def test_set_exception_handler_refuses_non_callables(loop):
+    with pytest.raises(TypeError):
+        loop.set_exception_handler("not callable")
+
+
+# -- debug mode -----------------------------------------------------------------------------
+
+
+def test_debug_mode_warns_about_slow_callbacks(loop, caplog):
+    import time
+
+    loop.set_debug(True)
+    assert loop.get_debug()
+    loop.slow_callback_duration = 0.01
+
+    def slow():
+        time.sleep(0.05)
+
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        loop.call_soon(slow)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("Executing" in m and "took" in m and "slow" in m for m in messages), messages
+
+
+def test_debug_mode_refuses_coroutines_as_callbacks(loop):
+    skip_where_uvloop_differs(loop, "it does not check callbacks in debug mode")
+    loop.set_debug(True)
+
+    async def coro():
+        pass
+
+    with pytest.raises(TypeError):
+        loop.call_soon(coro)
+
+
+def test_debug_mode_refuses_non_threadsafe_call_from_another_thread(loop):
+    loop.set_debug(True)
+    errors = []
+
+    def in_thread():
+        try:
+            loop.call_soon(print)
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    async def run_thread():
+        thread = threading.Thread(target=in_thread)
+        thread.start()
+        await loop.run_in_executor(None, thread.join)
+
+    loop.run_until_complete(run_thread())
+    assert len(errors) == 1
+    assert "Non-thread-safe operation" in str(errors[0])
+
+
+# -- what is not there yet says so ----------------------------------------------------------
+
+
+@pytest.mark.cqloop_only
+def test_unimplemented_methods_name_the_work_that_adds_them(loop):
+    with pytest.raises(NotImplementedError, match="issue 3"):
+        loop.run_until_complete(loop.create_connection(asyncio.Protocol, "127.0.0.1", 1))
+    with pytest.raises(NotImplementedError, match="issue 4"):
+        loop.add_signal_handler(15, print)
