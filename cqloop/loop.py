@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import logging
 import os
 import sys
@@ -126,18 +127,16 @@ class Loop(Kernel, asyncio.AbstractEventLoop):  # type: ignore[misc]
         self._check_running()
         self._set_coroutine_origin_tracking(self.get_debug())
         old_agen_hooks = sys.get_asyncgen_hooks()
-        self._thread_id = threading.get_ident()
         sys.set_asyncgen_hooks(
             firstiter=self._asyncgen_firstiter_hook,
             finalizer=self._asyncgen_finalizer_hook,
         )
-        self._running = True
+        self._enter_running()
         events._set_running_loop(self)
         try:
             self._run_until_stopped()
         finally:
-            self._running = False
-            self._thread_id = None
+            self._exit_running()
             events._set_running_loop(None)
             self._set_coroutine_origin_tracking(False)
             sys.set_asyncgen_hooks(*old_agen_hooks)
@@ -211,14 +210,12 @@ class Loop(Kernel, asyncio.AbstractEventLoop):  # type: ignore[misc]
             firstiter=self._asyncgen_firstiter_hook,
             finalizer=self._asyncgen_finalizer_hook,
         )
-        self._thread_id = threading.get_ident()
-        self._running = True
+        self._enter_running()
         events._set_running_loop(self)
         try:
             self._step_once(timeout)
         finally:
-            self._running = False
-            self._thread_id = None
+            self._exit_running()
             events._set_running_loop(outer)
             sys.set_asyncgen_hooks(*old_agen_hooks)
 
@@ -240,7 +237,18 @@ class Loop(Kernel, asyncio.AbstractEventLoop):  # type: ignore[misc]
         if self._outer is not None:
             raise RuntimeError(f"{self!r} is already nested in {self._outer!r}")
         fd = self.fileno()
-        outer.add_reader(fd, self._on_outer_readable)
+        try:
+            outer.add_reader(fd, self._on_outer_readable)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                # Linux refuses an epoll set inside itself, and nesting deeper than
+                # EP_MAX_NESTS (4) epoll sets below an epoll-based outermost loop.
+                raise OSError(
+                    errno.ELOOP,
+                    f"cannot nest {self!r} in {outer!r}: it would make a cycle of loops or "
+                    "nest epoll instances deeper than Linux allows (4 below the outermost)",
+                ) from exc
+            raise
         self._outer = outer
         self._outer_fd = fd
 

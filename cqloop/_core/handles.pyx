@@ -11,6 +11,8 @@ the kernel's run-once step (kernel.pyx) is the only caller of _run.
 import sys
 from asyncio import format_helpers
 
+cimport cython
+
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_XDECREF
 
@@ -27,6 +29,8 @@ cdef object _format_callback_source = format_helpers._format_callback_source
 cdef object _getframe = sys._getframe
 
 
+# Handles are created and dropped at the rate callbacks run: keep freed ones for reuse.
+@cython.freelist(256)
 cdef class Handle:
     """A callback scheduled with call_soon, as asyncio.Handle."""
 
@@ -119,7 +123,7 @@ cdef class Handle:
         if self._callback is not None:
             info.append(_format_callback_source(self._callback, self._args))
         if self._source_traceback:
-            frame = self._source_traceback[-1]
+            frame = self._source_traceback[len(self._source_traceback) - 1]
             info.append(f"created at {frame[0]}:{frame[1]}")
         return info
 
@@ -130,7 +134,7 @@ cdef class TimerHandle(Handle):
     def __init__(self, when, callback, args, loop, context=None):
         super().__init__(callback, args, loop, context)
         if self._source_traceback:
-            del self._source_traceback[-1]
+            self._source_traceback.pop()
         self._when = when
         self._scheduled = False
 

@@ -40,12 +40,14 @@ cdef class Kernel:
     cdef bint _closed
     cdef public bint _stopping
     # True inside run_forever and inside step(): is_running().
-    cdef public bint _running
+    cdef readonly bint _running
     # True inside run_forever only (step() leaves it False).
     cdef bint _running_forever
     cdef bint _debug
     cdef public double slow_callback_duration
     cdef public object _thread_id
+    # The same, as C sees it; 0 while not running.
+    cdef unsigned long _thread_ident
     cdef readonly int _pid
 
     # -- methods ----------------------------------------------------------------------

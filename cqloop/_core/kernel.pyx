@@ -35,7 +35,10 @@ from libc.stdint cimport uint32_t, uint64_t
 
 from asyncio import Future
 
+from cpython.pythread cimport PyThread_get_thread_ident
+
 from cqloop._core.handles cimport Handle, TimerHandle, new_handle, new_timer_handle
+from cqloop._core.includes.pyapi cimport cq_list_clear_keep
 from cqloop._core.includes.system cimport (
     CLOCK_MONOTONIC,
     EBADF,
@@ -153,22 +156,27 @@ cdef class Kernel:
 
     def call_later(self, delay, callback, *args, context=None):
         """Run callback(*args) after `delay` seconds. Returns a TimerHandle."""
+        cdef double seconds
         if delay is None:
             raise TypeError("delay must not be None")
-        return self._call_at_checked(self._now() + delay, callback, args, context,
-                                     "call_later")
+        seconds = delay
+        if self._closed:
+            self._check_closed()
+        if self._debug:
+            self._debug_checks(callback, "call_later")
+        return self._schedule_at(self._now() + seconds, callback, args, context)
 
     def call_at(self, when, callback, *args, context=None):
         """Run callback(*args) at loop time `when`. Returns a TimerHandle."""
+        cdef double deadline
         if when is None:
             raise TypeError("when cannot be None")
-        return self._call_at_checked(when, callback, args, context, "call_at")
-
-    def _call_at_checked(self, double when, callback, tuple args, context, str method):
-        self._check_closed()
+        deadline = when
+        if self._closed:
+            self._check_closed()
         if self._debug:
-            self._debug_checks(callback, method)
-        return self._schedule_at(when, callback, args, context)
+            self._debug_checks(callback, "call_at")
+        return self._schedule_at(deadline, callback, args, context)
 
     cdef TimerHandle _schedule_at(self, double when, object callback, tuple args,
                                   object context):
@@ -190,6 +198,11 @@ cdef class Kernel:
 
     def create_future(self):
         """A new asyncio.Future bound to this loop."""
+        if self._running and PyThread_get_thread_ident() == self._thread_ident:
+            # This loop is the running loop of this thread (run_forever and step both set
+            # it), so a Future made without arguments binds to it. That skips the keyword
+            # argument, for which CPython builds and parses a dict on every call.
+            return _Future()
         return _Future(loop=self)
 
     # -- debug --------------------------------------------------------------------------
@@ -238,6 +251,17 @@ cdef class Kernel:
 
     def is_running(self):
         return self._running
+
+    def _enter_running(self):
+        """Mark the loop running in this thread (run_forever and step call it)."""
+        self._running = True
+        self._thread_ident = PyThread_get_thread_ident()
+        self._thread_id = self._thread_ident
+
+    def _exit_running(self):
+        self._running = False
+        self._thread_id = None
+        self._thread_ident = 0
 
     def _close_kernel(self):
         """Release the kernel queue: watchers, timers, ready callbacks and every fd."""
@@ -297,7 +321,7 @@ cdef class Kernel:
         cdef TimerHandle first
         cdef TimerHeap timers = self._timers
 
-        if timers.size():
+        if timers._heap:
             timers.drop_cancelled_head()
 
         if self._ready or self._stopping:
@@ -315,12 +339,12 @@ cdef class Kernel:
         if timeout > MAX_POLL_TIMEOUT_S:
             timeout = MAX_POLL_TIMEOUT_S
 
-        if timeout == 0.0 and self._ready and not self._watchers:
-            # Callbacks are ready and no fd is watched: the only fds in the epoll set are
-            # the kernel's own eventfd and timerfd, which exist to end a *blocking* wait
-            # (call_soon_threadsafe has already queued its handle) or to be seen by an
-            # outside poller. Nothing can be learnt from polling them now, so skip the
-            # syscall; they are drained the next time the loop polls.
+        if timeout == 0.0 and not self._watchers:
+            # Work is due (ready callbacks or a due timer) and no fd is watched: the only
+            # fds in the epoll set are the kernel's own eventfd and timerfd, which exist to
+            # end a *blocking* wait (call_soon_threadsafe has already queued its handle) or
+            # to be seen by an outside poller. Nothing can be learnt from polling them now,
+            # so skip the syscall; they are drained the next time the loop polls.
             pass
         else:
             if timeout < 0.0:
@@ -332,7 +356,7 @@ cdef class Kernel:
             if nevents:
                 self._dispatch(nevents)
 
-        if timers.size():
+        if timers._heap:
             self._run_due_timers()
         return self._run_ready()
 
@@ -375,7 +399,7 @@ cdef class Kernel:
             self._ready_spare = batch
             raise
         handle = None
-        batch.clear()
+        cq_list_clear_keep(batch)
         self._ready_spare = batch
         return 0
 

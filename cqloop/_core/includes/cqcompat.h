@@ -4,6 +4,9 @@
 
 #include <Python.h>
 
+/* Ready lists up to this many items keep their array between iterations (32 KiB each). */
+#define CQ_READY_KEEP_MAX 4096
+
 /* callback(*args) through vectorcall: a tuple's items are contiguous, so they are the
  * argument vector as they stand and no new tuple is built. */
 static inline PyObject *
@@ -21,6 +24,33 @@ static inline int
 cq_reraise(void)
 {
     return -1;
+}
+
+/* Empty `list` but keep its allocated item array: the kernel's two ready lists are refilled
+ * every iteration, and list.clear() would free the array only for append to allocate it
+ * again. Items are detached before they are released, because releasing one may run
+ * arbitrary code (a __del__) which must see a consistent, empty list. */
+static inline void
+cq_list_clear_keep(PyObject *list)
+{
+    PyListObject *lst = (PyListObject *)list;
+    Py_ssize_t n = Py_SIZE(lst);
+    Py_ssize_t i;
+    PyObject **items = lst->ob_item;
+    if (n == 0) {
+        return;
+    }
+    if (n > CQ_READY_KEEP_MAX) {
+        /* A burst: let the array go rather than pin a large one forever. */
+        PyList_SetSlice(list, 0, n, NULL);
+        return;
+    }
+    Py_SET_SIZE(lst, 0);
+    for (i = 0; i < n; i++) {
+        PyObject *item = items[i];
+        items[i] = NULL;
+        Py_XDECREF(item);
+    }
 }
 
 #endif

@@ -20,3 +20,5 @@ cdef extern from "cqcompat.h":
     # Returns -1 and leaves the pending exception in place, so that a `try` around the
     # call catches the exception an earlier raw C-API call left set.
     int cq_reraise() except -1
+    # Empty a list but keep its item array, so that refilling it does not reallocate.
+    void cq_list_clear_keep(list lst)
