@@ -45,5 +45,9 @@ def run(main: Coroutine[Any, Any, _T], *, debug: bool | None = None) -> _T:
     """Run coroutine `main` on a new cqloop loop and return its result, with the contract
     of asyncio.run(): cancel what is left, shut down async generators and the default
     executor, close the loop."""
+    if asyncio.events._get_running_loop() is not None:
+        # Before a Runner exists, as asyncio.run() does: a Runner made here would try to
+        # clean up a loop it can never run.
+        raise RuntimeError("cqloop.run() cannot be called from a running event loop")
     with asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
         return runner.run(main)
