@@ -38,7 +38,7 @@ from asyncio import Future
 from cpython.pythread cimport PyThread_get_thread_ident
 
 from cqloop._core.handles cimport Handle, TimerHandle, new_handle, new_timer_handle
-from cqloop._core.includes.pyapi cimport cq_list_clear_keep
+from cqloop._core.includes.pyapi cimport cq_list_clear_keep, cq_list_take
 from cqloop._core.includes.system cimport (
     CLOCK_MONOTONIC,
     EBADF,
@@ -387,7 +387,8 @@ cdef class Kernel:
             return self._run_ready_debug(batch)
         try:
             while i < n:
-                handle = <Handle>batch[i]
+                # Taken out of the batch, so it is freed once it has run (see cqcompat.h).
+                handle = <Handle>cq_list_take(batch, i)
                 i += 1
                 if not handle._cancelled:
                     handle._run()
@@ -411,7 +412,7 @@ cdef class Kernel:
         cdef double t0, dt
         try:
             while i < n:
-                handle = <Handle>batch[i]
+                handle = <Handle>cq_list_take(batch, i)
                 i += 1
                 if not handle._cancelled:
                     t0 = self._now()
@@ -424,7 +425,8 @@ cdef class Kernel:
             batch.clear()
             self._ready_spare = batch
             raise
-        batch.clear()
+        handle = None
+        cq_list_clear_keep(batch)
         self._ready_spare = batch
         return 0
 

@@ -4,8 +4,8 @@
 
 #include <Python.h>
 
-/* Ready lists up to this many items keep their array between iterations (32 KiB each). */
-#define CQ_READY_KEEP_MAX 4096
+/* Ready lists up to this many items keep their array between iterations (512 KiB each). */
+#define CQ_READY_KEEP_MAX 65536
 
 /* callback(*args) through vectorcall: a tuple's items are contiguous, so they are the
  * argument vector as they stand and no new tuple is built. */
@@ -24,6 +24,22 @@ static inline int
 cq_reraise(void)
 {
     return -1;
+}
+
+/* Take item i out of `list`, leaving NULL in its slot, and return the reference the list
+ * held. The kernel runs its private ready batch this way so that each handle (and what it
+ * holds: a task's bound step, a future) is freed as soon as it has run, as asyncio's
+ * deque.popleft() frees it. Holding a whole batch until the iteration ends would keep
+ * thousands of young objects alive, and the cyclic GC, which counts allocations net of
+ * deallocations, would run far more often and traverse them all each time. Only for lists
+ * nothing else can see; a NULL slot is fine for list_clear and for slicing past it. */
+static inline PyObject *
+cq_list_take(PyObject *list, Py_ssize_t i)
+{
+    PyListObject *lst = (PyListObject *)list;
+    PyObject *item = lst->ob_item[i];
+    lst->ob_item[i] = NULL;
+    return item;
 }
 
 /* Empty `list` but keep its allocated item array: the kernel's two ready lists are refilled

@@ -22,3 +22,5 @@ cdef extern from "cqcompat.h":
     int cq_reraise() except -1
     # Empty a list but keep its item array, so that refilling it does not reallocate.
     void cq_list_clear_keep(list lst)
+    # Steal item i out of a private list (its slot becomes NULL); see cqcompat.h.
+    object cq_list_take(list lst, Py_ssize_t i)
