@@ -18,7 +18,8 @@ cdef class Kernel:
     # timerfd, created the first time the loop is driven from outside, armed to the
     # earliest timer so that the epoll fd turns readable when it is due. -1 until then.
     cdef int _tfd
-    # Absolute CLOCK_MONOTONIC deadline the timerfd is armed for; < 0 when disarmed.
+    # Whether the timerfd is armed, and for which absolute CLOCK_MONOTONIC deadline.
+    cdef bint _tfd_armed
     cdef double _tfd_deadline
     # True once the loop's fd was handed out or step() was called: see "driven from outside".
     cdef bint _external
@@ -65,7 +66,7 @@ cdef class Kernel:
     cdef int _signal_wakeup(self) noexcept
     cdef int _drain_wakeup(self) noexcept
     cdef int _ensure_timerfd(self) except -1
-    cdef int _arm_timerfd(self, double deadline) except -1
+    cdef int _arm_timerfd(self, double deadline, bint armed) except -1
     cdef int _drain_timerfd(self) noexcept
     cdef uint32_t _new_gen(self) noexcept
     cdef int _update_watcher(self, FdWatcher watcher, bint removing) except -1

@@ -82,7 +82,8 @@ cdef class Kernel:
         cdef int err
         self._efd = -1
         self._tfd = -1
-        self._tfd_deadline = -1.0
+        self._tfd_armed = False
+        self._tfd_deadline = 0.0
         self._poller = Poller()
         self._efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)
         if self._efd < 0:
@@ -187,8 +188,8 @@ cdef class Kernel:
             timer._source_traceback = self._source_traceback()
         self._timers.push(timer)
         if self._external and not self._running:
-            if self._tfd_deadline < 0 or when < self._tfd_deadline:
-                self._arm_timerfd(when)
+            if not self._tfd_armed or when < self._tfd_deadline:
+                self._arm_timerfd(when, True)
         return timer
 
     def _timer_handle_cancelled(self, TimerHandle handle):
@@ -318,7 +319,6 @@ cdef class Kernel:
         cdef double timeout
         cdef int timeout_ms
         cdef int nevents
-        cdef TimerHandle first
         cdef TimerHeap timers = self._timers
 
         if timers._heap:
@@ -327,9 +327,8 @@ cdef class Kernel:
         if self._ready or self._stopping:
             timeout = 0.0
         else:
-            first = timers.peek()
-            if first is not None:
-                timeout = first._when - self._now()
+            if timers._heap:
+                timeout = timers.peek_when() - self._now()
                 if timeout < 0.0:
                     timeout = 0.0
                 if max_wait >= 0.0 and timeout > max_wait:
@@ -365,11 +364,8 @@ cdef class Kernel:
         cdef TimerHandle timer
         cdef double end = self._now() + self._clock_resolution
         cdef list ready = self._ready
-        while True:
-            timer = timers.peek()
-            if timer is None or timer._when >= end:
-                break
-            timers.pop()
+        while timers._heap and timers.peek_when() < end:
+            timer = timers.pop()
             if not timer._cancelled:
                 ready.append(timer)
         return 0
@@ -634,31 +630,33 @@ cdef class Kernel:
             close(self._tfd)
             self._tfd = -1
             raise OSError(err, "cannot register the timerfd")
-        self._tfd_deadline = -1.0
+        self._tfd_armed = False
         return 0
 
-    cdef int _arm_timerfd(self, double deadline) except -1:
-        """Arm the timerfd for `deadline` (absolute loop time), or disarm it if < 0."""
+    cdef int _arm_timerfd(self, double deadline, bint armed) except -1:
+        """Arm the timerfd for `deadline` (absolute loop time), or disarm it."""
         cdef itimerspec spec
         cdef double secs
         if self._tfd < 0:
             self._ensure_timerfd()
-        if deadline == self._tfd_deadline:
+        if armed == self._tfd_armed and (not armed or deadline == self._tfd_deadline):
             return 0
         spec.it_interval.tv_sec = 0
         spec.it_interval.tv_nsec = 0
-        if deadline < 0.0:
-            spec.it_value.tv_sec = 0
-            spec.it_value.tv_nsec = 0
-        else:
-            secs = <double>(<long>deadline)
-            spec.it_value.tv_sec = <long>deadline
-            spec.it_value.tv_nsec = <long>((deadline - secs) * 1e9)
+        spec.it_value.tv_sec = 0
+        spec.it_value.tv_nsec = 0
+        if armed:
+            if deadline > 0.0:
+                secs = <double>(<long>deadline)
+                spec.it_value.tv_sec = <long>deadline
+                spec.it_value.tv_nsec = <long>((deadline - secs) * 1e9)
             if spec.it_value.tv_sec == 0 and spec.it_value.tv_nsec == 0:
-                # A zero it_value disarms; one nanosecond after boot is long past.
+                # A zero it_value disarms. A deadline at or before the clock's zero (call_at
+                # accepts any number) is long past: one nanosecond after boot is too.
                 spec.it_value.tv_nsec = 1
         if timerfd_settime(self._tfd, TFD_TIMER_ABSTIME, &spec, NULL) < 0:
             raise OSError(errno, "timerfd_settime failed")
+        self._tfd_armed = armed
         self._tfd_deadline = deadline
         return 0
 
@@ -667,13 +665,12 @@ cdef class Kernel:
         if self._tfd >= 0:
             read(self._tfd, &expirations, sizeof(expirations))
         # A one-shot timer that fired is disarmed.
-        self._tfd_deadline = -1.0
+        self._tfd_armed = False
         return 0
 
     cdef int _sync_external(self) except -1:
         """Make the epoll fd tell the truth to an outside poller: readable iff callbacks
         are ready, and due to turn readable when the earliest timer is."""
-        cdef TimerHandle first
         if self._closed:
             return 0
         if self._ready:
@@ -681,10 +678,12 @@ cdef class Kernel:
                 self._signal_wakeup()
         elif self._efd_signalled:
             self._drain_wakeup()
-        if self._timers.size():
+        if self._timers._heap:
             self._timers.drop_cancelled_head()
-        first = self._timers.peek()
-        self._arm_timerfd(-1.0 if first is None else first._when)
+        if self._timers._heap:
+            self._arm_timerfd(self._timers.peek_when(), True)
+        else:
+            self._arm_timerfd(0.0, False)
         return 0
 
     def _refresh_pollfd(self):
@@ -709,15 +708,13 @@ cdef class Kernel:
     def timeout(self):
         """How long an outside poller may sleep before calling step(): 0 when callbacks
         are ready, the time to the next timer, or None when the loop is idle."""
-        cdef TimerHandle first
         if self._ready:
             return 0.0
-        if self._timers.size():
+        if self._timers._heap:
             self._timers.drop_cancelled_head()
-        first = self._timers.peek()
-        if first is None:
+        if not self._timers._heap:
             return None
-        return max(0.0, first._when - self._now())
+        return max(0.0, self._timers.peek_when() - self._now())
 
     # -- statistics ---------------------------------------------------------------------
 

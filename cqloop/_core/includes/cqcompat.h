@@ -42,6 +42,19 @@ cq_list_take(PyObject *list, Py_ssize_t i)
     return item;
 }
 
+/* The item array and the size of a list whose items the caller moves about itself. */
+static inline PyObject **
+cq_list_items(PyObject *list)
+{
+    return ((PyListObject *)list)->ob_item;
+}
+
+static inline void
+cq_list_set_size(PyObject *list, Py_ssize_t n)
+{
+    Py_SET_SIZE((PyListObject *)list, n);
+}
+
 /* Empty `list` but keep its allocated item array: the kernel's two ready lists are refilled
  * every iteration, and list.clear() would free the array only for append to allocate it
  * again. Items are detached before they are released, because releasing one may run

@@ -24,3 +24,7 @@ cdef extern from "cqcompat.h":
     void cq_list_clear_keep(list lst)
     # Steal item i out of a private list (its slot becomes NULL); see cqcompat.h.
     object cq_list_take(list lst, Py_ssize_t i)
+    # A list's item array, to move items within it without touching reference counts,
+    # and its size, set directly (timerheap.pyx). Only for lists the caller owns.
+    PyObject **cq_list_items(list lst)
+    void cq_list_set_size(list lst, Py_ssize_t n)
