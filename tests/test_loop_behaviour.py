@@ -299,7 +299,9 @@ def test_running_loop_cannot_be_run_again_or_closed(loop):
     errors = []
 
     def inside():
-        for attempt in (loop.run_forever, loop.close):
+        # close() first: asyncio 3.13.0 forgets that it is running after refusing a nested
+        # run_forever(), and would then let close() through.
+        for attempt in (loop.close, loop.run_forever):
             try:
                 attempt()
             except RuntimeError as exc:
@@ -603,6 +605,7 @@ def test_set_task_factory_refuses_non_callables(loop):
 @pytest.mark.skipif(not PY312, reason="eager tasks are Python 3.12+")
 async def test_eager_task_factory_starts_tasks_eagerly():
     loop = asyncio.get_running_loop()
+    skip_where_uvloop_differs(loop, "on 3.13 its create_task hands task factories eager_start")
     started = []
 
     async def coro():
