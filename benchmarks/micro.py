@@ -54,7 +54,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -365,9 +365,7 @@ def measure_once(factory: LoopFactory, bench: Benchmark, n: int) -> float:
     return count / elapsed
 
 
-def _run_with_watchdog(
-    loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, _T], timeout: float
-) -> _T:
+def _run_with_watchdog(loop: asyncio.AbstractEventLoop, coro: Awaitable[_T], timeout: float) -> _T:
     """loop.run_until_complete(coro), but a loop that loses a callback and so would wait for
     ever is stopped after `timeout` seconds (loop.stop() needs no callback to get through)."""
     timed_out = False
