@@ -126,20 +126,12 @@ class Loop(Kernel, asyncio.AbstractEventLoop):  # type: ignore[misc]
         self._check_closed_py()
         self._check_running()
         self._set_coroutine_origin_tracking(self.get_debug())
-        old_agen_hooks = sys.get_asyncgen_hooks()
-        sys.set_asyncgen_hooks(
-            firstiter=self._asyncgen_firstiter_hook,
-            finalizer=self._asyncgen_finalizer_hook,
-        )
-        self._enter_running()
-        events._set_running_loop(self)
+        saved = self._begin_running()
         try:
             self._run_until_stopped()
         finally:
-            self._exit_running()
-            events._set_running_loop(None)
+            self._end_running(saved)
             self._set_coroutine_origin_tracking(False)
-            sys.set_asyncgen_hooks(*old_agen_hooks)
             self._refresh_pollfd()
 
     def run_until_complete(self, future: Any) -> Any:
@@ -165,6 +157,24 @@ class Loop(Kernel, asyncio.AbstractEventLoop):  # type: ignore[misc]
         if not future.done():
             raise RuntimeError("Event loop stopped before Future completed.")
         return future.result()
+
+    def _begin_running(self) -> tuple[Any, Any]:
+        """Make this loop the running loop of this thread, with its async generator hooks
+        (run_forever's and step's set-up). Returns what _end_running puts back."""
+        saved = (events._get_running_loop(), sys.get_asyncgen_hooks())
+        sys.set_asyncgen_hooks(
+            firstiter=self._asyncgen_firstiter_hook,
+            finalizer=self._asyncgen_finalizer_hook,
+        )
+        self._enter_running()
+        events._set_running_loop(self)
+        return saved
+
+    def _end_running(self, saved: tuple[Any, Any]) -> None:
+        previous_loop, agen_hooks = saved
+        self._exit_running()
+        events._set_running_loop(previous_loop)
+        sys.set_asyncgen_hooks(*agen_hooks)
 
     def stop(self) -> None:
         """Stop run_forever after the current iteration."""
@@ -204,20 +214,11 @@ class Loop(Kernel, asyncio.AbstractEventLoop):  # type: ignore[misc]
                 "step() called on a loop that is already running "
                 "(from inside its own run_forever or step)"
             )
-        outer = events._get_running_loop()
-        old_agen_hooks = sys.get_asyncgen_hooks()
-        sys.set_asyncgen_hooks(
-            firstiter=self._asyncgen_firstiter_hook,
-            finalizer=self._asyncgen_finalizer_hook,
-        )
-        self._enter_running()
-        events._set_running_loop(self)
+        saved = self._begin_running()
         try:
             self._step_once(timeout)
         finally:
-            self._exit_running()
-            events._set_running_loop(outer)
-            sys.set_asyncgen_hooks(*old_agen_hooks)
+            self._end_running(saved)
 
     def pollfd(self) -> int:
         """cqueues' name for fileno(): the fd an outside poller watches for readability."""

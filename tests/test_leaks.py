@@ -30,33 +30,13 @@ import pytest
 
 import cqloop
 from tests.conftest import open_fds
-
-try:
-    import uvloop
-except ImportError:  # pragma: no cover - uvloop is in the test extra
-    uvloop = None
+from tests.loops import OUTER_FACTORIES, OUTER_KINDS
 
 pytestmark = pytest.mark.cqloop_only
 
 N_LOOPS = 1000
 N_NESTED = 100
 WAIT_S = 5.0
-
-OUTER_FACTORIES: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
-    "asyncio": asyncio.new_event_loop,
-    "cqloop": cqloop.new_event_loop,
-}
-if uvloop is not None:
-    OUTER_FACTORIES["uvloop"] = uvloop.new_event_loop
-
-OUTER_KINDS = [
-    pytest.param(
-        kind,
-        id=kind,
-        marks=pytest.mark.skipif(kind not in OUTER_FACTORIES, reason=f"{kind} not installed"),
-    )
-    for kind in ("asyncio", "uvloop", "cqloop")
-]
 
 
 # -- accounting -------------------------------------------------------------------------------

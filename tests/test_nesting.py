@@ -42,6 +42,8 @@ try:
 except ImportError:  # pragma: no cover - uvloop is in the test extra
     uvloop = None
 
+from tests.loops import OUTER_FACTORIES, OUTER_KINDS
+
 pytestmark = pytest.mark.cqloop_only
 
 # The safety net of every wait: far longer than anything a working loop takes.
@@ -50,22 +52,6 @@ WAIT_S = 5.0
 TIMER_SLACK_S = 0.05
 # Upper bound for "returns at once" / "returns after its short timeout" on a noisy machine.
 PROMPT_S = 0.3
-
-OUTER_FACTORIES: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
-    "asyncio": asyncio.new_event_loop,
-    "cqloop": cqloop.new_event_loop,
-}
-if uvloop is not None:
-    OUTER_FACTORIES["uvloop"] = uvloop.new_event_loop
-
-OUTER_KINDS = [
-    pytest.param(
-        kind,
-        id=kind,
-        marks=pytest.mark.skipif(kind not in OUTER_FACTORIES, reason=f"{kind} not installed"),
-    )
-    for kind in ("asyncio", "uvloop", "cqloop")
-]
 
 
 # -- helpers ------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ cdef class Kernel:
     cdef int _iterate(self, double max_wait) except -1
     cdef int _dispatch(self, int nevents) except -1
     cdef int _run_ready(self) except -1
-    cdef int _run_ready_debug(self, list batch) except -1
+    cdef int _run_timed(self, Handle handle) except -1
     cdef int _run_due_timers(self) except -1
     cdef int _sync_external(self) except -1
     cdef int _signal_wakeup(self) noexcept

@@ -376,17 +376,20 @@ cdef class Kernel:
         cdef Py_ssize_t n = len(batch)
         cdef Py_ssize_t i = 0
         cdef Handle handle
+        cdef bint debug = self._debug
         if n == 0:
             return 0
         self._ready = self._ready_spare
-        if self._debug:
-            return self._run_ready_debug(batch)
         try:
             while i < n:
                 # Taken out of the batch, so it is freed once it has run (see cqcompat.h).
                 handle = <Handle>cq_list_take(batch, i)
                 i += 1
-                if not handle._cancelled:
+                if handle._cancelled:
+                    continue
+                if debug:
+                    self._run_timed(handle)
+                else:
                     handle._run()
         except BaseException:
             # SystemExit or KeyboardInterrupt left a callback: the rest of this batch is
@@ -400,30 +403,14 @@ cdef class Kernel:
         self._ready_spare = batch
         return 0
 
-    cdef int _run_ready_debug(self, list batch) except -1:
-        # _run_ready in debug mode: time each callback and report the slow ones.
-        cdef Py_ssize_t n = len(batch)
-        cdef Py_ssize_t i = 0
-        cdef Handle handle
-        cdef double t0, dt
-        try:
-            while i < n:
-                handle = <Handle>cq_list_take(batch, i)
-                i += 1
-                if not handle._cancelled:
-                    t0 = self._now()
-                    handle._run()
-                    dt = self._now() - t0
-                    if dt >= self.slow_callback_duration:
-                        self._on_slow_callback(handle, dt)
-        except BaseException:
-            self._ready = batch[i:] + self._ready
-            batch.clear()
-            self._ready_spare = batch
-            raise
-        handle = None
-        cq_list_clear_keep(batch)
-        self._ready_spare = batch
+    cdef int _run_timed(self, Handle handle) except -1:
+        # Debug mode: time the callback and report it if it was slow.
+        cdef double t0 = self._now()
+        cdef double elapsed
+        handle._run()
+        elapsed = self._now() - t0
+        if elapsed >= self.slow_callback_duration:
+            self._on_slow_callback(handle, elapsed)
         return 0
 
     def _on_slow_callback(self, handle, duration):
