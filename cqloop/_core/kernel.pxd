@@ -47,14 +47,13 @@ cdef class Kernel:
     cdef bint _debug
     cdef public double slow_callback_duration
     cdef public object _thread_id
-    # The same, as C sees it; 0 while not running.
-    cdef unsigned long _thread_ident
     cdef readonly int _pid
 
     # -- methods ----------------------------------------------------------------------
     cdef double _now(self) noexcept
     cdef int _check_closed(self) except -1
     cdef int _debug_checks(self, object callback, str method) except -1
+    cdef Handle _call_soon(self, object callback, tuple args, object context)
     cdef TimerHandle _schedule_at(self, double when, object callback, tuple args,
                                   object context)
     cdef int _iterate(self, double max_wait) except -1

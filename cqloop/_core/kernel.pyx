@@ -38,6 +38,7 @@ from asyncio import Future
 from cpython.pythread cimport PyThread_get_thread_ident
 
 from cqloop._core.handles cimport Handle, TimerHandle, new_handle, new_timer_handle
+from cqloop._core.includes.callsoon cimport cq_install_call_soon
 from cqloop._core.includes.pyapi cimport cq_list_clear_keep, cq_list_take
 from cqloop._core.includes.system cimport (
     CLOCK_MONOTONIC,
@@ -129,6 +130,11 @@ cdef class Kernel:
     def call_soon(self, callback, *args, context=None):
         """Run callback(*args) in the next iteration, in `context` (default: a copy of the
         current one). Returns a Handle."""
+        # Replaced on the type by a vectorcall entry at import (see the end of this file);
+        # kept as the reference signature and for the .pyi stub.
+        return self._call_soon(callback, args, context)
+
+    cdef Handle _call_soon(self, object callback, tuple args, object context):
         cdef Handle handle
         if self._closed:
             self._check_closed()
@@ -199,11 +205,9 @@ cdef class Kernel:
 
     def create_future(self):
         """A new asyncio.Future bound to this loop."""
-        if self._running and PyThread_get_thread_ident() == self._thread_ident:
-            # This loop is the running loop of this thread (run_forever and step both set
-            # it), so a Future made without arguments binds to it. That skips the keyword
-            # argument, for which CPython builds and parses a dict on every call.
-            return _Future()
+        # Always with loop=: a Future made without it asks get_running_loop(), which in
+        # CPython 3.11 checks getpid() (a system call) on every call; CPython's keyword dict
+        # for loop= is far cheaper.
         return _Future(loop=self)
 
     # -- debug --------------------------------------------------------------------------
@@ -256,13 +260,11 @@ cdef class Kernel:
     def _enter_running(self):
         """Mark the loop running in this thread (run_forever and step call it)."""
         self._running = True
-        self._thread_ident = PyThread_get_thread_ident()
-        self._thread_id = self._thread_ident
+        self._thread_id = PyThread_get_thread_ident()
 
     def _exit_running(self):
         self._running = False
         self._thread_id = None
-        self._thread_ident = 0
 
     def _close_kernel(self):
         """Release the kernel queue: watchers, timers, ready callbacks and every fd."""
@@ -723,3 +725,17 @@ cdef inline uint64_t _token(FdWatcher watcher) noexcept:
 def _strerror(int err):
     import os
     return os.strerror(err)
+
+
+# -- call_soon's entry point ----------------------------------------------------------------
+# call_soon is the hottest method of the loop: every future's done callback and every task
+# step is scheduled through it, by C code (asyncio's Task and Future) that passes
+# `context=` as a keyword. Cython's generic keyword parsing costs more than the rest of
+# call_soon, so the type gets a METH_FASTCALL entry (cqcompat.h) that reads the one keyword
+# call_soon takes directly, then calls Kernel._call_soon.
+
+cdef object _call_soon_entry(object self, object callback, object args, object context):
+    return (<Kernel>self)._call_soon(callback, <tuple>args, context)
+
+
+cq_install_call_soon(Kernel, _call_soon_entry)
