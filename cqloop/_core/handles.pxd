@@ -9,7 +9,8 @@ cdef class Handle:
     cdef readonly object _loop
     cdef readonly bint _cancelled
     cdef public object _source_traceback
-    cdef object _repr
+    # A str: Cython leaves str fields out of the GC traversal every collection makes.
+    cdef str _repr
     cdef object __weakref__
 
     cdef int _run(self) except -1
