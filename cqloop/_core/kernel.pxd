@@ -30,7 +30,6 @@ cdef class Kernel:
     cdef list _ready_spare
     cdef TimerHeap _timers
     cdef unsigned long long _timer_seq
-    cdef double _clock_resolution
 
     # -- fds --------------------------------------------------------------------------
     # fd -> FdWatcher
@@ -47,7 +46,6 @@ cdef class Kernel:
     cdef bint _debug
     cdef public double slow_callback_duration
     cdef public object _thread_id
-    cdef readonly int _pid
 
     # -- methods ----------------------------------------------------------------------
     cdef double _now(self) noexcept

@@ -55,7 +55,6 @@ from cqloop._core.includes.system cimport (
     close,
     errno,
     eventfd,
-    getpid,
     itimerspec,
     read,
     timerfd_create,
@@ -69,6 +68,9 @@ from cqloop._core.watchers cimport FdWatcher, HandleWatcher
 
 # asyncio caps one select at a day; so do we (and it fits epoll_wait's int milliseconds).
 cdef double MAX_POLL_TIMEOUT_S = 24 * 3600.0
+# A timer is due when its deadline is within the clock's resolution of now (asyncio's rule;
+# CLOCK_MONOTONIC counts nanoseconds on Linux).
+cdef double CLOCK_RESOLUTION_S = 1e-9
 # Generations are 32 bits in epoll_data; 0 is reserved for the kernel's own fds.
 cdef uint32_t FIRST_GEN = 1
 
@@ -99,10 +101,8 @@ cdef class Kernel:
         self._timer_seq = 0
         self._watchers = {}
         self._last_gen = FIRST_GEN
-        self._clock_resolution = 1e-9
         self.slow_callback_duration = 0.1
         self._thread_id = None
-        self._pid = getpid()
 
     def __dealloc__(self):
         # A loop dropped without close(): give its fds back (Loop.__del__ warns first).
@@ -364,7 +364,7 @@ cdef class Kernel:
     cdef int _run_due_timers(self) except -1:
         cdef TimerHeap timers = self._timers
         cdef TimerHandle timer
-        cdef double end = self._now() + self._clock_resolution
+        cdef double end = self._now() + CLOCK_RESOLUTION_S
         cdef list ready = self._ready
         while timers._heap and timers.peek_when() < end:
             timer = timers.pop()
@@ -579,13 +579,6 @@ cdef class Kernel:
         handle.cancel()
         return True
 
-    def _watcher_of(self, int fd):
-        """The watcher registered for fd, or None."""
-        return self._watchers.get(fd)
-
-    def _watched_fds(self):
-        return list(self._watchers)
-
     # -- the kernel's own fds -----------------------------------------------------------
 
     cdef int _signal_wakeup(self) noexcept:
@@ -602,10 +595,6 @@ cdef class Kernel:
             read(self._efd, &value, sizeof(value))
         self._efd_signalled = False
         return 0
-
-    def _write_to_self(self):
-        """Wake the loop from another thread (asyncio's name)."""
-        self._signal_wakeup()
 
     cdef int _ensure_timerfd(self) except -1:
         cdef int err
