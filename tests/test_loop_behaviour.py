@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import gc
 import logging
 import os
 import socket
@@ -563,6 +564,25 @@ def test_set_default_executor_wants_a_thread_pool(loop):
     pool.shutdown()
 
 
+@pytest.mark.skipif(not PY312, reason="shutdown_default_executor takes timeout from 3.12")
+def test_shutdown_default_executor_gives_up_after_its_timeout(loop):
+    skip_where_uvloop_differs(loop, "its shutdown_default_executor ignores the timeout")
+    release = threading.Event()
+    started = threading.Event()
+
+    def blocked():
+        started.set()
+        release.wait(30)
+
+    loop.run_in_executor(None, blocked)
+    assert started.wait(10)
+    try:
+        with pytest.warns(RuntimeWarning, match="did not finish"):
+            loop.run_until_complete(loop.shutdown_default_executor(timeout=0.05))
+    finally:
+        release.set()
+
+
 # -- tasks ----------------------------------------------------------------------------------
 
 
@@ -669,6 +689,26 @@ def test_shutdown_asyncgens_closes_open_generators(loop):
     assert loop.run_until_complete(first()) == 1
     loop.run_until_complete(loop.shutdown_asyncgens())
     assert closed == [True]
+
+
+def test_async_generator_dropped_unfinished_is_closed_by_the_loop(loop):
+    closed = loop.create_future()
+
+    async def agen():
+        try:
+            yield 1
+            yield 2
+        finally:
+            closed.set_result("closed")
+
+    async def take_one_and_drop():
+        gen = agen()
+        assert await gen.__anext__() == 1
+        del gen  # the finalizer hook schedules aclose() on the loop
+
+    loop.run_until_complete(take_one_and_drop())
+    gc.collect()
+    assert loop.run_until_complete(asyncio.wait_for(closed, 10)) == "closed"
 
 
 # -- errors and the exception handler -------------------------------------------------------
