@@ -16,9 +16,25 @@ if not sys.platform.startswith("linux"):
         f"this is {sys.platform!r}"
     )
 
+from cqloop.events import EventEmitter, event_list, publish, subscribe
 from cqloop.loop import Loop
 from cqloop.policy import EventLoopPolicy, install, new_event_loop, run
+from cqloop.runner import Runner, RunnerState, waiter
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["EventLoopPolicy", "Loop", "__version__", "install", "new_event_loop", "run"]
+__all__ = [
+    "EventEmitter",
+    "EventLoopPolicy",
+    "Loop",
+    "Runner",
+    "RunnerState",
+    "__version__",
+    "event_list",
+    "install",
+    "new_event_loop",
+    "publish",
+    "run",
+    "subscribe",
+    "waiter",
+]
