@@ -375,77 +375,72 @@ def test_keyboard_interrupt_in_callback_propagates_and_keeps_the_rest():
 # -- fd watching ----------------------------------------------------------------------------
 
 
-def test_add_reader_fires_when_readable_and_remove_reader_stops_it(loop):
+@pytest.fixture
+def sockpair():
+    """A connected pair of Unix stream sockets (reader, writer), closed after the test."""
     rsock, wsock = socket.socketpair()
     try:
-        received = loop.create_future()
-
-        def on_readable():
-            received.set_result(rsock.recv(100))
-
-        loop.add_reader(rsock, on_readable)
-        loop.call_soon(wsock.send, b"ping")
-        assert loop.run_until_complete(asyncio.wait_for(received, 10)) == b"ping"
-        removed = [loop.remove_reader(rsock), loop.remove_reader(rsock)]
-        if not is_uvloop(loop):  # uvloop's remove_reader returns None
-            assert removed == [True, False]
+        yield rsock, wsock
     finally:
         rsock.close()
         wsock.close()
 
 
-def test_add_writer_fires_when_writable(loop):
-    rsock, wsock = socket.socketpair()
-    try:
-        writable = loop.create_future()
-        loop.add_writer(wsock.fileno(), writable.set_result, "writable")
-        assert loop.run_until_complete(asyncio.wait_for(writable, 10)) == "writable"
-        removed = loop.remove_writer(wsock.fileno())
-        if not is_uvloop(loop):  # uvloop's remove_writer returns None
-            assert removed is True
-    finally:
-        rsock.close()
-        wsock.close()
+def test_add_reader_fires_when_readable_and_remove_reader_stops_it(loop, sockpair):
+    rsock, wsock = sockpair
+    received = loop.create_future()
+
+    def on_readable():
+        received.set_result(rsock.recv(100))
+
+    loop.add_reader(rsock, on_readable)
+    loop.call_soon(wsock.send, b"ping")
+    assert loop.run_until_complete(asyncio.wait_for(received, 10)) == b"ping"
+    removed = [loop.remove_reader(rsock), loop.remove_reader(rsock)]
+    if not is_uvloop(loop):  # uvloop's remove_reader returns None
+        assert removed == [True, False]
 
 
-def test_add_reader_replaces_the_previous_reader(loop):
-    rsock, wsock = socket.socketpair()
-    try:
-        got = loop.create_future()
-        loop.add_reader(rsock, got.set_result, "first")
-        loop.add_reader(rsock, got.set_result, "second")
+def test_add_writer_fires_when_writable(loop, sockpair):
+    _, wsock = sockpair
+    writable = loop.create_future()
+    loop.add_writer(wsock.fileno(), writable.set_result, "writable")
+    assert loop.run_until_complete(asyncio.wait_for(writable, 10)) == "writable"
+    removed = loop.remove_writer(wsock.fileno())
+    if not is_uvloop(loop):  # uvloop's remove_writer returns None
+        assert removed is True
+
+
+def test_add_reader_replaces_the_previous_reader(loop, sockpair):
+    rsock, wsock = sockpair
+    got = loop.create_future()
+    loop.add_reader(rsock, got.set_result, "first")
+    loop.add_reader(rsock, got.set_result, "second")
+    wsock.send(b"x")
+    assert loop.run_until_complete(asyncio.wait_for(got, 10)) == "second"
+    loop.remove_reader(rsock)
+
+
+def test_reader_and_writer_on_one_fd_are_independent(loop, sockpair):
+    rsock, wsock = sockpair
+    events = []
+    done = loop.create_future()
+
+    def on_writable():
+        events.append("w")
+        loop.remove_writer(rsock)
         wsock.send(b"x")
-        assert loop.run_until_complete(asyncio.wait_for(got, 10)) == "second"
+
+    def on_readable():
+        events.append("r")
+        rsock.recv(1)
         loop.remove_reader(rsock)
-    finally:
-        rsock.close()
-        wsock.close()
+        done.set_result(None)
 
-
-def test_reader_and_writer_on_one_fd_are_independent(loop):
-    rsock, wsock = socket.socketpair()
-    try:
-        events = []
-        done = loop.create_future()
-
-        def on_writable():
-            events.append("w")
-            loop.remove_writer(rsock)
-            wsock.send(b"x")
-
-        def on_readable():
-            events.append("r")
-            rsock.recv(1)
-            loop.remove_reader(rsock)
-            done.set_result(None)
-
-        loop.add_reader(rsock, on_readable)
-        loop.add_writer(rsock, on_writable)
-        loop.run_until_complete(asyncio.wait_for(done, 10))
-        assert events == ["w", "r"]
-    finally:
-        rsock.close()
-        wsock.close()
+    loop.add_reader(rsock, on_readable)
+    loop.add_writer(rsock, on_writable)
+    loop.run_until_complete(asyncio.wait_for(done, 10))
+    assert events == ["w", "r"]
 
 
 def test_add_reader_refuses_negative_and_invalid_fds(loop):
