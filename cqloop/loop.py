@@ -27,6 +27,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar, TypeVarTuple, Unpack
 
 from cqloop._core.kernel import Kernel
+from cqloop.transports.datagram import DatagramMixin
+from cqloop.transports.sockops import SockOpsMixin
+from cqloop.transports.streams import StreamsMixin
 
 __all__ = ["Loop"]
 
@@ -83,7 +86,9 @@ def _run_until_complete_cb(fut: asyncio.Future[Any]) -> None:
 
 # The compiled handles are not asyncio.Handle subclasses (as uvloop's are not), so mypy sees
 # Kernel's call_soon/call_later/call_at as incompatible with AbstractEventLoop's.
-class Loop(Kernel, asyncio.AbstractEventLoop):  # type: ignore[misc]
+class Loop(  # type: ignore[misc]
+    Kernel, StreamsMixin, DatagramMixin, SockOpsMixin, asyncio.AbstractEventLoop
+):
     """An asyncio event loop on epoll, and a cqueues controller: its fd is pollable and
     `step()` runs one iteration, so it nests inside any other loop."""
 
@@ -581,5 +586,7 @@ def _not_yet(name: str, work: str, is_coroutine: bool) -> Callable[..., Any]:
 
 
 for _name, (_work, _is_coroutine) in _NOT_YET.items():
-    setattr(Loop, _name, _not_yet(_name, _work, _is_coroutine))
+    # A method one of Loop's transport mixins already provides is done.
+    if getattr(Loop, _name) is getattr(asyncio.AbstractEventLoop, _name):
+        setattr(Loop, _name, _not_yet(_name, _work, _is_coroutine))
 del _name, _work, _is_coroutine
