@@ -68,3 +68,4 @@ cdef class Kernel:
     cdef uint32_t _new_gen(self) noexcept
     cdef int _update_watcher(self, FdWatcher watcher, bint removing) except -1
     cdef int _install_watcher(self, FdWatcher watcher) except -1
+    cdef int _remove_watcher(self, FdWatcher watcher) except -1

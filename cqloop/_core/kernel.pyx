@@ -469,6 +469,16 @@ cdef class Kernel:
             raise
         return 0
 
+    cdef int _remove_watcher(self, FdWatcher watcher) except -1:
+        """Take a watcher out of the table and out of epoll (its fd may be closed already)."""
+        if watcher.registered:
+            if not self._closed:
+                self._poller.unregister(watcher.fd)
+            watcher.registered = 0
+        if self._watchers.get(watcher.fd) is watcher:
+            del self._watchers[watcher.fd]
+        return 0
+
     cdef int _update_watcher(self, FdWatcher watcher, bint removing) except -1:
         """Bring the epoll registration in line with watcher.wanted(); drop the watcher from
         the table when it wants nothing. With `removing`, an fd that was closed meanwhile
@@ -481,7 +491,7 @@ cdef class Kernel:
             if watcher.registered:
                 self._poller.unregister(fd)
                 watcher.registered = 0
-            if self._watchers.get(fd) is watcher:
+            if not watcher.persistent and self._watchers.get(fd) is watcher:
                 del self._watchers[fd]
             return 0
         if watcher.registered == wanted and removing:

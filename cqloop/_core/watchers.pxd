@@ -13,6 +13,10 @@ cdef class FdWatcher:
     cdef uint32_t gen
     # Events currently registered with epoll for this watcher; 0 when not registered.
     cdef uint32_t registered
+    # A persistent watcher (a transport) stays in the kernel's table while it wants no
+    # events, so that its fd stays claimed; its owner removes it with _remove_watcher.
+    # Others (add_reader/add_writer) leave the table when they want nothing.
+    cdef bint persistent
 
     cdef uint32_t wanted(self) noexcept
     cdef int _on_events(self, uint32_t events, list ready) except -1

@@ -14,10 +14,13 @@ from cqloop._core.includes.system cimport EPOLLIN, EPOLLOUT
 
 
 cdef class FdWatcher:
-    def __cinit__(self, int fd):
-        self.fd = fd
+    # Subclasses take their own constructor arguments, which Cython passes to every
+    # __cinit__ in the hierarchy: hence *args here and the fd set by each subclass.
+    def __cinit__(self, *args, **kwargs):
+        self.fd = -1
         self.gen = 0
         self.registered = 0
+        self.persistent = False
 
     cdef uint32_t wanted(self) noexcept:
         return 0
@@ -29,6 +32,9 @@ cdef class FdWatcher:
 
 
 cdef class HandleWatcher(FdWatcher):
+    def __init__(self, int fd):
+        self.fd = fd
+
     cdef uint32_t wanted(self) noexcept:
         cdef uint32_t mask = 0
         if self.reader is not None:

@@ -1,0 +1,646 @@
+# cython: freethreading_compatible=False
+"""StreamTransport: the hot half of cqloop's TCP and Unix stream transports.
+
+Owns one connected, non-blocking stream socket for its transport's life: the epoll interest
+for it (as a persistent FdWatcher in the kernel's table), the read path (recv into a shared
+buffer and data_received, or recv_into a BufferedProtocol's buffer), the write path (send at
+once while nothing is queued; otherwise queue and send with sendmsg when the fd turns
+writable), write flow control, and the orderly and forced shutdowns that end in
+connection_lost. cqloop.transports.streams.SocketTransport subclasses it; loop methods there
+create transports, nothing in _core does.
+
+Semantics follow asyncio's _SelectorSocketTransport, callback for callback:
+- connection_made, the start of reading and the waiter's result are three call_soon
+  callbacks, in that order, as asyncio schedules them; data_received never runs before
+  connection_made.
+- Readiness queues the transport's read or write handle on the ready queue (it does not
+  call the protocol from the epoll dispatch), so protocol callbacks interleave with other
+  callbacks exactly as asyncio's reader and writer handles do.
+- connection_lost runs from the ready queue, once, after which the socket is closed and the
+  fd leaves the kernel's table; nothing touches the fd afterwards.
+
+Invariants: `_write_pending > 0` exactly when `_write_buf` is non-empty; epoll interest is
+EPOLLIN while reading is started, not paused and not closing, plus EPOLLOUT while bytes are
+queued (`wanted()`); `_sync_interest` brings the registration in line after every change.
+"""
+
+import logging
+from asyncio import BufferedProtocol, constants
+
+from libc.string cimport strerror
+
+from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.stdint cimport uint32_t
+
+from cqloop._core.handles cimport Handle
+from cqloop._core.includes.pyapi cimport PyContext_CopyCurrent, PyContext_Enter, PyContext_Exit
+from cqloop._core.includes.sockets cimport (
+    MSG_NOSIGNAL,
+    SHUT_WR,
+    iovec,
+    msghdr,
+    recv,
+    send,
+    sendmsg,
+    shutdown,
+)
+from cqloop._core.includes.system cimport EAGAIN, EINTR, EPOLLIN, EPOLLOUT, errno
+from cqloop._core.kernel cimport Kernel
+
+logger = logging.getLogger("asyncio")
+
+cdef enum:
+    # asyncio reads at most this much per readiness event (selector_events' max_size).
+    READ_BUFFER_SIZE = 256 * 1024
+    # sendmsg takes at most this many buffers (Linux's UIO_MAXIOV).
+    MAX_IOV = 1024
+# asyncio's default write buffer high-water mark; the low one is a quarter of it.
+cdef Py_ssize_t DEFAULT_HIGH_WATER = 64 * 1024
+# After the connection is lost, writes are dropped; this many are dropped silently before
+# each further one logs a warning (asyncio's constant).
+cdef int LOG_THRESHOLD_FOR_CONNLOST_WRITES = constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES
+
+# One read buffer for every transport: recv fills it and data_received gets a bytes copy
+# before any Python code runs, so no two reads can be using it at once (the GIL is held from
+# recv to copy).
+cdef char _read_buffer[READ_BUFFER_SIZE]
+# Likewise the iovec array a gathered send fills, used between gathering and sendmsg only.
+cdef iovec _iov[MAX_IOV]
+
+
+cdef inline object _os_error(int err):
+    # OSError(errno, message) gives the errno's subclass (ConnectionResetError, ...).
+    return OSError(err, strerror(err).decode("utf-8", "replace"))
+
+
+cdef inline bint _would_block(int err) noexcept:
+    # EWOULDBLOCK is EAGAIN on Linux.
+    return err == EAGAIN or err == EINTR
+
+
+cdef class _ReadyHandle(Handle):
+    """The handle the kernel queues when a transport's fd is ready: runs its read or write
+    path in the transport's context. The Handle fields keep asyncio's view of it (its
+    callback is the transport's _read_ready or _write_ready, for reprs and debug logs)."""
+
+    cdef StreamTransport transport
+    cdef bint writing
+
+    cdef int _run(self) except -1:
+        cdef StreamTransport transport = self.transport
+        cdef object context = self._context
+        if transport is None:
+            return 0
+        if PyContext_Enter(context) < 0:
+            return self._on_callback_error()
+        try:
+            if self.writing:
+                transport._on_writable()
+            else:
+                transport._on_readable()
+        except (SystemExit, KeyboardInterrupt):
+            PyContext_Exit(context)
+            raise
+        except BaseException as exc:
+            # The read and write paths hand protocol errors to _fatal_error themselves;
+            # what gets here is unexpected.
+            PyContext_Exit(context)
+            self._loop.call_exception_handler({
+                "message": f"Exception in callback {self._callback!r}",
+                "exception": exc,
+                "handle": self,
+            })
+            return 0
+        if PyContext_Exit(context) < 0:
+            return self._on_callback_error()
+        return 0
+
+
+cdef _ReadyHandle _ready_handle(StreamTransport transport, bint writing, object callback):
+    cdef _ReadyHandle handle = _ReadyHandle.__new__(_ReadyHandle)
+    handle._callback = callback
+    handle._args = ()
+    handle._context = transport._context
+    handle._loop = transport._loop
+    handle.transport = transport
+    handle.writing = writing
+    return handle
+
+
+cdef class StreamTransport(FdWatcher):
+    """The read and write paths of a stream socket transport (see the module docstring)."""
+
+    def __init__(self, Kernel loop not None, owner not None, sock, protocol, extra=None,
+                 server=None):
+        self._owner = owner
+        self.fd = sock.fileno()
+        self.persistent = True
+        self._loop = loop
+        self._sock = sock
+        self._context = PyContext_CopyCurrent()
+        self._extra = {} if extra is None else dict(extra)
+        self._server = server
+        self._write_buf = []
+        self._write_offset = 0
+        self._write_pending = 0
+        self._high_water = DEFAULT_HIGH_WATER
+        self._low_water = DEFAULT_HIGH_WATER // 4
+        self._set_protocol(protocol)
+        self._read_handle = _ready_handle(self, False, self._read_ready)
+        self._write_handle = _ready_handle(self, True, self._write_ready)
+        loop._install_watcher(self)
+
+    # -- the FdWatcher protocol ---------------------------------------------------------
+
+    cdef uint32_t wanted(self) noexcept:
+        cdef uint32_t mask = 0
+        if self._read_started and not self._paused and not self._closing:
+            mask |= EPOLLIN
+        if self._write_pending:
+            mask |= EPOLLOUT
+        return mask
+
+    cdef int _on_events(self, uint32_t events, list ready) except -1:
+        # As for add_reader/add_writer (watchers.pyx): a hang-up or error wakes both
+        # directions, and the read or write that follows meets the error.
+        if events & ~EPOLLOUT and self.registered & EPOLLIN:
+            ready.append(self._read_handle)
+        if events & ~EPOLLIN and self.registered & EPOLLOUT:
+            ready.append(self._write_handle)
+        return 0
+
+    cdef int _sync_interest(self) except -1:
+        if self._loop is None or self._loop._closed:
+            return 0
+        if self.wanted() != self.registered:
+            self._loop._update_watcher(self, True)
+        return 0
+
+    # -- public API: reading -------------------------------------------------------------
+
+    def is_reading(self):
+        return not self._paused and not self._closing
+
+    def pause_reading(self):
+        if self._closing or self._paused:
+            return
+        self._paused = True
+        self._sync_interest()
+        if self._loop._debug:
+            logger.debug("%r pauses reading", self._owner)
+
+    def resume_reading(self):
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        self._sync_interest()
+        if self._loop._debug:
+            logger.debug("%r resumes reading", self._owner)
+
+    # -- public API: writing -------------------------------------------------------------
+
+    def write(self, data):
+        cdef Py_buffer view
+        cdef const char *ptr
+        cdef Py_ssize_t size
+        cdef Py_ssize_t sent
+        cdef int err
+        cdef bint is_bytes = type(data) is bytes
+        if not is_bytes and not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(
+                f"data argument must be a bytes-like object, not {type(data).__name__!r}"
+            )
+        if self._eof:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        if self._empty_waiter is not None:
+            raise RuntimeError("unable to write; sendfile is in progress")
+        if self._conn_lost:
+            if not data:
+                return
+            if self._conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                logger.warning("socket.send() raised exception.")
+            self._conn_lost += 1
+            return
+        if self._write_pending:
+            if data:
+                self._buffer_item(data, 0)
+                self._maybe_pause_protocol()
+            return
+        # Nothing queued: send at once.
+        if is_bytes:
+            ptr = PyBytes_AS_STRING(data)
+            size = PyBytes_GET_SIZE(data)
+            if size == 0:
+                return
+            sent = send(self.fd, ptr, size, MSG_NOSIGNAL)
+            err = errno
+        else:
+            PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+            size = view.len
+            if size == 0:
+                PyBuffer_Release(&view)
+                return
+            sent = send(self.fd, view.buf, size, MSG_NOSIGNAL)
+            err = errno
+            PyBuffer_Release(&view)
+        if sent == size:
+            return
+        if sent < 0:
+            if not _would_block(err):
+                self._fatal_error(_os_error(err), "Fatal write error on socket transport")
+                return
+            sent = 0
+        self._buffer_item(data, sent)
+        self._sync_interest()
+        self._maybe_pause_protocol()
+
+    def writelines(self, list_of_data):
+        if self._eof:
+            raise RuntimeError("Cannot call writelines() after write_eof()")
+        if self._empty_waiter is not None:
+            raise RuntimeError("unable to writelines; sendfile is in progress")
+        items = list(list_of_data)
+        for data in items:
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise TypeError(
+                    f"data argument must be a bytes-like object, not {type(data).__name__!r}"
+                )
+        if self._conn_lost:
+            if any(items):
+                if self._conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                    logger.warning("socket.send() raised exception.")
+                self._conn_lost += 1
+            return
+        was_idle = self._write_pending == 0
+        for data in items:
+            if data:
+                self._buffer_item(data, 0)
+        if not self._write_pending:
+            return
+        if was_idle:
+            # One gathered send for the lot, as asyncio 3.12+ does.
+            self._on_writable()
+            if self._conn_lost:
+                return
+            self._sync_interest()
+        self._maybe_pause_protocol()
+
+    def can_write_eof(self):
+        return True
+
+    def write_eof(self):
+        if self._closing or self._eof:
+            return
+        self._eof = True
+        if not self._write_pending and shutdown(self.fd, SHUT_WR) < 0:
+            raise _os_error(errno)
+
+    def get_write_buffer_size(self):
+        return self._write_pending
+
+    def get_write_buffer_limits(self):
+        return (self._low_water, self._high_water)
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        if high is None:
+            high = DEFAULT_HIGH_WATER if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high_water = high
+        self._low_water = low
+        self._maybe_pause_protocol()
+
+    # -- public API: the rest ------------------------------------------------------------
+
+    def get_extra_info(self, name, default=None):
+        return self._extra.get(name, default)
+
+    def get_protocol(self):
+        return self._protocol
+
+    def set_protocol(self, protocol):
+        self._set_protocol(protocol)
+
+    def is_closing(self):
+        return self._closing
+
+    def close(self):
+        if self._closing:
+            return
+        self._closing = True
+        self._sync_interest()
+        if not self._write_pending:
+            self._conn_lost += 1
+            self._loop._call_soon(self._call_connection_lost, (None,), self._context)
+
+    def abort(self):
+        self._force_close(None)
+
+    # -- for the Python half and for asyncio's names -------------------------------------
+
+    def _read_ready(self):
+        self._on_readable()
+
+    def _write_ready(self):
+        self._on_writable()
+
+    def _start_reading(self):
+        """Scheduled after connection_made: from now on readable data is delivered."""
+        if self._conn_lost:
+            return
+        self._read_started = True
+        self._sync_interest()
+
+    def _connection_made(self):
+        self._protocol_connected = True
+        self._protocol.connection_made(self._owner)
+
+    def _call_connection_lost(self, exc):
+        try:
+            if self._protocol_connected:
+                self._protocol.connection_lost(exc)
+        finally:
+            if self._loop is not None:
+                self._loop._remove_watcher(self)
+            if self._sock is not None:
+                self._sock.close()
+            self._sock = None
+            self._protocol = None
+            self._read_handle = None
+            self._write_handle = None
+            server = self._server
+            owner = self._owner
+            self._owner = None
+            if server is not None:
+                self._server = None
+                server._detach(owner)
+
+    def _make_empty_waiter(self):
+        if self._empty_waiter is not None:
+            raise RuntimeError("Empty waiter is already set")
+        self._empty_waiter = self._loop.create_future()
+        if not self._write_pending:
+            self._empty_waiter.set_result(None)
+        return self._empty_waiter
+
+    def _reset_empty_waiter(self):
+        self._empty_waiter = None
+
+    def _is_polling(self, bint writing):
+        """Whether epoll watches the fd for writing (or reading): for reprs."""
+        return bool(self.registered & (EPOLLOUT if writing else EPOLLIN))
+
+    # -- the read path ------------------------------------------------------------------
+
+    cdef int _on_readable(self) except -1:
+        if self._closing or self._paused or self._conn_lost:
+            return 0
+        if self._buffered:
+            return self._read_into_buffer()
+        return self._read_data()
+
+    cdef int _read_data(self) except -1:
+        cdef Py_ssize_t n = recv(self.fd, _read_buffer, READ_BUFFER_SIZE, 0)
+        cdef int err
+        if n < 0:
+            err = errno
+            if not _would_block(err):
+                self._fatal_error(_os_error(err), "Fatal read error on socket transport")
+            return 0
+        if n == 0:
+            return self._read_eof()
+        data = PyBytes_FromStringAndSize(_read_buffer, n)
+        try:
+            self._protocol.data_received(data)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+        return 0
+
+    cdef int _read_into_buffer(self) except -1:
+        cdef Py_buffer view
+        cdef Py_ssize_t n
+        cdef int err
+        try:
+            buf = self._protocol.get_buffer(-1)
+            if not len(buf):
+                raise RuntimeError("get_buffer() returned an empty buffer")
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
+            return 0
+        PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE)
+        n = recv(self.fd, view.buf, view.len, 0)
+        err = errno
+        PyBuffer_Release(&view)
+        if n < 0:
+            if not _would_block(err):
+                self._fatal_error(_os_error(err), "Fatal read error on socket transport")
+            return 0
+        if n == 0:
+            return self._read_eof()
+        try:
+            self._protocol.buffer_updated(n)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
+        return 0
+
+    cdef int _read_eof(self) except -1:
+        if self._loop._debug:
+            logger.debug("%r received EOF", self._owner)
+        try:
+            keep_open = self._protocol.eof_received()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
+            return 0
+        if keep_open:
+            # The peer sent all it will; stop reading, keep writing (asyncio removes the
+            # reader without marking the transport paused).
+            self._read_started = False
+            self._sync_interest()
+        else:
+            self.close()
+        return 0
+
+    # -- the write path -----------------------------------------------------------------
+
+    cdef int _buffer_item(self, object data, Py_ssize_t offset) except -1:
+        """Queue `data` from `offset` on. bytes are kept as they are; other buffers are
+        copied, since the caller may change them after write() returns."""
+        cdef Py_ssize_t size
+        if type(data) is not bytes:
+            data = bytes(memoryview(data).cast("B")[offset:])
+            offset = 0
+        size = PyBytes_GET_SIZE(data)
+        if not self._write_buf:
+            self._write_offset = offset
+        elif offset:
+            data = data[offset:]
+            offset = 0
+        self._write_buf.append(data)
+        self._write_pending += size - offset
+        return 0
+
+    cdef Py_ssize_t _send_buffered(self) except -2:
+        """One send of as much of the queue as sendmsg takes; the bytes sent, or -1 with
+        errno set."""
+        cdef list buf = self._write_buf
+        cdef Py_ssize_t count = len(buf)
+        cdef Py_ssize_t i
+        cdef msghdr msg
+        cdef object item
+        if count == 1:
+            item = buf[0]
+            return send(self.fd, PyBytes_AS_STRING(item) + self._write_offset,
+                        PyBytes_GET_SIZE(item) - self._write_offset, MSG_NOSIGNAL)
+        if count > MAX_IOV:
+            count = MAX_IOV
+        for i in range(count):
+            item = buf[i]
+            _iov[i].iov_base = PyBytes_AS_STRING(item)
+            _iov[i].iov_len = PyBytes_GET_SIZE(item)
+        _iov[0].iov_base = <char *>_iov[0].iov_base + self._write_offset
+        _iov[0].iov_len -= self._write_offset
+        msg.msg_name = NULL
+        msg.msg_namelen = 0
+        msg.msg_iov = _iov
+        msg.msg_iovlen = count
+        msg.msg_control = NULL
+        msg.msg_controllen = 0
+        msg.msg_flags = 0
+        return sendmsg(self.fd, &msg, MSG_NOSIGNAL)
+
+    cdef int _consume(self, Py_ssize_t sent) except -1:
+        """Drop `sent` bytes from the front of the queue."""
+        cdef list buf = self._write_buf
+        cdef Py_ssize_t done = 0
+        cdef Py_ssize_t left = sent + self._write_offset
+        cdef Py_ssize_t size
+        self._write_pending -= sent
+        while done < len(buf):
+            size = PyBytes_GET_SIZE(buf[done])
+            if left < size:
+                break
+            left -= size
+            done += 1
+        if done:
+            del buf[:done]
+        self._write_offset = left
+        return 0
+
+    cdef int _on_writable(self) except -1:
+        cdef Py_ssize_t sent
+        cdef int err
+        if self._conn_lost or not self._write_pending:
+            return 0
+        sent = self._send_buffered()
+        if sent < 0:
+            err = errno
+            if _would_block(err):
+                return 0
+            self._write_buf.clear()
+            self._write_pending = 0
+            self._write_offset = 0
+            self._sync_interest()
+            exc = _os_error(err)
+            if self._empty_waiter is not None:
+                self._empty_waiter.set_exception(exc)
+            self._fatal_error(exc, "Fatal write error on socket transport")
+            return 0
+        self._consume(sent)
+        self._maybe_resume_protocol()
+        if not self._write_pending:
+            self._after_drain()
+        return 0
+
+    cdef int _after_drain(self) except -1:
+        self._sync_interest()
+        if self._empty_waiter is not None:
+            self._empty_waiter.set_result(None)
+        if self._closing:
+            self._conn_lost += 1
+            self._loop._call_soon(self._call_connection_lost, (None,), self._context)
+        elif self._eof and shutdown(self.fd, SHUT_WR) < 0:
+            raise _os_error(errno)
+        return 0
+
+    # -- flow control -------------------------------------------------------------------
+
+    cdef int _maybe_pause_protocol(self) except -1:
+        if self._write_pending <= self._high_water or self._protocol_paused:
+            return 0
+        self._protocol_paused = True
+        try:
+            self._protocol.pause_writing()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler({
+                "message": "protocol.pause_writing() failed",
+                "exception": exc,
+                "transport": self._owner,
+                "protocol": self._protocol,
+            })
+        return 0
+
+    cdef int _maybe_resume_protocol(self) except -1:
+        if not self._protocol_paused or self._write_pending > self._low_water:
+            return 0
+        self._protocol_paused = False
+        try:
+            self._protocol.resume_writing()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler({
+                "message": "protocol.resume_writing() failed",
+                "exception": exc,
+                "transport": self._owner,
+                "protocol": self._protocol,
+            })
+        return 0
+
+    # -- shutdown ------------------------------------------------------------------------
+
+    cdef int _fatal_error(self, object exc, str message) except -1:
+        # An OSError is the peer's doing (reset, broken pipe): asyncio logs it only in
+        # debug mode. Anything else is a bug worth the exception handler.
+        if isinstance(exc, OSError):
+            if self._loop._debug:
+                logger.debug("%r: %s", self._owner, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler({
+                "message": message,
+                "exception": exc,
+                "transport": self._owner,
+                "protocol": self._protocol,
+            })
+        return self._force_close(exc)
+
+    cdef int _force_close(self, object exc) except -1:
+        if self._conn_lost:
+            return 0
+        if self._write_pending:
+            self._write_buf.clear()
+            self._write_pending = 0
+            self._write_offset = 0
+        self._closing = True
+        self._sync_interest()
+        self._conn_lost += 1
+        self._loop._call_soon(self._call_connection_lost, (exc,), self._context)
+        return 0
+
+    cdef int _set_protocol(self, object protocol) except -1:
+        self._protocol = protocol
+        # asyncio's test: a BufferedProtocol subclass reads with get_buffer/buffer_updated.
+        self._buffered = isinstance(protocol, BufferedProtocol)
+        return 0

@@ -1,0 +1,232 @@
+"""cqloop.transports.server: Server, what create_server and create_unix_server return.
+
+Owns the listening sockets of one server, the set of transports it accepted, and the
+accept path: a reader on each listening socket that accepts up to `backlog` connections per
+readiness event and makes a transport for each. When the process is out of fds (EMFILE,
+ENFILE, ENOBUFS, ENOMEM) it stops accepting for ACCEPT_RETRY_DELAY seconds, as asyncio does,
+and logs the condition once per episode rather than once per retry.
+
+Semantics are asyncio's Server of 3.13 on every supported Python: wait_closed waits for the
+server to be closed and its connections to be gone (the behaviour 3.12.1 settled on), and
+close_clients/abort_clients exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import socket
+import weakref
+from asyncio import constants, trsock
+from typing import TYPE_CHECKING, Any
+
+from cqloop.transports.socket_transport import SocketTransport
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from cqloop.loop import Loop
+
+__all__ = ["Server"]
+
+logger = logging.getLogger("asyncio")
+
+# accept() failing with these means the process or system is out of a resource, not that
+# the listening socket is broken: wait and retry.
+OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class Server(asyncio.AbstractServer):
+    """A listening server: asyncio.Server's API on cqloop's accept path."""
+
+    def __init__(
+        self,
+        loop: Loop,
+        sockets: list[socket.socket],
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        backlog: int,
+        unix_paths: dict[socket.socket, tuple[Any, int]] | None = None,
+    ) -> None:
+        self._loop = loop
+        self._sockets: list[socket.socket] | None = sockets
+        # Weak, so an abandoned transport is still collected (and warns) as in asyncio.
+        self._clients: weakref.WeakSet[SocketTransport] = weakref.WeakSet()
+        self._waiters: list[asyncio.Future[None]] | None = []
+        self._protocol_factory = protocol_factory
+        self._backlog = backlog
+        self._serving = False
+        self._serving_forever_fut: asyncio.Future[None] | None = None
+        # Unix socket files to remove on close: socket -> (path, inode when bound).
+        self._unix_paths = unix_paths or {}
+        # Whether the current out-of-fds episode was logged already.
+        self._accept_error_logged = False
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} sockets={self.sockets!r}>"
+
+    # -- public API ----------------------------------------------------------------------
+
+    def get_loop(self) -> Loop:
+        return self._loop
+
+    def is_serving(self) -> bool:
+        return self._serving
+
+    @property
+    def sockets(self) -> tuple[trsock.TransportSocket, ...]:
+        if self._sockets is None:
+            return ()
+        return tuple(trsock.TransportSocket(s) for s in self._sockets)
+
+    def close(self) -> None:
+        sockets = self._sockets
+        if sockets is None:
+            return
+        self._sockets = None
+        for sock in sockets:
+            self._stop_accepting(sock)
+        self._serving = False
+        fut = self._serving_forever_fut
+        if fut is not None and not fut.done():
+            fut.cancel()
+            self._serving_forever_fut = None
+        if len(self._clients) == 0:
+            self._wakeup()
+
+    def close_clients(self) -> None:
+        for transport in self._clients.copy():
+            transport.close()
+
+    def abort_clients(self) -> None:
+        for transport in self._clients.copy():
+            transport.abort()
+
+    async def start_serving(self) -> None:
+        self._start_serving()
+        # One iteration, so that the accept readers are in place when this returns.
+        await asyncio.sleep(0)
+
+    async def serve_forever(self) -> None:
+        if self._serving_forever_fut is not None:
+            raise RuntimeError(f"server {self!r} is already being awaited on serve_forever()")
+        if self._sockets is None:
+            raise RuntimeError(f"server {self!r} is closed")
+        self._start_serving()
+        self._serving_forever_fut = self._loop.create_future()
+        try:
+            await self._serving_forever_fut
+        except asyncio.CancelledError:
+            try:
+                self.close()
+                await self.wait_closed()
+            finally:
+                raise
+        finally:
+            self._serving_forever_fut = None
+
+    async def wait_closed(self) -> None:
+        """Wait until the server is closed and every connection it accepted is gone."""
+        if self._waiters is None:
+            return
+        waiter = self._loop.create_future()
+        self._waiters.append(waiter)
+        await waiter
+
+    # -- transports report here ----------------------------------------------------------
+
+    def _attach(self, transport: SocketTransport) -> None:
+        self._clients.add(transport)
+
+    def _detach(self, transport: SocketTransport) -> None:
+        self._clients.discard(transport)
+        if len(self._clients) == 0 and self._sockets is None:
+            self._wakeup()
+
+    def _wakeup(self) -> None:
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- accepting -----------------------------------------------------------------------
+
+    def _start_serving(self) -> None:
+        if self._serving or self._sockets is None:
+            return
+        self._serving = True
+        for sock in self._sockets:
+            sock.listen(self._backlog)
+            self._start_accepting(sock)
+
+    def _start_accepting(self, sock: socket.socket) -> None:
+        if self._sockets is None or sock.fileno() < 0:
+            return
+        self._loop.add_reader(sock.fileno(), self._on_acceptable, sock)
+
+    def _stop_accepting(self, sock: socket.socket) -> None:
+        if not self._loop.is_closed():
+            self._loop.remove_reader(sock.fileno())
+        unix = self._unix_paths.pop(sock, None)
+        sock.close()
+        if unix is not None:
+            _remove_socket_file(*unix)
+
+    def _on_acceptable(self, sock: socket.socket) -> None:
+        loop = self._loop
+        for _ in range(self._backlog):
+            try:
+                conn, addr = sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                if exc.errno not in OUT_OF_RESOURCES:
+                    raise
+                self._on_out_of_resources(sock, exc)
+                return
+            self._accept_error_logged = False
+            try:
+                conn.setblocking(False)
+                protocol = self._protocol_factory()
+                SocketTransport(loop, conn, protocol, None, {"peername": addr}, self)
+            except (SystemExit, KeyboardInterrupt):
+                conn.close()
+                raise
+            except BaseException as exc:
+                conn.close()
+                loop.call_exception_handler(
+                    {
+                        "message": "Error on transport creation for incoming connection",
+                        "exception": exc,
+                    }
+                )
+                continue
+            if loop.get_debug():
+                logger.debug("%r got a new connection from %r", self, addr)
+
+    def _on_out_of_resources(self, sock: socket.socket, exc: OSError) -> None:
+        # Stop accepting for a while: the pending connections stay in the backlog, and a
+        # reader left in place would spin on them.
+        if not self._accept_error_logged:
+            self._accept_error_logged = True
+            self._loop.call_exception_handler(
+                {
+                    "message": "socket.accept() out of system resource",
+                    "exception": exc,
+                    "socket": trsock.TransportSocket(sock),
+                }
+            )
+        self._loop.remove_reader(sock.fileno())
+        self._loop.call_later(constants.ACCEPT_RETRY_DELAY, self._start_accepting, sock)
+
+
+def _remove_socket_file(path: Any, inode: int) -> None:
+    """Remove a Unix server's socket file, unless something else replaced it since."""
+    try:
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        logger.error("Unable to clean up listening UNIX socket %r: %r", path, err)

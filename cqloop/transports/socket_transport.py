@@ -1,0 +1,181 @@
+"""cqloop.transports.socket_transport: SocketTransport, the TCP and Unix stream transport.
+
+The read and write paths are compiled (cqloop/_core/stream.pyx, StreamTransport); this
+class adds what is policy: the extra info asyncio records, TCP_NODELAY, the three
+callbacks that start a connection, the repr, and the ResourceWarning for a transport
+dropped unclosed. Being a Python class, its instances take attributes: test suites that
+replace `transport.write` on an instance (aiohttp's, uvicorn's) work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import warnings
+from asyncio import constants, trsock
+from collections.abc import Callable
+from typing import Any
+
+from cqloop._core.stream import StreamTransport
+
+__all__ = ["SocketTransport", "set_nodelay"]
+
+
+def set_nodelay(sock: socket.socket) -> None:
+    """Turn Nagle's algorithm off on a TCP socket, as asyncio does for its transports."""
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _set_result_unless_cancelled(fut: asyncio.Future[None], result: None) -> None:
+    if not fut.cancelled():
+        fut.set_result(result)
+
+
+# The methods a protocol calls per message: bound to each instance straight from the
+# compiled engine, so that calling them costs no Python frame of ours.
+_HOT_METHODS = (
+    "write",
+    "writelines",
+    "is_closing",
+    "pause_reading",
+    "resume_reading",
+    "is_reading",
+    "get_write_buffer_size",
+)
+
+
+class SocketTransport(asyncio.Transport):
+    """A connected stream socket as an asyncio transport.
+
+    A real asyncio.Transport subclass (CPython's tests and some libraries check), driven by
+    a compiled StreamTransport engine (`_core`). asyncio.Transport has a fixed instance
+    layout, so the engine cannot be a base class; it is held instead, and the hot methods
+    are bound onto the instance from it.
+    """
+
+    # loop.sendfile may hand the socket to os.sendfile once the write buffer is empty.
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+
+    def __init__(
+        self,
+        loop: Any,
+        sock: socket.socket,
+        protocol: asyncio.BaseProtocol,
+        waiter: asyncio.Future[None] | None = None,
+        extra: dict[str, Any] | None = None,
+        server: Any = None,
+    ) -> None:
+        info = {} if extra is None else dict(extra)
+        info["socket"] = trsock.TransportSocket(sock)
+        try:
+            info["sockname"] = sock.getsockname()
+        except OSError:
+            info["sockname"] = None
+        if "peername" not in info:
+            try:
+                info["peername"] = sock.getpeername()
+            except OSError:
+                info["peername"] = None
+        set_nodelay(sock)
+        self._loop = loop
+        self._core = core = StreamTransport(loop, self, sock, protocol, info, server)
+        # The engine's dict: get_extra_info (asyncio's) reads it.
+        super().__init__(core._extra)
+        self._extra = core._extra
+        for name in _HOT_METHODS:
+            setattr(self, name, getattr(core, name))
+        if server is not None:
+            server._attach(self)
+        # asyncio's order: connection_made, then reading starts, then the waiter is woken.
+        context = core._context
+        loop.call_soon(core._connection_made, context=context)
+        loop.call_soon(core._start_reading, context=context)
+        if waiter is not None:
+            loop.call_soon(_set_result_unless_cancelled, waiter, None, context=context)
+
+    # -- asyncio.Transport, delegated to the engine (the hot ones are bound in __init__) --
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._core.write(data)
+
+    def writelines(self, list_of_data: Any) -> None:
+        self._core.writelines(list_of_data)
+
+    def is_closing(self) -> bool:
+        return self._core.is_closing()
+
+    def pause_reading(self) -> None:
+        self._core.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._core.resume_reading()
+
+    def is_reading(self) -> bool:
+        return self._core.is_reading()
+
+    def get_write_buffer_size(self) -> int:
+        return self._core.get_write_buffer_size()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._core.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._core.set_write_buffer_limits(high, low)
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self._core.write_eof()
+
+    def close(self) -> None:
+        self._core.close()
+
+    def abort(self) -> None:
+        self._core.abort()
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._core.get_protocol()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._core.set_protocol(protocol)
+
+    # -- for loop.sendfile ----------------------------------------------------------------
+
+    @property
+    def _sock(self) -> socket.socket | None:
+        return self._core._sock
+
+    @property
+    def _protocol_paused(self) -> bool:
+        return self._core._protocol_paused
+
+    def _make_empty_waiter(self) -> asyncio.Future[None]:
+        return self._core._make_empty_waiter()
+
+    def _reset_empty_waiter(self) -> None:
+        self._core._reset_empty_waiter()
+
+    # -- the rest -----------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        core = self._core
+        info = [type(self).__name__]
+        if core._sock is None:
+            info.append("closed")
+        elif core.is_closing():
+            info.append("closing")
+        info.append(f"fd={core.fd}")
+        loop = self._loop
+        if loop is not None and not loop.is_closed() and core._sock is not None:
+            info.append("read=polling" if core._is_polling(False) else "read=idle")
+            state = "polling" if core._is_polling(True) else "idle"
+            info.append(f"write=<{state}, bufsize={core.get_write_buffer_size()}>")
+        return "<{}>".format(" ".join(info))
+
+    def __del__(self, _warn: Callable[..., Any] = warnings.warn) -> None:
+        sock = self._core._sock
+        if sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            sock.close()
