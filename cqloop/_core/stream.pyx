@@ -389,6 +389,15 @@ cdef class StreamTransport(FdWatcher):
     def _reset_empty_waiter(self):
         self._empty_waiter = None
 
+    def _lend_fd(self):
+        """Leave the kernel's table so that loop.sock_* calls may watch the socket (native
+        sendfile, with reading paused and the buffer empty). _reclaim_fd undoes it."""
+        self._loop._remove_watcher(self)
+
+    def _reclaim_fd(self):
+        if self._sock is not None and not self._loop._closed:
+            self._loop._install_watcher(self)
+
     def _is_polling(self, bint writing):
         """Whether epoll watches the fd for writing (or reading): for reprs."""
         return bool(self.registered & (EPOLLOUT if writing else EPOLLIN))

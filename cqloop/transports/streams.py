@@ -547,9 +547,11 @@ class StreamsMixin:
         resume_reading = transport.is_reading()
         transport.pause_reading()
         await transport._make_empty_waiter()
+        transport._core._lend_fd()
         try:
             return await self.sock_sendfile(transport._sock, file, offset, count, fallback=False)
         finally:
+            transport._core._reclaim_fd()
             transport._reset_empty_waiter()
             if resume_reading:
                 transport.resume_reading()
