@@ -1,0 +1,107 @@
+"""The echo benchmark's C programs: finding a compiler and building them into a cache.
+
+loadgen.c (the load generator) and ceiling.c (the C echo server whose figure is the
+ceiling) ship as sources beside this file and are compiled on first use with `cc -O2`. The
+binaries go to a cache directory under a name that carries a hash of the source, the
+compiler and its flags, so that a changed source is rebuilt and an unchanged one is not,
+and so that runs from different checkouts or with different compilers do not collide.
+
+Only benchmarks/echo/run.py calls into this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+SOURCE_DIR = Path(__file__).resolve().parent
+PROGRAMS = ("loadgen", "ceiling")
+CFLAGS = ("-O2", "-std=gnu11", "-Wall")
+COMPILERS = ("cc", "gcc", "clang")  # tried in this order when $CC is not set
+HASH_CHARS = 16
+COMPILE_TIMEOUT_S = 120.0
+
+
+class NativeUnavailable(Exception):
+    """The C programs cannot be built here (no compiler, or it failed)."""
+
+
+@dataclass(frozen=True)
+class Programs:
+    loadgen: Path
+    ceiling: Path
+    compiler: str
+
+
+def find_compiler() -> str:
+    """The C compiler to use: $CC if set, else the first of COMPILERS on PATH."""
+    wanted = os.environ.get("CC")
+    candidates = (wanted,) if wanted else COMPILERS
+    for name in candidates:
+        found = shutil.which(name)
+        if found:
+            return found
+    tried = f"$CC={wanted}" if wanted else ", ".join(COMPILERS)
+    raise NativeUnavailable(f"no C compiler found (tried {tried})")
+
+
+def cache_dir() -> Path:
+    """$XDG_CACHE_HOME/cqloop-bench, else ~/.cache/cqloop-bench, else a per-user directory
+    under the system's temporary directory (when the home directory is not writable)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    for candidate in (
+        Path(base) / "cqloop-bench",
+        Path(tempfile.gettempdir()) / f"cqloop-bench-{os.getuid()}",
+    ):
+        try:
+            candidate.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(candidate, os.W_OK | os.X_OK):
+            return candidate
+    raise NativeUnavailable("no writable cache directory for the C programs")
+
+
+def build() -> Programs:
+    """Compile (or find already compiled) both programs; raise NativeUnavailable if not."""
+    compiler = find_compiler()
+    directory = cache_dir()
+    built = {name: _build_one(compiler, name, directory) for name in PROGRAMS}
+    return Programs(loadgen=built["loadgen"], ceiling=built["ceiling"], compiler=compiler)
+
+
+def _build_one(compiler: str, name: str, directory: Path) -> Path:
+    source = SOURCE_DIR / f"{name}.c"
+    try:
+        text = source.read_bytes()
+    except OSError as exc:
+        raise NativeUnavailable(f"cannot read {source}: {exc}") from exc
+    key = hashlib.sha256(b"\0".join([text, compiler.encode(), *map(str.encode, CFLAGS)]))
+    target = directory / f"{name}-{key.hexdigest()[:HASH_CHARS]}"
+    if os.access(target, os.X_OK):
+        return target
+    # Built in a private directory, then renamed into place: a run building at the same
+    # time never sees, or runs, a half-written binary.
+    with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=directory) as scratch:
+        partial = os.path.join(scratch, name)
+        try:
+            result = subprocess.run(
+                [compiler, *CFLAGS, "-o", partial, str(source)],
+                capture_output=True,
+                text=True,
+                timeout=COMPILE_TIMEOUT_S,
+                check=False,
+            )
+            if result.returncode != 0:
+                raise NativeUnavailable(
+                    f"{compiler} failed on {source.name}:\n{result.stderr.strip()}"
+                )
+            os.replace(partial, target)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise NativeUnavailable(f"cannot compile {source.name}: {exc}") from exc
+    return target
