@@ -36,6 +36,7 @@ import sys
 from asyncio import constants
 from asyncio.exceptions import SendfileNotAvailableError
 from collections.abc import Callable
+from operator import methodcaller
 from typing import IO, TYPE_CHECKING, Any, TypeVar, TypeVarTuple, Unpack
 
 if TYPE_CHECKING:
@@ -239,7 +240,7 @@ class SockOpsMixin:
             return sock.recv(n)
         except _NOT_READY:
             pass
-        return await self._retry_when_readable(sock, sock.recv, (n,))
+        return await self._retry_when_readable(sock, methodcaller("recv", n), (sock,))
 
     async def sock_recv_into(self, sock: socket.socket, buf: Any) -> int:
         """Receive into the writable buffer buf; return the number of bytes received."""
@@ -248,7 +249,7 @@ class SockOpsMixin:
             return sock.recv_into(buf)
         except _NOT_READY:
             pass
-        return await self._retry_when_readable(sock, sock.recv_into, (buf,))
+        return await self._retry_when_readable(sock, methodcaller("recv_into", buf), (sock,))
 
     async def sock_recvfrom(self, sock: socket.socket, bufsize: int) -> tuple[bytes, Any]:
         """Receive a datagram of up to bufsize bytes; return (data, address)."""
@@ -257,7 +258,7 @@ class SockOpsMixin:
             return sock.recvfrom(bufsize)
         except _NOT_READY:
             pass
-        return await self._retry_when_readable(sock, sock.recvfrom, (bufsize,))
+        return await self._retry_when_readable(sock, methodcaller("recvfrom", bufsize), (sock,))
 
     async def sock_recvfrom_into(
         self, sock: socket.socket, buf: Any, nbytes: int = 0
@@ -271,7 +272,9 @@ class SockOpsMixin:
             return sock.recvfrom_into(buf, nbytes)
         except _NOT_READY:
             pass
-        return await self._retry_when_readable(sock, sock.recvfrom_into, (buf, nbytes))
+        return await self._retry_when_readable(
+            sock, methodcaller("recvfrom_into", buf, nbytes), (sock,)
+        )
 
     async def sock_accept(self, sock: socket.socket) -> tuple[socket.socket, Any]:
         """Accept a connection on a listening socket; return (conn, address), conn
@@ -317,7 +320,9 @@ class SockOpsMixin:
             return sock.sendto(data, address)
         except _NOT_READY:
             pass
-        return await self._retry_when_writable(sock, sock.sendto, (data, 0, address))
+        return await self._retry_when_writable(
+            sock, methodcaller("sendto", data, 0, address), (sock,)
+        )
 
     async def sock_sendfile(
         self,
