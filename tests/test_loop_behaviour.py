@@ -820,8 +820,6 @@ def test_debug_mode_refuses_non_threadsafe_call_from_another_thread(loop):
 @pytest.mark.cqloop_only
 def test_unimplemented_methods_name_the_work_that_adds_them(loop):
     with pytest.raises(NotImplementedError, match="issue 4"):
-        loop.run_until_complete(
-            loop.create_connection(asyncio.Protocol, "127.0.0.1", 1, ssl=True)
-        )
+        loop.run_until_complete(loop.create_connection(asyncio.Protocol, "127.0.0.1", 1, ssl=True))
     with pytest.raises(NotImplementedError, match="issue 4"):
         loop.add_signal_handler(15, print)
