@@ -13,6 +13,9 @@ Where uvloop knowingly differs from asyncio, the test names the difference and s
 Where stock asyncio trips over its own state (an AttributeError from sendto(), a stale
 buffer count), cqloop does what asyncio evidently means to do; those tests name asyncio's
 failure and skip asyncio (or run on cqloop alone when uvloop trips too).
+
+Past 800 lines: the write buffer and flow control section and the argument errors are
+the next to move out (test_datagram_flow.py, test_datagram_args.py).
 """
 
 from __future__ import annotations

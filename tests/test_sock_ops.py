@@ -7,6 +7,9 @@ sockets and socket pairs. Waiting is done on futures and on the loop's own turns
 a duration. Where uvloop knowingly differs from asyncio (it has no sock_recvfrom,
 sock_recvfrom_into, sock_sendto or sock_sendfile, and a cancelled operation removes the fd's
 registration even when another operation owns it), the test says so and skips.
+
+Past 800 lines: the sock_sendfile and name resolution sections are the next to move
+out (test_sock_sendfile.py, test_getaddrinfo.py).
 """
 
 from __future__ import annotations
