@@ -29,6 +29,8 @@ cdef class Kernel:
     # The list _ready is swapped with at each iteration (two lists, no deque pops).
     cdef list _ready_spare
     cdef TimerHeap _timers
+    # The last poll returned events: the callbacks they lead to run before the next poll.
+    cdef bint _io_fresh
     cdef unsigned long long _timer_seq
 
     # -- fds --------------------------------------------------------------------------

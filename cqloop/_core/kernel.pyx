@@ -340,13 +340,20 @@ cdef class Kernel:
         if timeout > MAX_POLL_TIMEOUT_S:
             timeout = MAX_POLL_TIMEOUT_S
 
-        if timeout == 0.0 and not self._watchers:
-            # Work is due (ready callbacks or a due timer) and no fd is watched: the only
-            # fds in the epoll set are the kernel's own eventfd and timerfd, which exist to
-            # end a *blocking* wait (call_soon_threadsafe has already queued its handle) or
-            # to be seen by an outside poller. Nothing can be learnt from polling them now,
-            # so skip the syscall; they are drained the next time the loop polls.
-            pass
+        if timeout == 0.0 and (self._io_fresh or not self._watchers):
+            # Work is due (ready callbacks or a due timer) and polling now would tell
+            # nothing worth a system call:
+            # - no fd is watched: the only fds in the epoll set are the kernel's own eventfd
+            #   and timerfd, which exist to end a *blocking* wait (call_soon_threadsafe has
+            #   already queued its handle) or to be seen by an outside poller; they are
+            #   drained the next time the loop polls;
+            # - or the previous iteration's poll returned events: what is ready now is
+            #   mostly what those events led to (a task woken by data_received, say), and
+            #   the fds were polled one batch ago. Running it first halves the polls of a
+            #   busy server, as libuv's (uvloop's) iteration runs I/O callbacks and the
+            #   callbacks they schedule between two polls. The next iteration polls again,
+            #   so I/O is never more than one batch behind.
+            self._io_fresh = False
         else:
             if timeout < 0.0:
                 timeout_ms = -1
@@ -354,6 +361,7 @@ cdef class Kernel:
                 # Round up, as asyncio does: waking before the timer is due costs a spin.
                 timeout_ms = <int>ceil(timeout * 1e3)
             nevents = self._poller.wait(timeout_ms)
+            self._io_fresh = nevents > 0
             if nevents:
                 self._dispatch(nevents)
 
