@@ -506,3 +506,15 @@ async def test_tls_arguments_without_tls_are_rejected_as_in_asyncio() -> None:
         await loop.create_server(Collect, "127.0.0.1", 0, ssl_handshake_timeout=1)
     with socket.socket() as sock, pytest.raises(ValueError, match="host/port and sock"):
         await loop.create_connection(Collect, "127.0.0.1", 1, sock=sock)
+
+
+async def test_add_reader_on_a_transports_fd_is_refused() -> None:
+    loop = asyncio.get_running_loop()
+    server, client, peer = await _tcp_pair()
+    fd = client.transport.get_extra_info("socket").fileno()
+    with pytest.raises(RuntimeError, match=f"File descriptor {fd} is used by transport"):
+        loop.add_reader(fd, print)
+    client.transport.write(b"still")
+    peer.wanted = 5
+    await peer.enough
+    await _close_all(server, client, peer)

@@ -550,7 +550,8 @@ cdef class Kernel:
             self._install_watcher(watcher)
             return handle
         if not isinstance(found, HandleWatcher):
-            raise RuntimeError(f"File descriptor {fd!r} is used by {found!r}")
+            # Every other watcher is a transport's (asyncio's wording).
+            raise RuntimeError(f"File descriptor {fd!r} is used by transport {found!r}")
         watcher = <HandleWatcher>found
         if reading:
             old = watcher.reader

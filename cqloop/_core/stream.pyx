@@ -151,6 +151,12 @@ cdef class StreamTransport(FdWatcher):
         self._write_handle = _ready_handle(self, True, self._write_ready)
         loop._install_watcher(self)
 
+    def __repr__(self):
+        # What error messages about the fd (add_reader refused, say) should name.
+        if self._owner is not None:
+            return repr(self._owner)
+        return f"<{type(self).__name__} fd={self.fd} closed>"
+
     # -- the FdWatcher protocol ---------------------------------------------------------
 
     cdef uint32_t wanted(self) noexcept:
