@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from cqloop.transports.server import Server
 from cqloop.transports.socket_transport import SocketTransport
+from cqloop.transports.sockops import _refuse_ssl_socket
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -42,13 +43,6 @@ logger = logging.getLogger("asyncio")
 _TLS_NOT_YET = "cqloop does not implement TLS yet (ssl=...); issue 4 (TLS) adds it"
 # Bytes per read when loop.sendfile falls back to reading the file (asyncio's block size).
 SENDFILE_FALLBACK_BLOCK_SIZE = 16 * 1024
-
-
-def _check_ssl_socket(sock: Any) -> None:
-    import ssl
-
-    if isinstance(sock, ssl.SSLSocket):
-        raise TypeError("Socket cannot be of type SSLSocket")
 
 
 def _interleave(infos: list[AddrInfo], first_family_count: int) -> list[AddrInfo]:
@@ -123,7 +117,7 @@ class StreamsMixin:
         if ssl_shutdown_timeout is not None and not ssl:
             raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
         if sock is not None:
-            _check_ssl_socket(sock)
+            _refuse_ssl_socket(sock)
         if ssl:
             raise NotImplementedError(_TLS_NOT_YET)
         if happy_eyeballs_delay is not None and interleave is None:
@@ -270,7 +264,7 @@ class StreamsMixin:
             if ssl_shutdown_timeout is not None:
                 raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
         if sock is not None:
-            _check_ssl_socket(sock)
+            _refuse_ssl_socket(sock)
         if ssl:
             raise NotImplementedError(_TLS_NOT_YET)
         if path is not None:
@@ -307,7 +301,7 @@ class StreamsMixin:
             raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
         if ssl_shutdown_timeout is not None and not ssl:
             raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
-        _check_ssl_socket(sock)
+        _refuse_ssl_socket(sock)
         if ssl:
             raise NotImplementedError(_TLS_NOT_YET)
         transport, protocol = await self._make_connection(sock, protocol_factory)
@@ -345,7 +339,7 @@ class StreamsMixin:
         if ssl_shutdown_timeout is not None and ssl is None:
             raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
         if sock is not None:
-            _check_ssl_socket(sock)
+            _refuse_ssl_socket(sock)
         if ssl is not None:
             raise NotImplementedError(_TLS_NOT_YET)
 
