@@ -21,6 +21,7 @@ import gc
 import io
 import logging
 import os
+import select
 import socket
 import ssl
 import warnings
@@ -1050,3 +1051,83 @@ async def test_getnameinfo_of_an_ipv6_address_is_the_standard_librarys():
     sockaddr = ("::1", 443, 0, 0)
     flags = socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
     assert await loop.getnameinfo(sockaddr, flags) == socket.getnameinfo(sockaddr, flags)
+
+
+# -- one-shot waits (cqloop registers sock_* waits with EPOLLONESHOT) -------------------------
+
+
+async def _recv_after_waiting(loop: asyncio.AbstractEventLoop, a: socket.socket, b: socket.socket):
+    task = await started(loop.sock_recv(a, 100))
+    b.send(b"x")
+    assert await within(task) == b"x"
+
+
+async def test_a_reader_added_after_a_finished_wait_fires_while_the_fd_stays_readable() -> None:
+    # The fd keeps a disarmed one-shot registration after the wait; add_reader must turn
+    # it back into an ordinary level-triggered one.
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    try:
+        await _recv_after_waiting(loop, a, b)
+        calls = 0
+        twice = loop.create_future()
+
+        def on_readable() -> None:
+            nonlocal calls
+            calls += 1  # reads nothing: the fd stays readable
+            if calls == 2:
+                twice.set_result(None)
+
+        loop.add_reader(a.fileno(), on_readable)
+        b.send(b"more")
+        await within(twice)
+        assert loop.remove_reader(a.fileno()) or is_uvloop(loop)
+    finally:
+        a.close()
+        b.close()
+
+
+async def test_a_reused_fd_number_is_watched_afresh_after_a_finished_wait() -> None:
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    await _recv_after_waiting(loop, a, b)
+    number = a.fileno()
+    a.close()
+    b.close()
+    c, d = socket.socketpair()
+    try:
+        reused = c if c.fileno() == number else d if d.fileno() == number else None
+        if reused is None:
+            pytest.skip("the fd number was not reused")
+        other = d if reused is c else c
+        fired = loop.create_future()
+        loop.add_reader(number, lambda: fired.done() or fired.set_result(reused.recv(10)))
+        other.send(b"new")
+        assert await within(fired) == b"new"
+        loop.remove_reader(number)
+    finally:
+        c.close()
+        d.close()
+
+
+@pytest.mark.cqloop_only
+async def test_a_finished_wait_leaves_nothing_that_wakes_the_loop_even_through_a_dup() -> None:
+    # The classic epoll trap: a registration outlives its fd number when a dup keeps the
+    # file open. A finished one-shot wait's registration is disarmed, so the loop's epoll
+    # fd must not turn readable however readable the dup'd file gets.
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    await _recv_after_waiting(loop, a, b)
+    dup = os.dup(a.fileno())
+    try:
+        a.close()
+        b.send(b"data nobody waits for")
+        readable, _, _ = select.select([loop.fileno()], [], [], 0)
+        assert readable == []
+        assert loop._kernel_statistics()["fds"] == 0
+    finally:
+        os.close(dup)
+        b.close()

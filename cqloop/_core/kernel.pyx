@@ -11,6 +11,8 @@ Invariants:
   ready list for an empty spare and runs only what was queued before it started.
 - Every watcher in `_watchers` whose `registered` mask is non-zero has a live epoll
   registration whose data is (gen << 32 | fd); the wake-up and timer fds use generation 0.
+  A one-shot watcher whose wait is done stays in the table with its registration disarmed
+  (`disarmed`, no handles): inert until the next wait on the fd re-arms it.
 
 Driven from outside (the nesting semantics of docs/design.md):
 A loop may be run by run_forever, or stepped by someone else who polls its fd: another
@@ -496,13 +498,22 @@ cdef class Kernel:
         cdef int fd = watcher.fd
         cdef int err = 0
         if wanted == 0:
+            if watcher.disarmed and not watcher.persistent:
+                # A one-shot wait that fired and is done: leave the disarmed registration
+                # (and the watcher) in place, inert, so that the next wait on the fd is one
+                # EPOLL_CTL_MOD instead of a DEL now and an ADD then. Inert is the point: a
+                # disarmed registration reports nothing, even if the fd is closed while a
+                # dup keeps its file open (the trap that makes a lazily deferred DEL of a
+                # level-triggered registration unsafe). A closed fd's registration goes
+                # with its file; a reused number is caught by the MOD (ENOENT) below.
+                return 0
             if watcher.registered:
                 self._poller.unregister(fd)
                 watcher.registered = 0
             if not watcher.persistent and self._watchers.get(fd) is watcher:
                 del self._watchers[fd]
             return 0
-        if watcher.registered == wanted and removing:
+        if watcher.registered == wanted and removing and not watcher.disarmed:
             return 0
         # When adding, re-issue the registration even if the mask is unchanged: that is how
         # the kernel learns (ENOENT) that the fd was closed and its number reused since.
@@ -526,6 +537,7 @@ cdef class Kernel:
                 return 0
             raise OSError(err, f"cannot watch fd {fd}: {_strerror(err)}")
         watcher.registered = wanted
+        watcher.disarmed = False
         return 0
 
     def _add_reader(self, int fd, callback, tuple args):
@@ -534,7 +546,22 @@ cdef class Kernel:
     def _add_writer(self, int fd, callback, tuple args):
         return self._add_handle(fd, callback, args, False)
 
-    def _add_handle(self, int fd, callback, tuple args, bint reading):
+    def _wait_readable(self, int fd, callback, tuple args):
+        """add_reader for one wait (the loop's sock_* operations): the registration is
+        one-shot, so the wait's end costs no EPOLL_CTL_DEL. After a wake-up that finds the
+        fd not ready after all, call _rearm(fd)."""
+        return self._add_handle(fd, callback, args, True, True)
+
+    def _rearm(self, int fd):
+        """Re-arm a one-shot registration that fired while its wait goes on."""
+        cdef FdWatcher watcher
+        found = self._watchers.get(fd)
+        if found is not None:
+            watcher = <FdWatcher>found
+            if watcher.disarmed and watcher.wanted():
+                self._update_watcher(watcher, True)
+
+    def _add_handle(self, int fd, callback, tuple args, bint reading, bint oneshot=False):
         cdef HandleWatcher watcher
         cdef Handle handle
         cdef Handle old
@@ -543,6 +570,7 @@ cdef class Kernel:
         found = self._watchers.get(fd)
         if found is None:
             watcher = HandleWatcher(fd)
+            watcher.oneshot = oneshot
             if reading:
                 watcher.reader = handle
             else:
@@ -553,6 +581,10 @@ cdef class Kernel:
             # Every other watcher is a transport's (asyncio's wording).
             raise RuntimeError(f"File descriptor {fd!r} is used by transport {found!r}")
         watcher = <HandleWatcher>found
+        if not oneshot:
+            watcher.oneshot = False
+        elif watcher.reader is None and watcher.writer is None:
+            watcher.oneshot = True
         if reading:
             old = watcher.reader
             watcher.reader = handle
@@ -720,7 +752,9 @@ cdef class Kernel:
             "ready": len(self._ready),
             "timers": self._timers.size(),
             "timers_cancelled": self._timers.cancelled,
-            "fds": len(self._watchers),
+            # Inert one-shot registrations (see _update_watcher) are not watched fds.
+            "fds": sum(1 for w in self._watchers.values() if (<FdWatcher>w).wanted()
+                       or (<FdWatcher>w).persistent),
             "external": bool(self._external),
             "timerfd": self._tfd >= 0,
         }

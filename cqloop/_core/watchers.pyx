@@ -10,7 +10,7 @@ would. Transports (cqloop.transports) subclass FdWatcher to act on events direct
 from libc.stdint cimport uint32_t
 
 from cqloop._core.handles cimport Handle
-from cqloop._core.includes.system cimport EPOLLIN, EPOLLOUT
+from cqloop._core.includes.system cimport EPOLLIN, EPOLLONESHOT, EPOLLOUT
 
 
 cdef class FdWatcher:
@@ -21,6 +21,7 @@ cdef class FdWatcher:
         self.gen = 0
         self.registered = 0
         self.persistent = False
+        self.disarmed = False
 
     cdef uint32_t wanted(self) noexcept:
         return 0
@@ -41,6 +42,8 @@ cdef class HandleWatcher(FdWatcher):
             mask |= EPOLLIN
         if self.writer is not None:
             mask |= EPOLLOUT
+        if mask and self.oneshot:
+            mask |= EPOLLONESHOT
         return mask
 
     cdef int _on_events(self, uint32_t events, list ready) except -1:
@@ -51,6 +54,9 @@ cdef class HandleWatcher(FdWatcher):
         # handle it finds cancelled; returning 1 asks the kernel to update the registration.
         cdef Handle handle
         cdef int changed = 0
+        if self.registered & EPOLLONESHOT:
+            # epoll disarmed the registration as it reported this event.
+            self.disarmed = True
         if events & ~EPOLLOUT:
             handle = self.reader
             if handle is not None:

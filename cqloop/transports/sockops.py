@@ -222,6 +222,10 @@ class SockOpsMixin:
         def _add_writer(
             self, fd: int, callback: Callable[..., object], args: tuple[Any, ...]
         ) -> Handle: ...
+        def _wait_readable(
+            self, fd: int, callback: Callable[..., object], args: tuple[Any, ...]
+        ) -> Handle: ...
+        def _rearm(self, fd: int) -> None: ...
         def _remove_reader(self, fd: int) -> bool: ...
         def _remove_writer(self, fd: int) -> bool: ...
         def run_in_executor(
@@ -447,7 +451,8 @@ class SockOpsMixin:
         """A future for op(*args), retried each time sock is readable until it is ready."""
         fut = self.create_future()
         fd = sock.fileno()
-        handle = self._add_reader(fd, self._on_ready, (fut, op, args))
+        # One-shot: most waits end after one wake-up, and then cost no EPOLL_CTL_DEL.
+        handle = self._wait_readable(fd, self._on_ready, (fd, fut, op, args))
         fut.add_done_callback(functools.partial(self._on_reader_done, fd, handle))
         return fut
 
@@ -457,7 +462,7 @@ class SockOpsMixin:
         """A future for op(*args), retried each time sock is writable until it is ready."""
         fut = self.create_future()
         fd = sock.fileno()
-        handle = self._add_writer(fd, self._on_ready, (fut, op, args))
+        handle = self._add_writer(fd, self._on_ready, (fd, fut, op, args))
         fut.add_done_callback(functools.partial(self._on_writer_done, fd, handle))
         return fut
 
@@ -568,7 +573,11 @@ class SockOpsMixin:
     # -- callbacks fired by the kernel ----------------------------------------------------
 
     def _on_ready(
-        self, fut: asyncio.Future[Any], op: Callable[..., Any], args: tuple[Any, ...]
+        self,
+        fd: int,
+        fut: asyncio.Future[Any],
+        op: Callable[..., Any],
+        args: tuple[Any, ...],
     ) -> None:
         if fut.done():
             # Cancelled, with this call already queued: the done callback has removed us.
@@ -576,7 +585,9 @@ class SockOpsMixin:
         try:
             result = op(*args)
         except _NOT_READY:
-            return  # spurious wake-up; still registered
+            # A spurious wake-up: wait on. A one-shot registration must be re-armed.
+            self._rearm(fd)
+            return
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
