@@ -33,14 +33,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import os
 import socket
-import stat
 import sys
 import warnings
 from asyncio import constants, trsock
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
+
+from cqloop.transports.sockutil import remove_stale_unix_socket, set_reuseport
 
 __all__ = ["DatagramMixin", "DatagramTransport"]
 
@@ -97,29 +97,6 @@ def _check_datagram_socket(sock: socket.socket) -> None:
         raise ValueError(f"A UDP Socket was expected, got {sock!r}")
 
 
-def _set_reuseport(sock: socket.socket) -> None:
-    if not hasattr(socket, "SO_REUSEPORT"):
-        raise ValueError("reuse_port not supported by socket module")
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    except OSError:
-        raise ValueError(
-            "reuse_port not supported by socket module, SO_REUSEPORT defined but not implemented."
-        )
-
-
-def _remove_stale_unix_socket(path: str) -> None:
-    """Remove a socket file left at `path` by an earlier, now closed, socket."""
-    try:
-        if stat.S_ISSOCK(os.stat(path).st_mode):
-            os.remove(path)
-    except FileNotFoundError:
-        pass
-    except OSError as err:
-        # The directory may allow creating a socket but not checking or removing one.
-        logger.error("Unable to check or remove stale UNIX socket %r: %r", path, err)
-
-
 async def _resolve(
     loop: asyncio.AbstractEventLoop, address: tuple[Any, Any], family: int, proto: int, flags: int
 ) -> Sequence[_AddrInfo]:
@@ -168,7 +145,7 @@ async def _address_pairs(
                 raise TypeError("string is expected")
         if local_addr and local_addr[0] not in (0, "\x00"):
             # A path, not a name in the abstract namespace (which leaves no file behind).
-            _remove_stale_unix_socket(local_addr)
+            remove_stale_unix_socket(local_addr)
         return [((family, proto), (local_addr, remote_addr))]
 
     # (family, proto) -> [local address, remote address], in getaddrinfo's order.
@@ -207,7 +184,7 @@ def _open_socket(
     sock = socket.socket(family=family, type=socket.SOCK_DGRAM, proto=proto)
     try:
         if reuse_port:
-            _set_reuseport(sock)
+            set_reuseport(sock)
         if allow_broadcast:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         sock.setblocking(False)

@@ -16,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import os
 import socket
 import weakref
 from asyncio import constants, trsock
 from typing import TYPE_CHECKING, Any
 
 from cqloop.transports.socket_transport import SocketTransport
+from cqloop.transports.sockutil import remove_unix_socket_file
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -171,7 +171,7 @@ class Server(asyncio.AbstractServer):
         unix = self._unix_paths.pop(sock, None)
         sock.close()
         if unix is not None:
-            _remove_socket_file(*unix)
+            remove_unix_socket_file(*unix)
 
     def _on_acceptable(self, sock: socket.socket) -> None:
         loop = self._loop
@@ -219,14 +219,3 @@ class Server(asyncio.AbstractServer):
             )
         self._loop.remove_reader(sock.fileno())
         self._loop.call_later(constants.ACCEPT_RETRY_DELAY, self._start_accepting, sock)
-
-
-def _remove_socket_file(path: Any, inode: int) -> None:
-    """Remove a Unix server's socket file, unless something else replaced it since."""
-    try:
-        if os.stat(path).st_ino == inode:
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as err:
-        logger.error("Unable to clean up listening UNIX socket %r: %r", path, err)

@@ -17,14 +17,9 @@ from collections.abc import Callable
 from typing import Any
 
 from cqloop._core.stream import StreamTransport
+from cqloop.transports.sockutil import set_nodelay
 
-__all__ = ["SocketTransport", "set_nodelay"]
-
-
-def set_nodelay(sock: socket.socket) -> None:
-    """Turn Nagle's algorithm off on a TCP socket, as asyncio does for its transports."""
-    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+__all__ = ["SocketTransport"]
 
 
 def _set_result_unless_cancelled(fut: asyncio.Future[None], result: None) -> None:

@@ -39,6 +39,8 @@ from collections.abc import Callable
 from operator import methodcaller
 from typing import IO, TYPE_CHECKING, Any, TypeVar, TypeVarTuple, Unpack
 
+from cqloop.transports.sockutil import refuse_ssl_socket
+
 if TYPE_CHECKING:
     import concurrent.futures
 
@@ -69,14 +71,6 @@ _NOT_READY = (BlockingIOError, InterruptedError)
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def _refuse_ssl_socket(sock: Any) -> None:
-    # An SSLSocket's recv/send are TLS records, not bytes: asyncio refuses it. If ssl was
-    # never imported, no socket can be one (so this module does not import ssl).
-    ssl = sys.modules.get("ssl")
-    if ssl is not None and isinstance(sock, ssl.SSLSocket):
-        raise TypeError("Socket cannot be of type SSLSocket")
 
 
 def _accept_nonblocking(sock: socket.socket) -> tuple[socket.socket, Any]:
@@ -343,7 +337,7 @@ class SockOpsMixin:
         ends up after the last byte sent."""
         if self.get_debug() and sock.gettimeout() != 0:
             raise ValueError("the socket must be non-blocking")
-        _refuse_ssl_socket(sock)
+        refuse_ssl_socket(sock)
         self._check_sendfile_params(sock, file, offset, count)
         try:
             return await self._sock_sendfile_native(sock, file, offset, count)
@@ -422,7 +416,7 @@ class SockOpsMixin:
     # -- private: checks ------------------------------------------------------------------
 
     def _check_sock(self, sock: socket.socket) -> None:
-        _refuse_ssl_socket(sock)
+        refuse_ssl_socket(sock)
         if self.get_debug() and sock.gettimeout() != 0:
             raise ValueError("the socket must be non-blocking")
 

@@ -22,13 +22,16 @@ import itertools
 import logging
 import os
 import socket
-import stat
 from asyncio import constants, staggered
 from typing import TYPE_CHECKING, Any
 
 from cqloop.transports.server import Server
 from cqloop.transports.socket_transport import SocketTransport
-from cqloop.transports.sockops import _refuse_ssl_socket
+from cqloop.transports.sockutil import (
+    refuse_ssl_socket,
+    remove_stale_unix_socket,
+    set_reuseport,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -117,7 +120,7 @@ class StreamsMixin:
         if ssl_shutdown_timeout is not None and not ssl:
             raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
         if sock is not None:
-            _refuse_ssl_socket(sock)
+            refuse_ssl_socket(sock)
         if ssl:
             raise NotImplementedError(_TLS_NOT_YET)
         if happy_eyeballs_delay is not None and interleave is None:
@@ -264,7 +267,7 @@ class StreamsMixin:
             if ssl_shutdown_timeout is not None:
                 raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
         if sock is not None:
-            _refuse_ssl_socket(sock)
+            refuse_ssl_socket(sock)
         if ssl:
             raise NotImplementedError(_TLS_NOT_YET)
         if path is not None:
@@ -301,7 +304,7 @@ class StreamsMixin:
             raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
         if ssl_shutdown_timeout is not None and not ssl:
             raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
-        _refuse_ssl_socket(sock)
+        refuse_ssl_socket(sock)
         if ssl:
             raise NotImplementedError(_TLS_NOT_YET)
         transport, protocol = await self._make_connection(sock, protocol_factory)
@@ -339,7 +342,7 @@ class StreamsMixin:
         if ssl_shutdown_timeout is not None and ssl is None:
             raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
         if sock is not None:
-            _refuse_ssl_socket(sock)
+            refuse_ssl_socket(sock)
         if ssl is not None:
             raise NotImplementedError(_TLS_NOT_YET)
 
@@ -408,7 +411,7 @@ class StreamsMixin:
                 if reuse_address:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, True)
                 if reuse_port:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                    set_reuseport(sock)
                 if keep_alive:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, True)
                 if family == socket.AF_INET6:
@@ -468,7 +471,7 @@ class StreamsMixin:
             path = os.fspath(path)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             if path[0] not in (0, "\x00"):
-                _remove_stale_socket_file(path)
+                remove_stale_unix_socket(path)
             try:
                 sock.bind(path)
             except OSError as exc:
@@ -639,13 +642,3 @@ class _SendfileFlowControl(asyncio.Protocol):
             fut.cancel()
         if self._should_resume_writing:
             self._protocol.resume_writing()
-
-
-def _remove_stale_socket_file(path: Any) -> None:
-    try:
-        if stat.S_ISSOCK(os.stat(path).st_mode):
-            os.remove(path)
-    except FileNotFoundError:
-        pass
-    except OSError as err:
-        logger.error("Unable to check or remove stale UNIX socket %r: %r", path, err)
