@@ -65,6 +65,7 @@ cdef class StreamTransport(FdWatcher):
     cdef int _buffer_item(self, object data, Py_ssize_t offset) except -1
     cdef int _maybe_pause_protocol(self) except -1
     cdef int _maybe_resume_protocol(self) except -1
+    cdef int _call_flow_control(self, str name) except -1
     cdef int _fatal_error(self, object exc, str message) except -1
     cdef int _force_close(self, object exc) except -1
     cdef int _set_protocol(self, object protocol) except -1

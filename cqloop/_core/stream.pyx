@@ -79,6 +79,18 @@ cdef inline bint _would_block(int err) noexcept:
     return err == EAGAIN or err == EINTR
 
 
+def water_marks(high=None, low=None):
+    """asyncio's write buffer limits from set_write_buffer_limits' arguments: (high, low).
+    Every cqloop transport with a write buffer takes its limits through here."""
+    if high is None:
+        high = DEFAULT_HIGH_WATER if low is None else 4 * low
+    if low is None:
+        low = high // 4
+    if not high >= low >= 0:
+        raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+    return high, low
+
+
 cdef class _ReadyHandle(Handle):
     """The handle the kernel queues when a transport's fd is ready: runs its read or write
     path in the transport's context. The Handle fields keep asyncio's view of it (its
@@ -144,8 +156,7 @@ cdef class StreamTransport(FdWatcher):
         self._write_buf = []
         self._write_offset = 0
         self._write_pending = 0
-        self._high_water = DEFAULT_HIGH_WATER
-        self._low_water = DEFAULT_HIGH_WATER // 4
+        self._high_water, self._low_water = water_marks()
         self._set_protocol(protocol)
         self._read_handle = _ready_handle(self, False, self._read_ready)
         self._write_handle = _ready_handle(self, True, self._write_ready)
@@ -292,9 +303,6 @@ cdef class StreamTransport(FdWatcher):
             self._sync_interest()
         self._maybe_pause_protocol()
 
-    def can_write_eof(self):
-        return True
-
     def write_eof(self):
         if self._closing or self._eof:
             return
@@ -309,20 +317,10 @@ cdef class StreamTransport(FdWatcher):
         return (self._low_water, self._high_water)
 
     def set_write_buffer_limits(self, high=None, low=None):
-        if high is None:
-            high = DEFAULT_HIGH_WATER if low is None else 4 * low
-        if low is None:
-            low = high // 4
-        if not high >= low >= 0:
-            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
-        self._high_water = high
-        self._low_water = low
+        self._high_water, self._low_water = water_marks(high, low)
         self._maybe_pause_protocol()
 
     # -- public API: the rest ------------------------------------------------------------
-
-    def get_extra_info(self, name, default=None):
-        return self._extra.get(name, default)
 
     def get_protocol(self):
         return self._protocol
@@ -594,30 +592,23 @@ cdef class StreamTransport(FdWatcher):
         if self._write_pending <= self._high_water or self._protocol_paused:
             return 0
         self._protocol_paused = True
-        try:
-            self._protocol.pause_writing()
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._loop.call_exception_handler({
-                "message": "protocol.pause_writing() failed",
-                "exception": exc,
-                "transport": self._owner,
-                "protocol": self._protocol,
-            })
-        return 0
+        return self._call_flow_control("pause_writing")
 
     cdef int _maybe_resume_protocol(self) except -1:
         if not self._protocol_paused or self._write_pending > self._low_water:
             return 0
         self._protocol_paused = False
+        return self._call_flow_control("resume_writing")
+
+    cdef int _call_flow_control(self, str name) except -1:
+        # A failing pause_writing/resume_writing is reported, never fatal (asyncio's rule).
         try:
-            self._protocol.resume_writing()
+            getattr(self._protocol, name)()
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
             self._loop.call_exception_handler({
-                "message": "protocol.resume_writing() failed",
+                "message": f"protocol.{name}() failed",
                 "exception": exc,
                 "transport": self._owner,
                 "protocol": self._protocol,

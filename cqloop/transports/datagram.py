@@ -40,6 +40,7 @@ from asyncio import constants, trsock
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
+from cqloop._core.stream import water_marks
 from cqloop.transports.sockutil import remove_stale_unix_socket, set_reuseport
 
 __all__ = ["DatagramMixin", "DatagramTransport"]
@@ -50,7 +51,6 @@ logger = logging.getLogger("asyncio")
 _ProtocolT = TypeVar("_ProtocolT", bound=asyncio.BaseProtocol)
 
 MAX_DATAGRAM_BYTES = 256 * 1024
-DEFAULT_HIGH_WATER_BYTES = 64 * 1024
 # After this many writes to a lost connection, each further one logs a warning.
 LOG_THRESHOLD_FOR_CONNLOST_WRITES: int = constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES
 
@@ -277,8 +277,7 @@ class DatagramTransport(asyncio.DatagramTransport, asyncio.Transport):
         # (datagram, address) pairs the socket refused with EAGAIN, oldest first.
         self._buffer: collections.deque[tuple[bytes, Any]] = collections.deque()
         self._buffer_size = 0
-        self._high_water = DEFAULT_HIGH_WATER_BYTES
-        self._low_water = DEFAULT_HIGH_WATER_BYTES // 4
+        self._high_water, self._low_water = water_marks()
         self._protocol_paused = False
         self._closing = False
         self._paused = False
@@ -409,14 +408,7 @@ class DatagramTransport(asyncio.DatagramTransport, asyncio.Transport):
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         """pause_writing() is called when the buffer grows past `high` bytes, and
         resume_writing() when it shrinks to `low` (defaults: 64 KiB, and high // 4)."""
-        if high is None:
-            high = DEFAULT_HIGH_WATER_BYTES if low is None else 4 * low
-        if low is None:
-            low = high // 4
-        if not high >= low >= 0:
-            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
-        self._high_water = high
-        self._low_water = low
+        self._high_water, self._low_water = water_marks(high, low)
         self._maybe_pause_protocol()
 
     # -- private ----------------------------------------------------------------------------

@@ -77,7 +77,6 @@ class SocketTransport(asyncio.Transport):
         self._core = core = StreamTransport(loop, self, sock, protocol, info, server)
         # The engine's dict: get_extra_info (asyncio's) reads it.
         super().__init__(core._extra)
-        self._extra = core._extra
         for name in _HOT_METHODS:
             setattr(self, name, getattr(core, name))
         if server is not None:
