@@ -102,8 +102,6 @@ cdef class _ReadyHandle(Handle):
     cdef int _run(self) except -1:
         cdef StreamTransport transport = self.transport
         cdef object context = self._context
-        if transport is None:
-            return 0
         if PyContext_Enter(context) < 0:
             return self._on_callback_error()
         try:
@@ -151,7 +149,8 @@ cdef class StreamTransport(FdWatcher):
         self._loop = loop
         self._sock = sock
         self._context = PyContext_CopyCurrent()
-        self._extra = {} if extra is None else dict(extra)
+        # Taken as given, not copied: the public transport builds it for this engine.
+        self._extra = {} if extra is None else extra
         self._server = server
         self._write_buf = []
         self._write_offset = 0
