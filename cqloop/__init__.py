@@ -16,25 +16,47 @@ if not sys.platform.startswith("linux"):
         f"this is {sys.platform!r}"
     )
 
+from cqloop import condition, promise
+from cqloop.condition import Condition
+from cqloop.controller import CoroutineError, monotime, new, running
+from cqloop.controller import type as type  # cqueues.type(); kept out of __all__
 from cqloop.events import EventEmitter, event_list, publish, subscribe
 from cqloop.loop import Loop
 from cqloop.policy import EventLoopPolicy, install, new_event_loop, run
+from cqloop.pollable import Pollable, cancel, poll, sleep
+from cqloop.promise import Promise
 from cqloop.runner import Runner, RunnerState, waiter
+
+# cqueues' name for a loop: a controller is a cqloop loop.
+Controller = Loop
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "Condition",
+    "Controller",
+    "CoroutineError",
     "EventEmitter",
     "EventLoopPolicy",
     "Loop",
+    "Pollable",
+    "Promise",
     "Runner",
     "RunnerState",
     "__version__",
+    "cancel",
+    "condition",
     "event_list",
     "install",
+    "monotime",
+    "new",
     "new_event_loop",
+    "poll",
+    "promise",
     "publish",
     "run",
+    "running",
+    "sleep",
     "subscribe",
     "waiter",
 ]

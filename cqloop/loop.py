@@ -13,6 +13,7 @@ NotImplementedError naming what is missing; `_NOT_YET` lists them.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import errno
 import logging
@@ -27,6 +28,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar, TypeVarTuple, Unpack
 
 from cqloop._core.kernel import Kernel
+from cqloop.controller import ControllerMixin
 from cqloop.transports.datagram import DatagramMixin
 from cqloop.transports.sockops import SockOpsMixin
 from cqloop.transports.streams import StreamsMixin
@@ -87,7 +89,7 @@ def _run_until_complete_cb(fut: asyncio.Future[Any]) -> None:
 # The compiled handles are not asyncio.Handle subclasses (as uvloop's are not), so mypy sees
 # Kernel's call_soon/call_later/call_at as incompatible with AbstractEventLoop's.
 class Loop(  # type: ignore[misc]
-    Kernel, StreamsMixin, DatagramMixin, SockOpsMixin, asyncio.AbstractEventLoop
+    Kernel, ControllerMixin, StreamsMixin, DatagramMixin, SockOpsMixin, asyncio.AbstractEventLoop
 ):
     """An asyncio event loop on epoll, and a cqueues controller: its fd is pollable and
     `step()` runs one iteration, so it nests inside any other loop."""
@@ -104,6 +106,9 @@ class Loop(  # type: ignore[misc]
         # The loop this one was nested into with nest_in(), so close() can leave it.
         self._outer: asyncio.AbstractEventLoop | None = None
         self._outer_fd = -1
+        # The controller's wrapped coroutines and their uncollected errors (controller.py).
+        self._wrapped: set[asyncio.Task[Any]] = set()
+        self._wrapped_errors: collections.deque[Any] = collections.deque()
         self.set_debug(_debug_mode_requested())
 
     def __repr__(self) -> str:
@@ -195,6 +200,7 @@ class Loop(  # type: ignore[misc]
         if self.get_debug():
             logger.debug("Close %r", self)
         self.unnest()
+        self._report_uncollected_errors()
         self._executor_shutdown_called = True
         executor = self._default_executor
         if executor is not None:

@@ -745,6 +745,12 @@ cdef class Kernel:
             return None
         return max(0.0, self._timers.peek_when() - self._now())
 
+    def _set_wait_sigmask(self, signals):
+        """The signal mask for the kernel's waits (a list of signals to block), or None
+        to leave the thread's mask alone (Loop.pause)."""
+        self._check_closed()
+        self._poller.set_waitmask(signals)
+
     # -- statistics ---------------------------------------------------------------------
 
     def _kernel_statistics(self):

@@ -3,7 +3,8 @@
 Owns: the epoll fd and the event buffer epoll_wait fills. register, modify and unregister
 return 0 or an errno rather than raising, because EEXIST, ENOENT and EBADF are normal events
 for the kernel (an fd closed or reused behind its back) and it decides what each means.
-`wait` is the only place in cqloop where epoll_wait is called.
+`wait` is the only place in cqloop where epoll waits (epoll_pwait: with a NULL mask it is
+epoll_wait; Loop.pause gives it a mask).
 
 Some facts about epoll that shape the kernel above this file:
 - epoll keys a registration by (open file description, fd number), not by fd number alone.
@@ -17,25 +18,33 @@ Some facts about epoll that shape the kernel above this file:
   That is what makes a loop nestable; see kernel.pyx, "driven from outside".
 - epoll_wait fails with EINTR when a signal handler runs; Python-level handlers (SIGINT's
   KeyboardInterrupt, asyncio.Runner's Ctrl-C handler) run only when the interpreter checks
-  for them, so `wait` checks at once and returns no events, like PEP 475 retry loops do.
+  for them, so `wait` checks at once, then waits out the rest of its timeout, as PEP 475
+  retry loops (and so asyncio's selectors) do. A handler that wants the loop awake writes
+  to it (call_soon_threadsafe, a wakeup fd).
 """
 
 from os import strerror
 
+from libc.math cimport ceil
 from libc.stdlib cimport free, malloc, realloc
 
 from cqloop._core.includes.pyapi cimport PyErr_CheckSignals
 from cqloop._core.includes.system cimport (
+    CLOCK_MONOTONIC,
     EINTR,
     EPOLL_CLOEXEC,
     EPOLL_CTL_ADD,
     EPOLL_CTL_DEL,
     EPOLL_CTL_MOD,
+    clock_gettime,
     close as close_fd,
     epoll_create1,
     epoll_ctl,
-    epoll_wait,
+    epoll_pwait,
     errno,
+    sigaddset,
+    sigemptyset,
+    timespec,
 )
 
 cdef int INITIAL_CAPACITY = 64
@@ -92,19 +101,35 @@ cdef class Poller:
         self.events are filled."""
         cdef int n
         cdef int err
+        cdef double deadline_ms = 0.0
         if self.epfd < 0:
             raise RuntimeError("the poller is closed")
-        if timeout_ms == 0:
-            n = epoll_wait(self.epfd, self.events, self.capacity, 0)
-        else:
-            with nogil:
-                n = epoll_wait(self.epfd, self.events, self.capacity, timeout_ms)
-        if n < 0:
+        if timeout_ms > 0:
+            deadline_ms = _monotonic_ms() + timeout_ms
+        while True:
+            if timeout_ms == 0:
+                n = epoll_pwait(self.epfd, self.events, self.capacity, 0, self.waitmask_ptr)
+            else:
+                with nogil:
+                    n = epoll_pwait(self.epfd, self.events, self.capacity, timeout_ms,
+                                    self.waitmask_ptr)
+            if n >= 0:
+                break
             err = errno
-            if err == EINTR:
-                PyErr_CheckSignals()
-                return 0
-            _raise_errno(err, "epoll_wait", self.epfd)
+            if err != EINTR:
+                _raise_errno(err, "epoll_wait", self.epfd)
+            # Interrupted: run the Python-level signal handlers now (KeyboardInterrupt
+            # leaves from here), then wait out the rest of the timeout, as PEP 475 retry
+            # loops do. An interruption with no signal behind it happens too: io_uring
+            # task work (a uvloop loop closed earlier in the process leaves some) ends
+            # a blocking wait with EINTR; returning then would be an early, empty step.
+            PyErr_CheckSignals()
+            if self.waitmask_ptr is not NULL:
+                return 0  # Loop.pause: a delivered signal is what ends the wait
+            if timeout_ms > 0:
+                timeout_ms = <int>ceil(deadline_ms - _monotonic_ms())
+                if timeout_ms <= 0:
+                    return 0
         if n == self.capacity and self.capacity < MAX_CAPACITY:
             self._grow()
         return n
@@ -119,11 +144,30 @@ cdef class Poller:
         self.capacity = capacity
         return 0
 
+    cdef int set_waitmask(self, object signals) except -1:
+        """The signals to block during waits (epoll_pwait's mask), or None for no
+        change of mask. Loop.pause unblocks signals for one wait this way."""
+        if signals is None:
+            self.waitmask_ptr = NULL
+            return 0
+        sigemptyset(&self.waitmask)
+        for signum in signals:
+            if sigaddset(&self.waitmask, <int>signum) < 0:
+                raise OSError(errno, f"invalid signal number {signum}")
+        self.waitmask_ptr = &self.waitmask
+        return 0
+
     cdef int close(self) except -1:
         if self.epfd >= 0:
             close_fd(self.epfd)
             self.epfd = -1
         return 0
+
+
+cdef inline double _monotonic_ms() noexcept:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6
 
 
 cdef int _raise_errno(int err, str call, int fd) except -1:

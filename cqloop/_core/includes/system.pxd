@@ -32,6 +32,13 @@ cdef extern from "<time.h>" nogil:
     int clock_gettime(int clk_id, timespec *tp)
 
 
+cdef extern from "<signal.h>" nogil:
+    ctypedef struct sigset_t:
+        pass
+    int sigemptyset(sigset_t *set)
+    int sigaddset(sigset_t *set, int signum)
+
+
 cdef extern from "<sys/epoll.h>" nogil:
     ctypedef union epoll_data_t:
         void *ptr
@@ -60,6 +67,8 @@ cdef extern from "<sys/epoll.h>" nogil:
     int epoll_create1(int flags)
     int epoll_ctl(int epfd, int op, int fd, epoll_event *event)
     int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout)
+    int epoll_pwait(int epfd, epoll_event *events, int maxevents, int timeout,
+                    const sigset_t *sigmask)
 
 
 cdef extern from "<sys/eventfd.h>" nogil:

@@ -1,0 +1,408 @@
+"""cqloop.pollable: cqueues' pollable protocol and the one wait primitive built on it.
+
+Owns `Pollable` (the protocol), `poll(*objs, timeout=None)`, `sleep(secs)` and `cancel()`
+(the controller's cancel goes through it). Every cqueues module (condition, promise,
+signal, notify, thread, cq sockets) waits through `poll`, so this file is the only place
+that turns "wait until this object is ready" into fd registrations and timers.
+
+The protocol, as cqueues has it: an object is pollable when it has `pollfd()` (an int fd,
+or a waitable object such as a `Condition`), `events()` ("r", "w", "rw" or None) and
+`timeout()` (seconds, or None), each either a method or a plain attribute. An object is
+ready when its fd is ready for one of its events, when the waitable it names is signalled,
+or when its own timeout passes. A bare number among poll's arguments is a timeout, as in
+cqueues' `poll(1.5)`.
+
+Any asyncio loop allows one reader and one writer per fd, while several tasks may poll the
+same fd. So each loop gets a registry (`_FdRegistry`, one per loop, held weakly) that owns
+the loop's registration of a polled fd and fans its readiness out to every waiter. A
+waiter is one-shot: readiness wakes it and removes it at once, in the callback, so a poll
+that starts before the woken task has resumed registers afresh instead of finding a
+registration that is about to go.
+
+On cqloop the registry goes straight to the kernel's fd table (no argument parsing), and
+readability waits are one-shot epoll registrations (EPOLLONESHOT) that are left disarmed
+rather than deleted when a wait ends: a `poll(sock)` per message costs one epoll_ctl
+instead of two. On other loops (asyncio, uvloop) it uses add_reader/add_writer and
+remove_reader/remove_writer. Polling an fd replaces a reader or writer the application
+registered on the same loop itself, as add_reader does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import weakref
+from collections.abc import Iterable
+from typing import Any, Protocol, runtime_checkable
+
+from cqloop._core.kernel import Kernel
+
+__all__ = ["Pollable", "cancel", "poll", "pollfd_of", "sleep"]
+
+_EVENT_KINDS = {"r": (True, False), "w": (False, True), "rw": (True, True), "wr": (True, True)}
+
+
+@runtime_checkable
+class Pollable(Protocol):
+    """cqueues' pollable protocol. Each member may be a method or a plain attribute."""
+
+    def pollfd(self) -> Any: ...
+
+    def events(self) -> str | None: ...
+
+    def timeout(self) -> float | None: ...
+
+
+# -- reading the protocol ---------------------------------------------------------------
+
+
+def _member(obj: Any, name: str) -> Any:
+    value = getattr(obj, name, None)
+    return value() if callable(value) else value
+
+
+def pollfd_of(obj: Any) -> Any:
+    """What obj is polled through: an int fd, a waitable (a Condition), or None."""
+    fd = _member(obj, "pollfd")
+    if fd is None or _is_waitable(fd):
+        return fd
+    if isinstance(fd, int) and not isinstance(fd, bool):
+        if fd < 0:
+            raise ValueError(f"{obj!r}.pollfd() gave a negative fd: {fd}")
+        return fd
+    fileno = getattr(fd, "fileno", None)
+    if fileno is not None:
+        return int(fileno())
+    raise TypeError(f"{obj!r}.pollfd() gave {fd!r}: expected an fd, a Condition or None")
+
+
+def _events_of(obj: Any) -> tuple[bool, bool]:
+    events = _member(obj, "events")
+    if events is None or events == "":
+        return (False, False)
+    try:
+        return _EVENT_KINDS[events]
+    except KeyError:
+        raise ValueError(
+            f"{obj!r}.events() gave {events!r}: expected 'r', 'w', 'rw' or None"
+        ) from None
+
+
+def _timeout_of(obj: Any) -> float | None:
+    timeout = _member(obj, "timeout")
+    if timeout is None:
+        return None
+    timeout = float(timeout)
+    if math.isnan(timeout):
+        raise ValueError(f"{obj!r}.timeout() gave NaN")
+    return max(0.0, timeout)
+
+
+def _is_waitable(obj: Any) -> bool:
+    # A Condition (or anything else that wakes pollers itself rather than through an fd).
+    return hasattr(obj, "_attach_poller")
+
+
+def _is_timeout(obj: Any) -> bool:
+    return isinstance(obj, (int, float)) and not isinstance(obj, bool)
+
+
+# -- one poll -------------------------------------------------------------------------
+
+
+class _Poll:
+    """One call of poll(): the future its task waits on, what it registered, and which
+    of its objects have turned ready. `fire` may be called from any thread."""
+
+    __slots__ = (
+        "_fds",
+        "_future",
+        "_loop",
+        "_objects",
+        "_ready",
+        "_registry",
+        "_thread",
+        "_waitables",
+    )
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, registry: _FdRegistry, objects: tuple[Any, ...]
+    ) -> None:
+        self._loop = loop
+        self._registry = registry
+        self._objects = objects
+        registry._polls.add(self)
+        self._future: asyncio.Future[None] = loop.create_future()
+        self._thread = threading.get_ident()
+        self._ready: dict[int, Any] = {}
+        self._fds: list[tuple[int, bool, Any]] = []
+        self._waitables: list[tuple[Any, Any]] = []
+
+    def fire(self, obj: Any) -> None:
+        """obj is ready: wake the poll (if it still waits) and report obj with the rest."""
+        if threading.get_ident() != self._thread:
+            self._loop.call_soon_threadsafe(self._fire_here, obj)
+        else:
+            self._fire_here(obj)
+
+    def _fire_here(self, obj: Any) -> None:
+        if self._registry is None:
+            return  # finished: its registrations are gone
+        self._ready[id(obj)] = obj
+        if not self._future.done():
+            self._future.set_result(None)
+
+    def watch_fd(self, fd: int, reading: bool, obj: Any) -> None:
+        self._registry.add(fd, reading, self, obj)
+        self._fds.append((fd, reading, obj))
+
+    def watch_waitable(self, waitable: Any, obj: Any) -> None:
+        token = waitable._attach_poller(self, obj)
+        self._waitables.append((waitable, token))
+
+    def finish(self) -> None:
+        """Drop every registration this poll still holds (it has returned or was
+        cancelled)."""
+        registry = self._registry
+        self._registry = None  # type: ignore[assignment]
+        registry._polls.discard(self)
+        for fd, reading, obj in self._fds:
+            registry.discard(fd, reading, self, obj)
+        for waitable, token in self._waitables:
+            waitable._detach_poller(token)
+
+
+async def poll(*objs: Any, timeout: float | None = None) -> tuple[Any, ...]:
+    """Wait until at least one of objs is ready; return the ready ones, in the order
+    given, or () when `timeout` seconds pass first. A number among objs is a timeout too.
+    Always yields to the loop at least once, as cqueues' poll does."""
+    loop = asyncio.get_running_loop()
+    if not objs and timeout is None:
+        # Nothing to wait for: yield once, as cqueues' poll() does.
+        await asyncio.sleep(0)
+        return ()
+    registry = _registry_for(loop)
+    waiter = _Poll(loop, registry, objs)
+    deadlines: list[tuple[float, Any]] = []
+    try:
+        # Attach first, then read the timeouts: an object resolved in between (a promise
+        # set from another thread) then reports timeout() == 0 and is not missed.
+        pollables = []
+        for obj in objs:
+            if _is_timeout(obj):
+                timeout = obj if timeout is None else min(timeout, obj)
+                continue
+            pollables.append(obj)
+            fd = pollfd_of(obj)
+            if fd is None:
+                pass
+            elif isinstance(fd, int):
+                reading, writing = _events_of(obj)
+                if reading:
+                    waiter.watch_fd(fd, True, obj)
+                if writing:
+                    waiter.watch_fd(fd, False, obj)
+            else:
+                waiter.watch_waitable(fd, obj)
+        now = loop.time()
+        for obj in pollables:
+            obj_timeout = _timeout_of(obj)
+            if obj_timeout is not None:
+                deadlines.append((now + obj_timeout, obj))
+        if timeout is not None:
+            if math.isnan(timeout):
+                raise ValueError("timeout is NaN")
+            deadlines.append((now + max(0.0, timeout), None))
+        timer = None
+        if deadlines:
+            first = min(when for when, _ in deadlines)
+            timer = loop.call_at(first, _on_deadline, waiter, deadlines, first)
+        try:
+            await waiter._future
+        finally:
+            if timer is not None:
+                timer.cancel()
+    finally:
+        ready = waiter._ready
+        waiter.finish()
+    return tuple(obj for obj in _unique(objs) if id(obj) in ready)
+
+
+def _on_deadline(waiter: _Poll, deadlines: list[tuple[float, Any]], first: float) -> None:
+    # Every object whose deadline is the earliest one is ready; so is any whose deadline
+    # has passed meanwhile. poll's own timeout (obj None) just ends the wait.
+    now = waiter._loop.time()
+    for when, obj in deadlines:
+        if when <= first or when <= now:
+            if obj is None:
+                if not waiter._future.done():
+                    waiter._future.set_result(None)
+            else:
+                waiter.fire(obj)
+
+
+def _unique(objs: Iterable[Any]) -> Iterable[Any]:
+    seen: set[int] = set()
+    for obj in objs:
+        if not _is_timeout(obj) and id(obj) not in seen:
+            seen.add(id(obj))
+            yield obj
+
+
+async def sleep(secs: float) -> None:
+    """Suspend the calling task for secs seconds (cqueues.sleep)."""
+    await asyncio.sleep(max(0.0, secs))
+
+
+def cancel(*fds_or_objs: Any, loop: asyncio.AbstractEventLoop | None = None) -> int:
+    """cqueues.cancel(): wake every poll waiting on these fds or objects, as if they were
+    ready, and drop the loops' registrations of the fds, so that they can be closed
+    safely. On every loop (loop None), or on `loop` alone (the controller's cancel).
+    Returns how many waits were woken in this thread; loops of other threads are asked
+    to do the same through call_soon_threadsafe."""
+    if loop is not None:
+        registry = _REGISTRIES.get(loop)
+        registries = [] if registry is None else [registry]
+    else:
+        registries = list(_REGISTRIES.values())
+    here = threading.get_ident()
+    woken = 0
+    for registry in registries:
+        if registry._thread == here:
+            woken += registry.cancel(fds_or_objs)
+        elif not registry._loop.is_closed():
+            registry._loop.call_soon_threadsafe(registry.cancel, fds_or_objs)
+    return woken
+
+
+# -- the per-loop registry --------------------------------------------------------------
+
+
+class _FdRegistry:
+    """The polled fds of one loop: fd -> the (poll, object) pairs waiting to read it and
+    to write it, and the loop registrations that serve them."""
+
+    __slots__ = ("__weakref__", "_kernel", "_loop", "_polls", "_readers", "_thread", "_writers")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        # A loop is used from one thread: the one its first poll ran in.
+        self._thread = threading.get_ident()
+        self._kernel = isinstance(loop, Kernel)
+        self._readers: dict[int, list[tuple[_Poll, Any]]] = {}
+        self._writers: dict[int, list[tuple[_Poll, Any]]] = {}
+        # The polls under way on this loop (cancel() finds waits on objects through it).
+        self._polls: set[_Poll] = set()
+
+    def add(self, fd: int, reading: bool, waiter: _Poll, obj: Any) -> None:
+        table = self._readers if reading else self._writers
+        waiters = table.get(fd)
+        if waiters is not None:
+            waiters.append((waiter, obj))
+            return
+        self._register(fd, reading)
+        table[fd] = [(waiter, obj)]
+
+    def discard(self, fd: int, reading: bool, waiter: _Poll, obj: Any) -> None:
+        table = self._readers if reading else self._writers
+        waiters = table.get(fd)
+        if waiters is None:
+            return
+        for index, (other, other_obj) in enumerate(waiters):
+            if other is waiter and other_obj is obj:
+                del waiters[index]
+                break
+        if not waiters:
+            del table[fd]
+            self._unregister(fd, reading)
+
+    def cancel(self, fds_or_objs: tuple[Any, ...]) -> int:
+        woken = 0
+        for target in fds_or_objs:
+            if isinstance(target, int) and not isinstance(target, bool):
+                woken += self.cancel_fd(target)
+                continue
+            fd = pollfd_of(target) if hasattr(target, "pollfd") else None
+            if fd is None and hasattr(target, "fileno"):
+                fd = target.fileno()  # a socket or a file: cancel its fd
+            if isinstance(fd, int):
+                woken += self.cancel_fd(fd)
+            woken += self.cancel_object(target)
+        return woken
+
+    def cancel_fd(self, fd: int) -> int:
+        woken = 0
+        for reading, table in ((True, self._readers), (False, self._writers)):
+            waiters = table.pop(fd, None)
+            if waiters is not None:
+                self._unregister(fd, reading)
+                for waiter, obj in waiters:
+                    waiter.fire(obj)
+                woken += len(waiters)
+        return woken
+
+    def cancel_object(self, target: Any) -> int:
+        woken = 0
+        for waiter in list(self._polls):
+            if any(obj is target for obj in waiter._objects):
+                waiter.fire(target)
+                woken += 1
+        return woken
+
+    # -- registrations --
+
+    def _register(self, fd: int, reading: bool) -> None:
+        loop: Any = self._loop
+        if self._kernel:
+            if reading:
+                loop._wait_readable(fd, self._on_ready, (fd, True))
+            else:
+                loop._add_writer(fd, self._on_ready, (fd, False))
+        elif reading:
+            loop.add_reader(fd, self._on_ready, fd, True)
+        else:
+            loop.add_writer(fd, self._on_ready, fd, False)
+
+    def _unregister(self, fd: int, reading: bool) -> None:
+        loop: Any = self._loop
+        if loop.is_closed():
+            return
+        if self._kernel:
+            if reading:
+                loop._remove_reader(fd)
+            else:
+                loop._remove_writer(fd)
+        elif reading:
+            loop.remove_reader(fd)
+        else:
+            loop.remove_writer(fd)
+
+    def _on_ready(self, fd: int, reading: bool) -> None:
+        """The loop's callback: the fd is ready; every waiter on it wakes and leaves."""
+        table = self._readers if reading else self._writers
+        waiters = table.pop(fd, None)
+        self._unregister(fd, reading)
+        if waiters is not None:
+            for waiter, obj in waiters:
+                waiter.fire(obj)
+
+
+_REGISTRIES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _FdRegistry] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _registry_for(loop: asyncio.AbstractEventLoop) -> _FdRegistry:
+    registry = _REGISTRIES.get(loop)
+    if registry is None:
+        registry = _REGISTRIES[loop] = _FdRegistry(loop)
+    return registry
+
+
+def polled_fds(loop: asyncio.AbstractEventLoop) -> dict[str, int]:
+    """How many fds `loop`'s registry watches for poll() (for statistics and tests)."""
+    registry = _REGISTRIES.get(loop)
+    if registry is None:
+        return {"readers": 0, "writers": 0}
+    return {"readers": len(registry._readers), "writers": len(registry._writers)}
