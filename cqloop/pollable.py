@@ -33,12 +33,22 @@ import asyncio
 import math
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol, runtime_checkable
 
 from cqloop._core.kernel import Kernel
 
-__all__ = ["Pollable", "cancel", "poll", "pollfd_of", "sleep"]
+__all__ = [
+    "Pollable",
+    "cancel",
+    "poll",
+    "pollfd_of",
+    "sleep",
+    "subscribe",
+    "unsubscribe",
+    "wait_readable",
+    "wait_writable",
+]
 
 _EVENT_KINDS = {"r": (True, False), "w": (False, True), "rw": (True, True), "wr": (True, True)}
 
@@ -109,6 +119,12 @@ def _is_timeout(obj: Any) -> bool:
 
 
 # -- one poll -------------------------------------------------------------------------
+
+
+class _Waiter(Protocol):
+    """What the registry wakes: a poll() or a wait_readable/wait_writable."""
+
+    def fire(self, obj: Any) -> None: ...
 
 
 class _Poll:
@@ -250,6 +266,52 @@ def _unique(objs: Iterable[Any]) -> Iterable[Any]:
             yield obj
 
 
+class _FdWaiter:
+    """One wait_readable/wait_writable: a future and nothing else. Fired only in the
+    loop's thread (fd readiness is; cancel() from elsewhere crosses over first)."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: asyncio.Future[bool]) -> None:
+        self.future = future
+
+    def fire(self, obj: Any) -> None:
+        if not self.future.done():
+            self.future.set_result(True)
+
+    def expire(self) -> None:
+        if not self.future.done():
+            self.future.set_result(False)
+
+
+async def wait_readable(fd: int, timeout: float | None = None) -> bool:
+    """Wait until fd is readable (True) or timeout seconds pass (False): poll() for one
+    fd, without the protocol lookups, through the same registry (cq sockets' own waits)."""
+    return await _wait_fd(fd, True, timeout)
+
+
+async def wait_writable(fd: int, timeout: float | None = None) -> bool:
+    """wait_readable's twin for writability."""
+    return await _wait_fd(fd, False, timeout)
+
+
+async def _wait_fd(fd: int, reading: bool, timeout: float | None) -> bool:
+    loop = asyncio.get_running_loop()
+    registry = _REGISTRIES.get(loop)
+    if registry is None:
+        registry = _registry_for(loop)
+    waiter = _FdWaiter(loop.create_future())
+    registry.add(fd, reading, waiter, None)
+    timer = None if timeout is None else loop.call_later(timeout, waiter.expire)
+    try:
+        return await waiter.future
+    finally:
+        if timer is not None:
+            timer.cancel()
+        # A no-op when it fired: firing removed it.
+        registry.discard(fd, reading, waiter, None)
+
+
 async def sleep(secs: float) -> None:
     """Suspend the calling task for secs seconds (cqueues.sleep)."""
     await asyncio.sleep(max(0.0, secs))
@@ -281,30 +343,43 @@ def cancel(*fds_or_objs: Any, loop: asyncio.AbstractEventLoop | None = None) -> 
 
 class _FdRegistry:
     """The polled fds of one loop: fd -> the (poll, object) pairs waiting to read it and
-    to write it, and the loop registrations that serve them."""
+    to write it, the persistent subscribers (a cq socket receiving, see subscribe()), and
+    the loop registrations that serve them."""
 
-    __slots__ = ("__weakref__", "_kernel", "_loop", "_polls", "_readers", "_thread", "_writers")
+    __slots__ = (
+        "__weakref__",
+        "_kernel",
+        "_loop",
+        "_polls",
+        "_readers",
+        "_subscribers",
+        "_thread",
+        "_writers",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         # A loop is used from one thread: the one its first poll ran in.
         self._thread = threading.get_ident()
         self._kernel = isinstance(loop, Kernel)
-        self._readers: dict[int, list[tuple[_Poll, Any]]] = {}
-        self._writers: dict[int, list[tuple[_Poll, Any]]] = {}
+        self._readers: dict[int, list[tuple[_Waiter, Any]]] = {}
+        self._writers: dict[int, list[tuple[_Waiter, Any]]] = {}
         # The polls under way on this loop (cancel() finds waits on objects through it).
         self._polls: set[_Poll] = set()
+        # (fd, reading) -> a callback run at every readiness until unsubscribed.
+        self._subscribers: dict[tuple[int, bool], Callable[[], object]] = {}
 
-    def add(self, fd: int, reading: bool, waiter: _Poll, obj: Any) -> None:
+    def add(self, fd: int, reading: bool, waiter: _Waiter, obj: Any) -> None:
         table = self._readers if reading else self._writers
         waiters = table.get(fd)
         if waiters is not None:
             waiters.append((waiter, obj))
             return
-        self._register(fd, reading)
+        if (fd, reading) not in self._subscribers:
+            self._register(fd, reading)
         table[fd] = [(waiter, obj)]
 
-    def discard(self, fd: int, reading: bool, waiter: _Poll, obj: Any) -> None:
+    def discard(self, fd: int, reading: bool, waiter: _Waiter, obj: Any) -> None:
         table = self._readers if reading else self._writers
         waiters = table.get(fd)
         if waiters is None:
@@ -315,6 +390,25 @@ class _FdRegistry:
                 break
         if not waiters:
             del table[fd]
+            if (fd, reading) not in self._subscribers:
+                self._unregister(fd, reading)
+
+    def subscribe(self, fd: int, reading: bool, callback: Callable[[], object]) -> None:
+        """Run callback() at every readiness of fd until unsubscribe(): the registration
+        stays (no re-arming per wait) while one-shot waiters come and go beside it. The
+        subscriber must consume what makes the fd ready (level-triggered), or
+        unsubscribe, or the loop spins."""
+        key = (fd, reading)
+        if key in self._subscribers:
+            raise RuntimeError(f"fd {fd} already has a subscriber on this loop")
+        self._subscribers[key] = callback
+        self._register(fd, reading)
+
+    def unsubscribe(self, fd: int, reading: bool) -> None:
+        if self._subscribers.pop((fd, reading), None) is None:
+            return
+        table = self._readers if reading else self._writers
+        if fd not in table:
             self._unregister(fd, reading)
 
     def cancel(self, fds_or_objs: tuple[Any, ...]) -> int:
@@ -336,7 +430,8 @@ class _FdRegistry:
         for reading, table in ((True, self._readers), (False, self._writers)):
             waiters = table.pop(fd, None)
             if waiters is not None:
-                self._unregister(fd, reading)
+                if (fd, reading) not in self._subscribers:
+                    self._unregister(fd, reading)
                 for waiter, obj in waiters:
                     waiter.fire(obj)
                 woken += len(waiters)
@@ -355,8 +450,10 @@ class _FdRegistry:
     def _register(self, fd: int, reading: bool) -> None:
         loop: Any = self._loop
         if self._kernel:
-            if reading:
+            if reading and (fd, True) not in self._subscribers:
                 loop._wait_readable(fd, self._on_ready, (fd, True))
+            elif reading:
+                loop._add_reader(fd, self._on_ready, (fd, True))
             else:
                 loop._add_writer(fd, self._on_ready, (fd, False))
         elif reading:
@@ -379,13 +476,18 @@ class _FdRegistry:
             loop.remove_writer(fd)
 
     def _on_ready(self, fd: int, reading: bool) -> None:
-        """The loop's callback: the fd is ready; every waiter on it wakes and leaves."""
+        """The loop's callback: the fd is ready; every waiter on it wakes and leaves, and
+        the subscriber, if any, runs (and keeps the registration)."""
         table = self._readers if reading else self._writers
         waiters = table.pop(fd, None)
-        self._unregister(fd, reading)
+        subscriber = self._subscribers.get((fd, reading))
+        if subscriber is None:
+            self._unregister(fd, reading)
         if waiters is not None:
             for waiter, obj in waiters:
                 waiter.fire(obj)
+        if subscriber is not None:
+            subscriber()
 
 
 _REGISTRIES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _FdRegistry] = (
@@ -398,6 +500,25 @@ def _registry_for(loop: asyncio.AbstractEventLoop) -> _FdRegistry:
     if registry is None:
         registry = _REGISTRIES[loop] = _FdRegistry(loop)
     return registry
+
+
+def subscribe(
+    loop: asyncio.AbstractEventLoop,
+    fd: int,
+    callback: Callable[[], object],
+    *,
+    reading: bool = True,
+) -> None:
+    """Run callback() in `loop` at every readiness of fd until unsubscribe(), sharing the
+    loop's registration of fd with poll() and the wait_* functions (cq sockets receive
+    this way). The callback must consume what makes fd ready, or unsubscribe."""
+    _registry_for(loop).subscribe(fd, reading, callback)
+
+
+def unsubscribe(loop: asyncio.AbstractEventLoop, fd: int, *, reading: bool = True) -> None:
+    registry = _REGISTRIES.get(loop)
+    if registry is not None:
+        registry.unsubscribe(fd, reading)
 
 
 def polled_fds(loop: asyncio.AbstractEventLoop) -> dict[str, int]:

@@ -13,6 +13,11 @@ echoes completed per second. A minimal epoll echo server in C (ceiling.c) serves
 load once per transport and size: its column is the ceiling, roughly what the machine and
 the generator allow at all, and `cq/ceiling` says how much of it cqloop reaches.
 
+Two more modes echo lines instead of raw bytes (`--modes readline,cqsocket`; the generator
+then sends CRLF-terminated text lines): asyncio streams' readline() on each loop, and
+cqloop's cq sockets (`read("*l")`) on each loop. Issue 6's figure is cqsocket on cqloop
+against readline on the best other loop.
+
 Method
 ------
 The machine this runs on is assumed to be shared and noisy, so:
@@ -334,11 +339,19 @@ class Measurement:
 
 
 def measure(
-    programs: native.Programs, address: str, load: Load, duration_s: float, cpu: int | None
+    programs: native.Programs,
+    address: str,
+    load: Load,
+    duration_s: float,
+    cpu: int | None,
+    line_echo: bool = False,
 ) -> Measurement:
-    """Run one generator against `address`; its figures, or MeasurementError."""
+    """Run one generator against `address` (sending CRLF lines for a line echo); its
+    figures, or MeasurementError."""
     size, conns = load
     argv = [str(programs.loadgen), "-a", address, "-c", str(conns), "-s", str(size)]
+    if line_echo:
+        argv.append("-l")
     argv += ["-w", str(GENERATOR_WARMUP_S), "-d", str(duration_s)]
     if cpu is not None:
         argv += ["-p", str(cpu)]
@@ -393,7 +406,8 @@ def _measure_server_once(
         raise MeasurementError(problem or "the server is not serving")
     pid = target.process.pid
     cpu_before, started = _cpu_ns(pid), time.monotonic()
-    got = measure(programs, target.address, load, duration_s, plan.generator_core)
+    line_echo = target.mode in server.LINE_MODES
+    got = measure(programs, target.address, load, duration_s, plan.generator_core, line_echo)
     cpu_after, wall_ns = _cpu_ns(pid), (time.monotonic() - started) * NS_PER_S
     if cpu_before is None or cpu_after is None:
         return got
@@ -517,7 +531,11 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
         type=float,
         help=f"seconds of load on each server before it is measured (default {DEFAULT_WARMUP_S:g})",
     )
-    parser.add_argument("--modes", help=f"comma-separated (default {','.join(MODES)})")
+    parser.add_argument(
+        "--modes",
+        help=f"comma-separated (default {','.join(MODES)}; also "
+        f"{','.join(server.LINE_MODES)}: line echo)",
+    )
     parser.add_argument("--transports", help=f"comma-separated (default {','.join(TRANSPORTS)})")
     parser.add_argument(
         "--sizes",
@@ -554,7 +572,7 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     if args.rounds < 1 or args.duration <= 0 or args.warmup < 0:
         parser.error("--rounds and --duration must be positive, --warmup not negative")
     modes = args.modes or ",".join(QUICK_MODES if quick else MODES)
-    args.mode_list = _choices(parser, "--modes", modes, MODES)
+    args.mode_list = _choices(parser, "--modes", modes, server.ALL_MODES)
     transports = args.transports or ",".join(QUICK_TRANSPORTS if quick else TRANSPORTS)
     args.transport_list = _choices(parser, "--transports", transports, TRANSPORTS)
     sizes = args.sizes or ",".join(f"{s}B" for s in (QUICK_SIZES if quick else DEFAULT_SIZES))

@@ -1,7 +1,7 @@
 """The echo benchmark's server: one event loop serving echo in one mode on one address.
 
     python server.py --loop cqloop|asyncio|uvloop|rloop
-                     --mode protocol|buffered|streams|sock
+                     --mode protocol|buffered|streams|sock|readline|cqsocket
                      (--tcp HOST:PORT | --unix PATH) [--cpu N]
 
 benchmarks/echo/run.py starts it as a child process (by path, so that it needs nothing from
@@ -21,6 +21,12 @@ The modes are the four ways asyncio code serves a connection:
     streams    asyncio.start_server(): StreamReader.read(), StreamWriter.write(), drain()
     sock       loop.sock_accept() on a non-blocking listening socket, then a task per
                connection doing loop.sock_recv() and loop.sock_sendall()
+
+and two line-echo modes, for CRLF-terminated lines (the load generator's -l):
+
+    readline   asyncio.start_server(): StreamReader.readline(), write(), drain()
+    cqsocket   cqloop.socket: `await con.read("*l")` and `await con.write(line, "\n")`
+               (text mode, line buffered: the CRLF comes back from the LF)
 
 Each mode's handler is the plainest code that mode allows, the same for every loop, so that
 the loop's work is what differs between the figures.
@@ -42,6 +48,8 @@ READ_BYTES = 64 * 1024  # per read in the buffered, streams and sock modes
 LISTEN_BACKLOG = 1024
 STDIN_FD = 0
 MODES = ("protocol", "buffered", "streams", "sock")
+LINE_MODES = ("readline", "cqsocket")  # the load generator must send lines (-l)
+ALL_MODES = MODES + LINE_MODES
 LOOPS = ("cqloop", "asyncio", "uvloop", "rloop")  # micro.ALL_LOOPS; this file imports nothing
 
 Address = tuple[str, int] | str  # (host, port) for TCP, a path for Unix
@@ -104,6 +112,27 @@ async def _echo_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
         writer.close()
 
 
+async def _echo_lines(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while line := await reader.readline():
+            writer.write(line)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
+async def _echo_cqsocket(con: Any) -> None:
+    try:
+        while (line := await con.read("*l")) is not None:
+            await con.write(line, b"\n")
+    except ConnectionError:
+        pass
+    finally:
+        con.close()
+
+
 async def _echo_sock(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
     with conn:
         try:
@@ -136,6 +165,36 @@ async def serve_streams(address: Address) -> Listening:
     else:
         server = await asyncio.start_server(_echo_stream, *address, backlog=LISTEN_BACKLOG)
     return server, server.sockets[0].getsockname()
+
+
+async def serve_readline(address: Address) -> Listening:
+    if isinstance(address, str):
+        server = await asyncio.start_unix_server(_echo_lines, address, backlog=LISTEN_BACKLOG)
+    else:
+        server = await asyncio.start_server(_echo_lines, *address, backlog=LISTEN_BACKLOG)
+    return server, server.sockets[0].getsockname()
+
+
+async def serve_cqsocket(address: Address) -> Listening:
+    try:
+        from cqloop import socket as cqsocket
+    except ImportError as exc:
+        raise Unavailable(f"cqloop is not installed ({exc})") from exc
+    if isinstance(address, str):
+        listener = cqsocket.listen(path=address, backlog=LISTEN_BACKLOG)
+    else:
+        listener = cqsocket.listen(*address, backlog=LISTEN_BACKLOG, nodelay=True)
+    tasks: set[asyncio.Future[Any]] = set()
+
+    async def accept_forever() -> None:
+        async for con in listener.clients():
+            task = asyncio.ensure_future(_echo_cqsocket(con))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    tasks.add(asyncio.ensure_future(accept_forever()))
+    name = listener.localname()
+    return (listener, tasks), (name[1] if name[0] == socket.AF_UNIX else (name[1], name[2]))
 
 
 async def serve_sock(address: Address) -> Listening:
@@ -182,6 +241,8 @@ SERVE: dict[str, Callable[[Address], Coroutine[Any, Any, Listening]]] = {
     "buffered": serve_buffered,
     "streams": serve_streams,
     "sock": serve_sock,
+    "readline": serve_readline,
+    "cqsocket": serve_cqsocket,
 }
 
 
@@ -246,7 +307,7 @@ async def _serve(mode: str, address: Address) -> None:
 def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Echo server for the echo benchmark.")
     parser.add_argument("--loop", choices=LOOPS, required=True)
-    parser.add_argument("--mode", choices=MODES, required=True)
+    parser.add_argument("--mode", choices=ALL_MODES, required=True)
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP (PORT may be 0)")
     where.add_argument("--unix", metavar="PATH", help="listen on a Unix socket")

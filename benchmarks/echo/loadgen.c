@@ -1,0 +1,328 @@
+/*
+ * loadgen.c: the echo benchmark's load generator (one thread, epoll, level-triggered).
+ *
+ * It opens CONNS connections to an echo server and plays ping-pong on each: send a message
+ * of SIZE bytes, wait until the whole echo is back and matches, send the next. After a
+ * warm-up of WARMUP seconds (not counted) it counts the echoes completed in DURATION
+ * seconds and prints one line of JSON on stdout:
+ *
+ *   {"messages": N, "bytes": B, "seconds": T, "cpu_seconds": C}
+ *
+ * where bytes counts both directions and cpu_seconds is this process's CPU time over the
+ * counted interval (C / T near 1.0 would mean the generator, not the server, is the
+ * bottleneck). On any error it prints {"error": "..."} instead and exits with status 1.
+ *
+ *   loadgen -a tcp:HOST:PORT|unix:PATH -c CONNS -s SIZE -w WARMUP -d DURATION [-p CPU] [-l]
+ *
+ * -l sends text lines for line-echo servers: printable bytes ending in CRLF, the sequence
+ * number written in hex at the start, so that no byte but the last is a line feed.
+ *
+ * -p pins the generator to one CPU, so that it does not compete with a server pinned to
+ * another. benchmarks/echo/native.py compiles this file; benchmarks/echo/run.py runs it.
+ *
+ * Every message differs from the one before (its first bytes carry a sequence number) and
+ * every echo is compared with what was sent, so a server that loses, repeats or reorders
+ * bytes makes the run fail instead of posting a fast number, and so does a connection that
+ * completes no echo at all in the counted time (a server that lost it). Reads never ask for
+ * more than the rest of the expected echo: bytes a server sends beyond it show up as a
+ * mismatch in the next message. A connection is watched for input also while a large message is still
+ * being written, because the server echoes the first part of a message before it has read
+ * the rest: finishing the write before reading could deadlock both sides.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_EVENTS 256
+#define MAX_CONNS 10000
+#define MAX_MESSAGE_BYTES (64L * 1024 * 1024)
+#define NS_PER_S 1000000000LL
+#define NS_PER_MS 1000000LL
+#define SEQ_BYTES sizeof(uint64_t)
+
+struct conn {
+    int fd;
+    int watching_output; /* EPOLLOUT is registered: part of the message is unsent */
+    size_t sent;         /* bytes of the current message written */
+    size_t received;     /* bytes of its echo read */
+    uint64_t seq;        /* messages completed on this connection */
+    uint64_t seq_counted; /* seq when the counted time began */
+    unsigned char *out;  /* the current message */
+    unsigned char *in;   /* its echo as it arrives */
+};
+
+static int epfd;
+static size_t message_bytes;
+static int lines; /* -l: messages are CRLF-terminated text lines */
+static uint64_t completed; /* echoes completed on all connections */
+
+/* ---------------------------------------------------------------------------------------- */
+/* Helpers                                                                                  */
+/* ---------------------------------------------------------------------------------------- */
+
+static void fail(const char *what, const char *detail)
+{
+    /* what and detail are our own words or strerror() texts: nothing to escape for JSON. */
+    printf("{\"error\": \"%s: %s\"}\n", what, detail);
+    fflush(stdout);
+    exit(1);
+}
+
+static void fail_errno(const char *what) { fail(what, strerror(errno)); }
+
+static int64_t clock_ns(clockid_t clock)
+{
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    return (int64_t)ts.tv_sec * NS_PER_S + ts.tv_nsec;
+}
+
+static double parse_number(const char *text, const char *option)
+{
+    char *end;
+    double value = strtod(text, &end);
+    if (*text == '\0' || *end != '\0' || value < 0)
+        fail(option, "expected a non-negative number");
+    return value;
+}
+
+/* The harness's address syntax: tcp:HOST:PORT (HOST may be a name) or unix:PATH. */
+static int connect_to(const char *address)
+{
+    int fd;
+    if (strncmp(address, "unix:", 5) == 0) {
+        struct sockaddr_un sun = {.sun_family = AF_UNIX};
+        if (strlen(address + 5) >= sizeof(sun.sun_path))
+            fail("address", "unix socket path too long");
+        strcpy(sun.sun_path, address + 5);
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            fail_errno("socket");
+        if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0)
+            fail_errno("connect");
+    } else if (strncmp(address, "tcp:", 4) == 0) {
+        char host[256];
+        const char *port = strrchr(address + 4, ':');
+        size_t host_len = port ? (size_t)(port - (address + 4)) : 0;
+        if (!port || host_len == 0 || host_len >= sizeof(host))
+            fail("address", "expected tcp:HOST:PORT");
+        memcpy(host, address + 4, host_len);
+        host[host_len] = '\0';
+        struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *info;
+        int rc = getaddrinfo(host, port + 1, &hints, &info);
+        if (rc != 0)
+            fail("getaddrinfo", gai_strerror(rc));
+        fd = socket(info->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            fail_errno("socket");
+        if (connect(fd, info->ai_addr, info->ai_addrlen) < 0)
+            fail_errno("connect");
+        freeaddrinfo(info);
+        /* Each message is written whole; Nagle would hold its tail back for an ACK. */
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    } else {
+        fail("address", "expected tcp:HOST:PORT or unix:PATH");
+    }
+    if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0)
+        fail_errno("fcntl");
+    return fd;
+}
+
+static void watch(struct conn *c, int op, int want_output)
+{
+    struct epoll_event ev = {.events = EPOLLIN | (want_output ? EPOLLOUT : 0), .data.ptr = c};
+    if (epoll_ctl(epfd, op, c->fd, &ev) < 0)
+        fail_errno("epoll_ctl");
+    c->watching_output = want_output;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* One connection's ping-pong                                                               */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Write what is unsent of the current message; watch for output only while some is. */
+static void send_rest(struct conn *c)
+{
+    while (c->sent < message_bytes) {
+        ssize_t n = send(c->fd, c->out + c->sent, message_bytes - c->sent, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                break;
+            if (errno == EINTR)
+                continue;
+            fail_errno("send");
+        }
+        c->sent += (size_t)n;
+    }
+    int unsent = c->sent < message_bytes;
+    if (unsent != c->watching_output)
+        watch(c, EPOLL_CTL_MOD, unsent);
+}
+
+static void start_message(struct conn *c)
+{
+    /* The sequence number makes each message differ from the one before. */
+    if (lines) {
+        static const char hex[] = "0123456789abcdef";
+        size_t digits = message_bytes - 2 < 2 * SEQ_BYTES ? message_bytes - 2 : 2 * SEQ_BYTES;
+        for (size_t j = 0; j < digits; j++)
+            c->out[j] = (unsigned char)hex[(c->seq >> (4 * j)) & 0xf];
+    } else {
+        memcpy(c->out, &c->seq, message_bytes < SEQ_BYTES ? message_bytes : SEQ_BYTES);
+    }
+    c->sent = 0;
+    c->received = 0;
+    send_rest(c);
+}
+
+static void on_readable(struct conn *c)
+{
+    while (c->received < message_bytes) {
+        ssize_t n = recv(c->fd, c->in + c->received, message_bytes - c->received, 0);
+        if (n == 0)
+            fail("recv", "the server closed the connection");
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return;
+            if (errno == EINTR)
+                continue;
+            fail_errno("recv");
+        }
+        c->received += (size_t)n;
+    }
+    if (c->received > c->sent || memcmp(c->in, c->out, message_bytes) != 0)
+        fail("echo", "the bytes echoed differ from the bytes sent");
+    c->seq++;
+    completed++;
+    start_message(c);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Main                                                                                     */
+/* ---------------------------------------------------------------------------------------- */
+
+int main(int argc, char **argv)
+{
+    const char *address = NULL;
+    long conns = 0, size = 0, cpu = -1;
+    double warmup_s = 0, duration_s = 0;
+    int opt;
+    while ((opt = getopt(argc, argv, "a:c:s:w:d:p:l")) != -1) {
+        switch (opt) {
+        case 'a': address = optarg; break;
+        case 'c': conns = (long)parse_number(optarg, "-c"); break;
+        case 's': size = (long)parse_number(optarg, "-s"); break;
+        case 'w': warmup_s = parse_number(optarg, "-w"); break;
+        case 'd': duration_s = parse_number(optarg, "-d"); break;
+        case 'p': cpu = (long)parse_number(optarg, "-p"); break;
+        case 'l': lines = 1; break;
+        default: fail("usage", "loadgen -a ADDRESS -c CONNS -s SIZE -w WARMUP -d DURATION [-p CPU] [-l]");
+        }
+    }
+    if (!address || conns < 1 || conns > MAX_CONNS || size < 1 || size > MAX_MESSAGE_BYTES
+        || duration_s <= 0 || (lines && size < 3))
+        fail("usage", "loadgen -a ADDRESS -c CONNS -s SIZE -w WARMUP -d DURATION [-p CPU] [-l]");
+    message_bytes = (size_t)size;
+
+    /* The harness may die without killing us (SIGKILL): go with it. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (cpu >= 0) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET((int)cpu, &set);
+        if (sched_setaffinity(0, sizeof(set), &set) < 0)
+            fail_errno("sched_setaffinity");
+    }
+
+    epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (epfd < 0)
+        fail_errno("epoll_create1");
+    struct conn *all = calloc((size_t)conns, sizeof(*all));
+    if (!all)
+        fail("calloc", "out of memory");
+    for (long i = 0; i < conns; i++) {
+        struct conn *c = &all[i];
+        c->out = malloc(message_bytes);
+        c->in = malloc(message_bytes);
+        if (!c->out || !c->in)
+            fail("malloc", "out of memory");
+        /* A pattern that differs between connections and is not all one byte. */
+        for (size_t j = 0; j < message_bytes; j++)
+            c->out[j] = lines ? (unsigned char)('a' + (j + (size_t)i) % 26)
+                              : (unsigned char)(j * 7 + (size_t)i * 13);
+        if (lines) {
+            c->out[message_bytes - 2] = '\r';
+            c->out[message_bytes - 1] = '\n';
+        }
+        c->fd = connect_to(address);
+        watch(c, EPOLL_CTL_ADD, 0);
+    }
+    for (long i = 0; i < conns; i++)
+        start_message(&all[i]);
+
+    struct epoll_event events[MAX_EVENTS];
+    int measuring = 0;
+    int64_t now = clock_ns(CLOCK_MONOTONIC);
+    int64_t measure_at = now + (int64_t)(warmup_s * NS_PER_S);
+    int64_t end_at = measure_at + (int64_t)(duration_s * NS_PER_S);
+    int64_t started = 0, cpu_started = 0;
+    uint64_t completed_before = 0;
+    for (;;) {
+        now = clock_ns(CLOCK_MONOTONIC);
+        if (!measuring && now >= measure_at) {
+            measuring = 1;
+            started = now;
+            cpu_started = clock_ns(CLOCK_PROCESS_CPUTIME_ID);
+            completed_before = completed;
+            for (long i = 0; i < conns; i++)
+                all[i].seq_counted = all[i].seq;
+        }
+        if (measuring && now >= end_at)
+            break;
+        int64_t deadline = measuring ? end_at : measure_at;
+        /* Round up, so that the wait never ends just short of the deadline. */
+        int timeout_ms = (int)((deadline - now + NS_PER_MS - 1) / NS_PER_MS);
+        int n = epoll_wait(epfd, events, MAX_EVENTS, timeout_ms);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            fail_errno("epoll_wait");
+        }
+        for (int i = 0; i < n; i++) {
+            struct conn *c = events[i].data.ptr;
+            if (events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))
+                on_readable(c);
+            if ((events[i].events & EPOLLOUT) && c->watching_output)
+                send_rest(c);
+        }
+    }
+    /* A server that loses track of a connection (a lost wake-up) must not pass unnoticed
+     * behind the others' figures. */
+    for (long i = 0; i < conns; i++) {
+        if (all[i].seq == all[i].seq_counted)
+            fail("stall", "a connection got no echo back in the counted time");
+    }
+    double seconds = (double)(now - started) / NS_PER_S;
+    double cpu_seconds = (double)(clock_ns(CLOCK_PROCESS_CPUTIME_ID) - cpu_started) / NS_PER_S;
+    uint64_t messages = completed - completed_before;
+    printf("{\"messages\": %llu, \"bytes\": %llu, \"seconds\": %.6f, \"cpu_seconds\": %.6f}\n",
+           (unsigned long long)messages, (unsigned long long)(2 * messages * message_bytes),
+           seconds, cpu_seconds);
+    return 0;
+}
