@@ -16,7 +16,7 @@ if not sys.platform.startswith("linux"):
         f"this is {sys.platform!r}"
     )
 
-from cqloop import condition, promise
+from cqloop import auxlib, condition, errno, notify, promise, signal, thread
 from cqloop.condition import Condition
 from cqloop.controller import CoroutineError, monotime, new, running
 from cqloop.controller import type as type  # cqueues.type(); kept out of __all__
@@ -44,19 +44,24 @@ __all__ = [
     "Runner",
     "RunnerState",
     "__version__",
+    "auxlib",
     "cancel",
     "condition",
+    "errno",
     "event_list",
     "install",
     "monotime",
     "new",
     "new_event_loop",
+    "notify",
     "poll",
     "promise",
     "publish",
     "run",
     "running",
+    "signal",
     "sleep",
     "subscribe",
+    "thread",
     "waiter",
 ]

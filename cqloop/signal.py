@@ -1,0 +1,395 @@
+"""cqloop.signal: cqueues' signal module: signal listeners on signalfd, and the process's
+signal dispositions and the thread's signal mask.
+
+    from cqloop import signal
+    with signal.listen(signal.SIGTERM, signal.SIGHUP) as listener:
+        while (signo := await listener.wait()) != signal.SIGTERM:
+            reload_config()
+
+Owns: `Listener` (a signalfd, the signals read from it but not yet returned, and a
+polling interval) and thin wrappers over the standard library's signal functions. A
+Listener is pollable (`pollfd`/`events`/`timeout`), awaitable (`await listener` is
+`await listener.wait()`), usable on cqloop, stock asyncio and uvloop through
+cqloop.pollable.poll, and from outside any loop with select() on `fileno()`.
+
+Who calls in: application code. A Listener belongs to one thread: the one that called
+listen() (see below); it is not thread-safe.
+
+Why listen() blocks the signals, and what that means for threads
+----------------------------------------------------------------
+A signalfd does not catch signals. It reports the signals that are *pending*, and a signal
+stays pending only while every thread that could take it blocks it: an unblocked thread
+takes it at once and the signalfd never sees it (the disposition acts instead: a Python
+handler, or the default action, which for SIGTERM ends the process). So listen() blocks
+its signals in the calling thread, and leaves them blocked; close() does not unblock them
+(another listener may still want them, and a signal that arrived unread would be
+delivered with its default action at once). `unblock()` undoes it explicitly.
+
+The mask is per thread. Threads created *after* listen() inherit the calling thread's
+mask and so block the signals too. Threads that already exist do not: a signal sent to the
+process (kill, Ctrl-C) may be delivered to one of them and never reach the listener. So:
+- call listen() early, in the thread that runs the loop, before other threads start. This
+  includes threads a loop starts on demand, as work comes: the default executor's
+  workers (run_in_executor, getaddrinfo on asyncio and cqloop) and libuv's thread pool
+  (uvloop's getaddrinfo) copy the mask of the thread that starts them, so those started
+  after listen() block the signals and those started before do not;
+- cqloop.thread.start() starts threads with every signal blocked, as cqueues' does, so
+  they never take a signal meant for a listener.
+
+Thread-directed signals (`raise_()`, which is raise(3), pthread_kill, a fault) are pending
+for that thread only, and a signalfd reports them only when read from that thread: read a
+listener in the thread that created it. Process-directed ones (kill(2), the terminal) are
+seen from any thread.
+
+Other facts:
+- Two listeners for one signal both poll readable until one of them reads it; then the
+  other sees nothing. Give each signal to one listener (one listener may take many).
+- A standard signal sent twice before it is read is reported once (the kernel keeps one
+  pending instance); real-time signals queue, and each is reported.
+- Child processes inherit the mask across fork and exec: a program started while SIGTERM
+  is blocked starts with it blocked. Unblock it in the child (preexec_fn, or the
+  program's own start-up) when that matters.
+- SIGKILL and SIGSTOP cannot be blocked, caught or listened for; listen() refuses them.
+- ignore(), default() and discard() set dispositions through the standard library, so
+  `signal.getsignal` stays truthful; like `signal.signal`, they work only in the main
+  thread. block(), unblock() and raise_() work in any thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno as _errno
+import os
+import signal as _signal
+from collections import deque
+from collections.abc import Generator, Iterable, Mapping
+from signal import (
+    SIGABRT,
+    SIGALRM,
+    SIGBUS,
+    SIGCHLD,
+    SIGCONT,
+    SIGFPE,
+    SIGHUP,
+    SIGILL,
+    SIGINT,
+    SIGIO,
+    SIGKILL,
+    SIGPIPE,
+    SIGPROF,
+    SIGPWR,
+    SIGQUIT,
+    SIGRTMAX,
+    SIGRTMIN,
+    SIGSEGV,
+    SIGSTKFLT,
+    SIGSTOP,
+    SIGSYS,
+    SIGTERM,
+    SIGTRAP,
+    SIGTSTP,
+    SIGTTIN,
+    SIGTTOU,
+    SIGURG,
+    SIGUSR1,
+    SIGUSR2,
+    SIGVTALRM,
+    SIGWINCH,
+    SIGXCPU,
+    SIGXFSZ,
+)
+from types import FrameType, MappingProxyType
+from typing import Any
+
+from cqloop._core import osext
+from cqloop.pollable import cancel, poll
+
+__all__ = [
+    "SIGABRT",
+    "SIGALRM",
+    "SIGBUS",
+    "SIGCHLD",
+    "SIGCONT",
+    "SIGFPE",
+    "SIGHUP",
+    "SIGILL",
+    "SIGINT",
+    "SIGIO",
+    "SIGKILL",
+    "SIGPIPE",
+    "SIGPROF",
+    "SIGPWR",
+    "SIGQUIT",
+    "SIGRTMAX",
+    "SIGRTMIN",
+    "SIGSEGV",
+    "SIGSTKFLT",
+    "SIGSTOP",
+    "SIGSYS",
+    "SIGTERM",
+    "SIGTRAP",
+    "SIGTSTP",
+    "SIGTTIN",
+    "SIGTTOU",
+    "SIGURG",
+    "SIGUSR1",
+    "SIGUSR2",
+    "SIGVTALRM",
+    "SIGWINCH",
+    "SIGXCPU",
+    "SIGXFSZ",
+    "Listener",
+    "block",
+    "default",
+    "discard",
+    "ignore",
+    "listen",
+    "names",
+    "raise_",
+    "strsignal",
+    "unblock",
+]
+
+# Signal number -> name ("SIGTERM"); the name -> number direction is this module's
+# attributes, as cqueues' signal table has both.
+names: Mapping[int, str] = MappingProxyType({int(s): s.name for s in _signal.Signals})
+
+# Signals no process can block or catch.
+_UNCATCHABLE = frozenset({int(SIGKILL), int(SIGSTOP)})
+# How many signalfd records one read takes at most.
+_READ_BATCH_RECORDS = 16
+
+
+def _as_signal(signo: int) -> int:
+    """signo as a Signals member when it has a name (prints as SIGTERM), else the int (a
+    real-time signal such as SIGRTMIN + 3)."""
+    try:
+        return _signal.Signals(signo)
+    except ValueError:
+        return int(signo)
+
+
+def _check_signals(signals: Iterable[int], what: str) -> list[int]:
+    checked = []
+    valid = _signal.valid_signals()
+    for signo in signals:
+        if not isinstance(signo, int) or isinstance(signo, bool):
+            raise TypeError(f"{what}: a signal is an int, not {type(signo).__name__}")
+        if signo not in valid:
+            raise ValueError(f"{what}: not a signal number: {signo}")
+        checked.append(int(signo))
+    return checked
+
+
+# -- the thread's mask and the process's dispositions -------------------------------------
+
+
+def block(*signals: int) -> set[int]:
+    """Block `signals` in the calling thread; returns the set blocked before."""
+    return _signal.pthread_sigmask(_signal.SIG_BLOCK, _check_signals(signals, "block"))
+
+
+def unblock(*signals: int) -> set[int]:
+    """Unblock `signals` in the calling thread; returns the set blocked before. A signal
+    pending meanwhile is delivered at once (its disposition acts)."""
+    return _signal.pthread_sigmask(_signal.SIG_UNBLOCK, _check_signals(signals, "unblock"))
+
+
+def ignore(*signals: int) -> None:
+    """Set the disposition of `signals` to SIG_IGN (main thread only). An ignored signal
+    is discarded on arrival, so a listener never sees it either."""
+    for signo in _check_signals(signals, "ignore"):
+        _signal.signal(signo, _signal.SIG_IGN)
+
+
+def default(*signals: int) -> None:
+    """Set the disposition of `signals` to SIG_DFL (main thread only)."""
+    for signo in _check_signals(signals, "default"):
+        _signal.signal(signo, _signal.SIG_DFL)
+
+
+def _discarded(signo: int, frame: FrameType | None) -> None:
+    """The handler discard() installs: it does nothing, but its being there makes the
+    signal interrupt blocking system calls, which SIG_IGN does not."""
+
+
+def discard(*signals: int) -> None:
+    """Install a do-nothing handler for `signals` (main thread only): the signals are
+    swallowed, yet still interrupt a blocking system call, as cqueues' discard does."""
+    for signo in _check_signals(signals, "discard"):
+        _signal.signal(signo, _discarded)
+
+
+def raise_(*signals: int) -> None:
+    """raise(3) each of `signals`: send it to the calling thread. Blocked, it stays pending
+    for this thread (a listener read from this thread reports it)."""
+    for signo in _check_signals(signals, "raise_"):
+        _signal.raise_signal(signo)
+
+
+def strsignal(signo: int) -> str | None:
+    """The system's description of signal `signo` ("Terminated"), or None if it has none."""
+    return _signal.strsignal(signo)
+
+
+# -- listeners ----------------------------------------------------------------------------
+
+
+def listen(*signals: int) -> Listener:
+    """A listener for `signals`, which are blocked in the calling thread from now on (the
+    module docstring says why, and what it means for other threads)."""
+    return Listener(*signals)
+
+
+class Listener:
+    """A signalfd for a set of signals. `await wait()` returns the next one."""
+
+    __slots__ = ("__weakref__", "_fd", "_interval", "_pending", "_signals", "_stats")
+
+    def __init__(self, *signals: int) -> None:
+        self._fd = -1
+        checked = _check_signals(signals, "listen")
+        if not checked:
+            raise ValueError("listen: no signals given")
+        refused = sorted(set(checked) & _UNCATCHABLE)
+        if refused:
+            raise ValueError(
+                f"listen: {', '.join(names[s] for s in refused)} cannot be blocked or caught"
+            )
+        self._signals = frozenset(checked)
+        self._pending: deque[int] = deque()
+        self._interval: float | None = None
+        self._stats = {"received": 0, "reads": 0, "waits": 0}
+        # Block first: a signal sent between the two calls then waits, pending, for the
+        # signalfd, instead of being delivered.
+        _signal.pthread_sigmask(_signal.SIG_BLOCK, checked)
+        self._fd = osext.signalfd(-1, checked)
+
+    # -- the pollable protocol --
+
+    def pollfd(self) -> int:
+        self._check_open()
+        return self._fd
+
+    def fileno(self) -> int:
+        """The signalfd, for select()/poll() and loops that take fds."""
+        return self.pollfd()
+
+    def events(self) -> str:
+        return "r"
+
+    def timeout(self) -> float | None:
+        """0 while signals already read wait to be returned; otherwise the interval set
+        by settimeout() (None: no timeout)."""
+        if self._pending:
+            return 0.0
+        return self._interval
+
+    def settimeout(self, timeout: float | None) -> float | None:
+        """Set the polling interval: a wait re-reads the signalfd at least this often, as
+        cqueues' settimeout does on systems without signalfd (here the fd always wakes
+        the wait, so the interval only adds checks). Returns the previous one."""
+        if timeout is not None:
+            timeout = float(timeout)
+            if not timeout > 0.0:  # also refuses NaN
+                raise ValueError(f"settimeout: not a positive interval: {timeout}")
+        previous, self._interval = self._interval, timeout
+        return previous
+
+    # -- reading --
+
+    @property
+    def signals(self) -> frozenset[int]:
+        """The signals this listener reports."""
+        return self._signals
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    def get_nowait(self) -> int | None:
+        """The next signal if one has arrived, else None; never waits (the non-blocking
+        twin of wait(), cqueues' C-level `signal:get`)."""
+        self._check_open()
+        if not self._pending:
+            self._read()
+        if self._pending:
+            return _as_signal(self._pending.popleft())
+        return None
+
+    async def wait(self, timeout: float | None = None) -> int | None:
+        """Wait for one of the signals and return its number (a `signal.Signals` member
+        where it has a name), or None when `timeout` seconds pass first."""
+        self._check_open()
+        self._stats["waits"] += 1
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + max(0.0, timeout)
+        while True:
+            signo = self.get_nowait()
+            if signo is not None:
+                return signo
+            if deadline is None:
+                await poll(self)
+            else:
+                remaining = deadline - loop.time()
+                if remaining <= 0.0:
+                    return None
+                await poll(self, timeout=remaining)
+
+    def __await__(self) -> Generator[Any, None, int | None]:
+        return self.wait().__await__()
+
+    def statistics(self) -> dict[str, int]:
+        """Counts since creation: signals received, reads of the signalfd, waits begun,
+        and how many signals were read but not yet returned."""
+        return {**self._stats, "pending": len(self._pending)}
+
+    # -- lifecycle --
+
+    def close(self) -> None:
+        """Close the signalfd (the signals stay blocked: see the module docstring). Waits
+        in progress wake and raise ValueError (at once on this thread's loops, at their
+        next iteration on other threads'). Idempotent."""
+        fd, self._fd = self._fd, -1
+        if fd < 0:
+            return
+        self._pending.clear()
+        # Wake pollers before the fd goes: a registration must not outlive its fd.
+        cancel(fd)
+        os.close(fd)
+
+    def __enter__(self) -> Listener:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", -1) >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __repr__(self) -> str:
+        state = "closed" if self._fd < 0 else f"fd={self._fd}"
+        listened = ",".join(names.get(s, str(s)) for s in sorted(self._signals))
+        return f"<cqloop.signal.Listener {listened} {state}>"
+
+    # -- private --
+
+    def _check_open(self) -> None:
+        if self._fd < 0:
+            raise ValueError("the signal listener is closed")
+
+    def _read(self) -> None:
+        try:
+            data = os.read(self._fd, osext.SIGINFO_SIZE * _READ_BATCH_RECORDS)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno == _errno.EINTR:  # pragma: no cover - os.read retries EINTR
+                return
+            raise
+        self._stats["reads"] += 1
+        for signo, _code, _pid, _uid, _status in osext.decode_siginfo(data):
+            self._pending.append(signo)
+            self._stats["received"] += 1
