@@ -262,6 +262,134 @@ async def test_lines_are_the_same_however_the_input_is_split(data, cuts):
     assert all(line.endswith(b"\n") for line in got[:-1])
 
 
+_PIECES = st.sampled_from(
+    [
+        b"line\n",
+        b"crlf line\r\n",
+        b"Name: value\r\n",
+        b"X-Folded: a\r\n b\r\n",
+        b"\r\n",
+        b"\n",
+        b"--BOUND\r\n",
+        b"--BOUND--\r\n",
+        b"body bytes ",
+        b"\r",
+        b"\x00\xff",
+    ]
+)
+_FORMATS = ["*l", "*L", "*a", "*h", "*H", 5, -5, "--BOUND"]
+
+
+def _read_all_at_once(data: bytes, fmt: str | int, mode: str) -> list[bytes]:
+    """The oracle: the same format read in a loop from a buffer given everything at once."""
+    from cqloop._core.cqbuf import NEED_MORE, InputBuffer
+
+    buffer = InputBuffer(text=mode == "t")
+    buffer.feed(data)
+    buffer.feed_eof()
+    results = []
+    while (value := buffer.get(fmt)) is not None:
+        assert value is not NEED_MORE
+        results.append(value)
+    return results
+
+
+@pytest.mark.parametrize("mode", ["t", "b"])
+@pytest.mark.parametrize("fmt", _FORMATS, ids=str)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    pieces=st.lists(_PIECES, max_size=12),
+    cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=5),
+)
+async def test_every_format_reads_the_same_however_the_input_is_split(fmt, mode, pieces, cuts):
+    # Every read format and mode, through a real socket on each loop, with the input cut
+    # at arbitrary points (a line, a header or a boundary may be cut anywhere, and EOF
+    # may fall in the middle of any of them): what the reads return is what the same
+    # reads return from a buffer that had everything at once. For -n (whatever is there)
+    # only the bytes are the same, not where they were cut.
+    data = b"".join(pieces)
+    a, b = pysocket.socketpair()
+    b.setblocking(False)
+    con = cqsocket.fdopen(os.dup(a.fileno()))
+    a.close()
+    con.setmode(mode)
+    try:
+
+        async def feed():
+            points = sorted({c for c in cuts if c < len(data)})
+            start = 0
+            for point in [*points, len(data)]:
+                await _send_raw(b, data[start:point])
+                start = point
+                await asyncio.sleep(0)
+            b.shutdown(pysocket.SHUT_WR)
+
+        feeding = asyncio.ensure_future(feed())
+        got = []
+        while (value := await con.xread(fmt, None, 30)) is not None:
+            got.append(value)
+        await feeding
+    finally:
+        con.close()
+        b.close()
+    expected = _read_all_at_once(data, fmt, mode)
+    if fmt == -5:
+        assert b"".join(got) == b"".join(expected)
+    else:
+        assert got == expected
+
+
+async def test_an_endless_line_comes_in_maxline_pieces_with_memory_bounded(raw_pair):
+    # cqueues' maxline is a hard limit that ends a line as if EOF came there: a peer
+    # that never sends LF gets pieces, never an unbounded buffer.
+    con, peer = raw_pair
+    con.setmaxline(1000)
+    total = 300_000
+
+    async def flood():
+        await _send_raw(peer, b"x" * total)
+        await _send_raw(peer, b"\nafter\n")
+
+    flooding = asyncio.ensure_future(flood())
+    got = 0
+    while got < total:
+        piece = await con.xread("*l", None, 30)
+        assert 0 < len(piece) <= 1000
+        got += len(piece)
+        assert con.pending()[0] <= cqsocket.INPUT_HIGH_WATER_BYTES + cqsocket.RECV_CHUNK_BYTES
+    assert got == total
+    assert await con.xread("*l", None, 30) == b""  # the rest of that line: its LF
+    assert await con.xread("*l", None, 30) == b"after"
+    await flooding
+
+
+async def test_endless_header_and_missing_boundary_are_bounded(raw_pair):
+    con, peer = raw_pair
+    con.setmaxline(100)
+    con.setbufsiz(100)
+    await _send_raw(peer, b"X-Long: " + b"y" * 500 + b"\r\n\r\n")
+    # A header longer than maxline is not a header: None, nothing consumed.
+    assert await con.xread("*h", None, 30) is None
+    assert con.pending()[0] > 0
+    line = await con.xread("*l", None, 30)
+    assert len(line) <= 100
+    con.unget(b"")
+    await _send_raw(peer, b"z" * 1000)
+    peer.shutdown(pysocket.SHUT_WR)
+    chunks = []
+    while (chunk := await con.xread("--NEVER", None, 30)) is not None:
+        assert len(chunk) <= 200
+        chunks.append(chunk)
+    assert b"z" * 1000 in b"".join(chunks)
+
+
+async def test_binary_garbage_in_text_mode_is_returned_not_refused(raw_pair):
+    con, peer = raw_pair
+    garbage = bytes(range(256)).replace(b"\n", b"")
+    await _send_raw(peer, garbage + b"\r\n")
+    assert await con.xread("*l", "t", 30) == garbage  # bytes as they came, CRLF trimmed
+
+
 # -- writing -------------------------------------------------------------------------------
 
 
