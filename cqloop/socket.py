@@ -853,6 +853,44 @@ class Socket:
             return handled.value
         return self
 
+    def send(
+        self,
+        data: bytes | bytearray | memoryview | str,
+        i: int = 1,
+        j: int = -1,
+        mode: str | None = None,
+    ) -> int:
+        """cqueues' send: write data[i..j] (1-based and inclusive, as in Lua's
+        string.sub; negative counts from the end) without waiting; return how many of
+        those bytes were taken (0 when nothing could go now). Bypasses the error
+        handler."""
+        self._check_sticky("w", "send", use_handler=False)
+        if self._state is not _State.READY:
+            raise BlockingIOError(errno.EAGAIN, "socket:send: not connected yet")
+        whole = _to_bytes(data)
+        n = len(whole)
+        start = i - 1 if i > 0 else max(0, n + i)
+        stop = j if j >= 0 else n + j + 1
+        piece = whole[start : max(start, stop)]
+        saved_text = None
+        if mode and ("t" in mode or "b" in mode):
+            saved_text = self._obuf.text
+            self._obuf.text = "t" in mode
+        try:
+            due = self._obuf.write(piece, mode[-1] if mode and mode[-1] in "nlf" else None)
+        finally:
+            if saved_text is not None:
+                self._obuf.text = saved_text
+        if due:
+            try:
+                sent = self._send_nowait(memoryview(due))
+            except OSError as exc:
+                self._errors["w"] = exc
+                raise
+            if sent < len(due):
+                self._obuf.unflush(due[sent:])
+        return len(piece)
+
     @_handler_result
     async def xwrite(
         self,

@@ -730,3 +730,61 @@ async def test_receiving_stops_at_the_high_water_mark(raw_pair):
     while got < sent:
         got += len(await con.read(-len(chunk)))
     assert got == sent
+
+
+async def test_send_slices_like_lua_and_does_not_wait(raw_pair):
+    con, peer = raw_pair
+    con.setmode(None, "bn")
+    assert con.send("hello world", 1, 5) == 5
+    assert con.send(b"hello world", -5) == 5
+    assert await _recv_raw(peer, 10) == b"helloworld"
+
+
+async def test_pack_and_unpack_bits(pair):
+    a, b = pair
+    a.setmode(None, "bf")
+    await a.pack(0b101, 3)
+    await a.pack(0x1F, 5)
+    await a.pack(0xABCD, 16)
+    await a.flush()
+    assert await b.unpack(3) == 0b101
+    assert await b.unpack(5) == 0x1F
+    assert await b.unpack(16) == 0xABCD
+
+
+async def test_seterror_makes_a_channel_fail_until_clearerr(pair):
+    a, b = pair
+    a.seterror("w", errno.ECONNABORTED)
+    with pytest.raises(ConnectionAbortedError):
+        await a.write("x\n")
+    assert a.clearerr("w")[0].errno == errno.ECONNABORTED
+    await a.write("x\n")
+    assert await b.read("*l") == b"x"
+
+
+async def test_tls_mutual_authentication(ca, tls_contexts):
+    server_ctx, client_ctx = tls_contexts
+    server_ctx.verify_mode = ssl.CERT_REQUIRED
+    ca.configure_trust(server_ctx)
+    ca.issue_cert("client.cqloop.test").configure_cert(client_ctx)
+    server = cqsocket.listen("127.0.0.1", 0, context=server_ctx)
+    port = server.localname()[2]
+    client = cqsocket.connect("localhost", port, context=client_ctx)
+    try:
+
+        async def serve():
+            con = await server.accept(timeout=10)
+            try:
+                await con.connect(timeout=10)
+                peer = con.checktls().getpeercert()
+                names = [value for kind, value in peer["subjectAltName"]]
+                await con.write(names[0], "\n")
+            finally:
+                con.close()
+
+        serving = asyncio.ensure_future(serve())
+        assert await client.xread("*l", None, 10) == b"client.cqloop.test"
+        await serving
+    finally:
+        client.close()
+        server.close()
