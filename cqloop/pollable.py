@@ -375,9 +375,8 @@ class _FdRegistry:
         if waiters is not None:
             waiters.append((waiter, obj))
             return
-        if (fd, reading) not in self._subscribers:
-            self._register(fd, reading)
         table[fd] = [(waiter, obj)]
+        self._register(fd, reading)
 
     def discard(self, fd: int, reading: bool, waiter: _Waiter, obj: Any) -> None:
         table = self._readers if reading else self._writers
@@ -390,8 +389,7 @@ class _FdRegistry:
                 break
         if not waiters:
             del table[fd]
-            if (fd, reading) not in self._subscribers:
-                self._unregister(fd, reading)
+            self._settle(fd, reading)
 
     def subscribe(self, fd: int, reading: bool, callback: Callable[[], object]) -> None:
         """Run callback() at every readiness of fd until unsubscribe(): the registration
@@ -410,6 +408,8 @@ class _FdRegistry:
         table = self._readers if reading else self._writers
         if fd not in table:
             self._unregister(fd, reading)
+        else:
+            self._register(fd, reading)
 
     def cancel(self, fds_or_objs: tuple[Any, ...]) -> int:
         woken = 0
@@ -430,8 +430,7 @@ class _FdRegistry:
         for reading, table in ((True, self._readers), (False, self._writers)):
             waiters = table.pop(fd, None)
             if waiters is not None:
-                if (fd, reading) not in self._subscribers:
-                    self._unregister(fd, reading)
+                self._settle(fd, reading)
                 for waiter, obj in waiters:
                     waiter.fire(obj)
                 woken += len(waiters)
@@ -448,18 +447,38 @@ class _FdRegistry:
     # -- registrations --
 
     def _register(self, fd: int, reading: bool) -> None:
+        """(Re-)register fd for the waiters and the subscriber it has now. A subscriber
+        alone is called by the loop directly (one Python call per readiness on a busy cq
+        socket); waiters go through _on_ready. Switching costs one epoll_ctl, and happens
+        only when a poll starts or ends beside a subscriber."""
         loop: Any = self._loop
-        if self._kernel:
-            if reading and (fd, True) not in self._subscribers:
-                loop._wait_readable(fd, self._on_ready, (fd, True))
-            elif reading:
-                loop._add_reader(fd, self._on_ready, (fd, True))
-            else:
-                loop._add_writer(fd, self._on_ready, (fd, False))
-        elif reading:
-            loop.add_reader(fd, self._on_ready, fd, True)
+        subscriber = self._subscribers.get((fd, reading))
+        table = self._readers if reading else self._writers
+        callback: Callable[..., object]
+        args: tuple[Any, ...]
+        if subscriber is not None and fd not in table:
+            callback, args = subscriber, ()
         else:
-            loop.add_writer(fd, self._on_ready, fd, False)
+            callback, args = self._on_ready, (fd, reading)
+        if self._kernel:
+            if reading and subscriber is None:
+                loop._wait_readable(fd, callback, args)
+            elif reading:
+                loop._add_reader(fd, callback, args)
+            else:
+                loop._add_writer(fd, callback, args)
+        elif reading:
+            loop.add_reader(fd, callback, *args)
+        else:
+            loop.add_writer(fd, callback, *args)
+
+    def _settle(self, fd: int, reading: bool) -> None:
+        """fd has no waiters left: back to the subscriber alone, or unwatched."""
+        if (fd, reading) in self._subscribers:
+            if not self._loop.is_closed():
+                self._register(fd, reading)
+        else:
+            self._unregister(fd, reading)
 
     def _unregister(self, fd: int, reading: bool) -> None:
         loop: Any = self._loop
@@ -481,8 +500,7 @@ class _FdRegistry:
         table = self._readers if reading else self._writers
         waiters = table.pop(fd, None)
         subscriber = self._subscribers.get((fd, reading))
-        if subscriber is None:
-            self._unregister(fd, reading)
+        self._settle(fd, reading)
         if waiters is not None:
             for waiter, obj in waiters:
                 waiter.fire(obj)

@@ -78,6 +78,7 @@ __all__ = [
 ]
 
 MSG_NOSIGNAL = _socket.MSG_NOSIGNAL
+_running_loop = asyncio.get_running_loop
 AF_INET = _socket.AF_INET
 AF_INET6 = _socket.AF_INET6
 AF_UNIX = _socket.AF_UNIX
@@ -226,6 +227,7 @@ class Socket:
         self._sent = 0
         self._rcvd = 0
         self._recv_error: OSError | None = None
+        self._fd = -1
         # The loop this socket's fd is subscribed in while receiving, and the reads
         # waiting for input (see "Receiving").
         self._receiving: asyncio.AbstractEventLoop | None = None
@@ -521,9 +523,11 @@ class Socket:
 
     def _adopt(self, sock: _socket.socket) -> None:
         self._sock = sock
+        self._fd = sock.fileno()
 
     def _drop_sock(self) -> None:
         sock, self._sock = self._sock, None
+        self._fd = -1
         if sock is not None:
             _cancel_polls(sock.fileno())
             sock.close()
@@ -560,8 +564,24 @@ class Socket:
                     if not waited:
                         deadline = self._deadline(None)
                         waited = True
-                    await self._wait_input(deadline, "read")
-                    self._check_recv_error("read")
+                    loop = self._receiving
+                    if deadline is None and loop is not None and loop is _running_loop():
+                        # _wait_input without a timeout, inline (a line server's every
+                        # wait): one future, woken by _on_readable.
+                        self._events = "r"
+                        waiter = loop.create_future()
+                        self._input_waiters.append(waiter)
+                        try:
+                            await waiter
+                        finally:
+                            if waiter in self._input_waiters:
+                                self._input_waiters.remove(waiter)
+                        if self._state is _State.CLOSED:
+                            raise _oserror(errno.EBADF, "socket:read: socket closed while waiting")
+                    else:
+                        await self._wait_input(deadline, "read")
+                    if self._recv_error is not None:
+                        self._check_recv_error("read")
             deadline = self._deadline(None)
             results = []
             for fmt in formats:
@@ -680,12 +700,11 @@ class Socket:
             return True
         try:
             if self._tls is None:
-                data = self._sock.recv(self._recv_bytes)  # type: ignore[union-attr]
-                if data:
-                    self._rcvd += len(data)
-                    self._ibuf.feed(data)
+                got = self._ibuf.recv_from(self._fd)
+                if got:
+                    self._rcvd += got
                 else:
-                    self._received(data)
+                    self._received(b"")
             else:
                 self._tls_fill()
         except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
@@ -753,6 +772,33 @@ class Socket:
             unsubscribe(loop, self._sock.fileno())
 
     def _on_readable(self) -> None:
+        if self._tls is None and not self._eof_in and self._recv_error is None:
+            # The plain socket's receive, inline: this runs once per message on a busy
+            # line server. The general path below handles the rest.
+            try:
+                got = self._ibuf.recv_from(self._fd)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno == errno.EPIPE:
+                    got = 0
+                else:
+                    self._recv_error = exc
+                    got = -1
+            if got > 0:
+                self._rcvd += got
+                self._input_fresh = True
+                waiters = self._input_waiters
+                if waiters:
+                    self._input_waiters = []
+                    for waiter in waiters:
+                        if not waiter.done():
+                            waiter.set_result(True)
+                if self._ibuf.pending() >= INPUT_HIGH_WATER_BYTES:
+                    self._stop_receiving()
+                return
+            if got == 0:
+                self._received(b"")  # EOF
         if not self._receive():
             return
         self._input_fresh = True

@@ -99,12 +99,16 @@ returns what is due.
 
 import enum
 
+from os import strerror
+
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdlib cimport free, malloc
 from libc.string cimport memchr, memcpy, memmove
 
 from cqloop._core.includes.cqbuf cimport memmem, memrchr
+from cqloop._core.includes.sockets cimport recv
+from cqloop._core.includes.system cimport errno
 
 # cqueues' defaults (src/socket.c LSO_MAXLINE, LSO_BUFSIZ; LSO_INITMODE is "tl": text
 # mode, line-buffered output).
@@ -420,6 +424,25 @@ cdef class InputBuffer:
     def at_eof(self):
         """EOF was fed and nothing is buffered."""
         return self._eof and self._r.wr == self._r.rd
+
+    def recv_from(self, int fd):
+        """One recv(2) on fd straight into the buffer: a cq socket's receive with no bytes
+        object in between. Reads into the free capacity, made at least `bufsiz` bytes
+        (so an idle socket's buffer stays small). Returns the count, 0 at end of file
+        (feed_eof() is then the caller's), or raises OSError (BlockingIOError when there
+        is nothing to read)."""
+        cdef ssize_t n
+        cdef int err
+        if self._eof:
+            raise ValueError("InputBuffer.recv_from() after feed_eof()")
+        _reserve(&self._r, self.bufsiz, &self._compactions)
+        n = recv(fd, self._r.base + self._r.wr, self._r.cap - self._r.wr, 0)
+        if n < 0:
+            err = errno
+            raise OSError(err, strerror(err))
+        self._r.wr += n
+        self._bytes_fed += n
+        return n
 
     def pending(self):
         """Bytes buffered (cqueues pending(), input side; unread bits not counted)."""
