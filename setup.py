@@ -9,7 +9,17 @@ from setuptools import Extension, setup
 if not sys.platform.startswith("linux"):
     raise SystemExit("cqloop builds on Linux only (it is written on epoll, eventfd and timerfd)")
 
-CORE_MODULES = ["handles", "timerheap", "poller", "watchers", "kernel", "stream", "cqbuf", "osext"]
+CORE_MODULES = [
+    "handles",
+    "timerheap",
+    "poller",
+    "watchers",
+    "kernel",
+    "stream",
+    "osext",
+    "tls",
+    "cqbuf",
+]
 DEBUG = os.environ.get("CQLOOP_DEBUG_BUILD") == "1"
 
 extensions = [

@@ -1,13 +1,17 @@
 """cqloop's benchmarks, installed as cqloop._bench so that `python -m cqloop bench` runs them.
 
     python -m cqloop bench [--quick] [--rounds N] [--loops L] [--json PATH]
-        both suites, micro then echo, with the options they share; --json PATH writes
-        PATH's name with -micro and -echo added (results.json: results-micro.json, ...)
-    python -m cqloop bench micro [options]    micro.py alone (--help lists its options)
-    python -m cqloop bench echo [options]     echo/ alone (--help lists its options)
+        every suite in turn with the options they share; --json PATH writes PATH's name
+        with the suite's added (results.json: results-micro.json, results-echo.json, ...)
+    python -m cqloop bench SUITE [options]    one suite (--help lists its options)
 
-micro.py measures the loop core (callbacks, timers, futures, tasks); echo/ measures echo
-servers over TCP and Unix sockets against a C ceiling.
+Suites:
+    micro          the loop core: callbacks, timers, futures, tasks (micro.py)
+    echo           echo servers over TCP and Unix sockets against a C ceiling (echo/)
+    lines          line echo: cq sockets' read("*l") against asyncio streams' readline()
+                   on each loop (echo/ with its line modes)
+    tls            TLS echo, 1 KiB, 10 connections (tls_echo.py)
+    worker_events  deliveries per second across 4 worker processes (worker_events.py)
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import argparse
 import os
 from collections.abc import Callable
 
-SUITES = ("micro", "echo")
+SUITES = ("micro", "echo", "lines", "tls", "worker_events")
 
 
 def main(argv: list[str]) -> int:
@@ -40,17 +44,27 @@ def _suite(name: str) -> Callable[[list[str]], int]:
         from cqloop._bench import micro
 
         return micro.main
+    if name == "tls":
+        from cqloop._bench import tls_echo
+
+        return tls_echo.main
+    if name == "worker_events":
+        from cqloop._bench import worker_events
+
+        return worker_events.main
     from cqloop._bench import echo
 
+    if name == "lines":
+        return lambda argv: echo.main(["--modes", "readline,cqsocket", "--sizes", "1", *argv])
     return echo.main
 
 
 def _parse_shared(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m cqloop bench",
-        description="Run cqloop's benchmarks against asyncio, uvloop and rloop: the loop-core "
-        "micro-benchmarks, then the echo server benchmark. `bench micro ...` or "
-        "`bench echo ...` runs one of them with all of its options.",
+        description="Run cqloop's benchmarks against asyncio, uvloop and rloop, suite by "
+        f"suite ({', '.join(SUITES)}). `bench SUITE ...` runs one of them with all of its "
+        "options.",
     )
     parser.add_argument("--quick", action="store_true", help="a short smoke run of each")
     parser.add_argument("--rounds", type=int, help="measured rounds of each")

@@ -133,8 +133,14 @@ class ControllerMixin:
         return self._loop_async().__await__()
 
     async def _loop_async(self, timeout: float | None = None) -> bool:
-        async for report in self._drive_async(timeout):
-            raise report.error
+        reports = self._drive_async(timeout)
+        try:
+            async for report in reports:
+                raise report.error
+        finally:
+            # Closed here, not left to the async generator hooks: the loop it would be
+            # finalized on may be closed by then.
+            await reports.aclose()  # type: ignore[attr-defined]
         return not self._wrapped
 
     def _drive(self, timeout: float | None) -> Iterator[CoroutineError]:

@@ -30,6 +30,9 @@ from typing import Any, TypeVar, TypeVarTuple, Unpack
 from cqloop._core.kernel import Kernel
 from cqloop.controller import ControllerMixin
 from cqloop.transports.datagram import DatagramMixin
+from cqloop.transports.pipes import PipesMixin
+from cqloop.transports.process import ProcessMixin
+from cqloop.transports.signals import SignalsMixin
 from cqloop.transports.sockops import SockOpsMixin
 from cqloop.transports.streams import StreamsMixin
 
@@ -89,7 +92,15 @@ def _run_until_complete_cb(fut: asyncio.Future[Any]) -> None:
 # The compiled handles are not asyncio.Handle subclasses (as uvloop's are not), so mypy sees
 # Kernel's call_soon/call_later/call_at as incompatible with AbstractEventLoop's.
 class Loop(  # type: ignore[misc]
-    Kernel, ControllerMixin, StreamsMixin, DatagramMixin, SockOpsMixin, asyncio.AbstractEventLoop
+    Kernel,
+    ControllerMixin,
+    StreamsMixin,
+    DatagramMixin,
+    SockOpsMixin,
+    PipesMixin,
+    ProcessMixin,
+    SignalsMixin,
+    asyncio.AbstractEventLoop,
 ):
     """An asyncio event loop on epoll, and a cqueues controller: its fd is pollable and
     `step()` runs one iteration, so it nests inside any other loop."""
@@ -109,6 +120,9 @@ class Loop(  # type: ignore[misc]
         # The controller's wrapped coroutines and their uncollected errors (controller.py).
         self._wrapped: set[asyncio.Task[Any]] = set()
         self._wrapped_errors: collections.deque[Any] = collections.deque()
+        # The process whose kernel queue this is (see "fork" below).
+        self._pid = os.getpid()
+        _LOOPS.add(self)
         self.set_debug(_debug_mode_requested())
 
     def __repr__(self) -> str:
@@ -126,6 +140,8 @@ class Loop(  # type: ignore[misc]
     # -- running and stopping --------------------------------------------------------
 
     def _check_running(self) -> None:
+        if self._forked:
+            raise RuntimeError(self._forked_message())
         if self.is_running():
             raise RuntimeError("This event loop is already running")
         if events._get_running_loop() is not None:
@@ -143,6 +159,9 @@ class Loop(  # type: ignore[misc]
             self._end_running(saved)
             self._set_coroutine_origin_tracking(False)
             self._refresh_pollfd()
+        if self._forked:
+            # Forked from one of its callbacks: the at-fork hook stopped it in the child.
+            raise RuntimeError(self._forked_message())
 
     def run_until_complete(self, future: Any) -> Any:
         """Run until `future` (a future, task or coroutine) is done; return its result."""
@@ -201,12 +220,53 @@ class Loop(  # type: ignore[misc]
             logger.debug("Close %r", self)
         self.unnest()
         self._report_uncollected_errors()
+        self._close_process_watchers()
+        self._close_signal_handlers()
         self._executor_shutdown_called = True
         executor = self._default_executor
         if executor is not None:
             self._default_executor = None
             executor.shutdown(wait=False)
         self._close_kernel()
+
+    # -- fork ---------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Make a loop inherited across fork() usable in the child (cqueues' reset()).
+
+        A forked child's copy of a loop shares its kernel queue (epoll fd, eventfd,
+        timerfd) with the parent's loop, so running or stepping it raises RuntimeError until
+        the child calls reset(). reset() gives the loop a queue of its own and drops every
+        fd registration inherited from the parent (add_reader/add_writer callbacks, and
+        transports: their fds are shared with the parent, so they are not usable in the
+        child), the pidfds of the parent's child processes, and the default executor (its
+        threads were not forked). Ready callbacks, timers and tasks are kept; signal
+        handlers are kept and re-armed on a wakeup socket of the child's own."""
+        self._check_closed_py()
+        if not self._forked:
+            raise RuntimeError(
+                "reset() is for a loop inherited across fork(); this loop was made in this "
+                "process, or reset() already ran"
+            )
+        if self.is_running():
+            raise RuntimeError("Cannot reset a running event loop")
+        # While the kernel still knows it is forked, removals leave the parent's epoll set
+        # alone.
+        self._close_process_watchers()
+        self._outer, self._outer_fd = None, -1
+        self._default_executor = None
+        self._reset_kernel()
+        self._reset_signal_wakeup()
+        self._pid = os.getpid()
+
+    def _forked_message(self) -> str:
+        return (
+            f"this event loop was made in process {self._pid} and this is process "
+            f"{os.getpid()}, a child forked from it: the loop's kernel queue (epoll fd, "
+            "eventfd, timerfd) still belongs to the parent. Call loop.reset() in the child "
+            "to give the loop its own (it drops the fd registrations inherited from the "
+            "parent), or make a new loop."
+        )
 
     def _check_closed_py(self) -> None:
         if self.is_closed():
@@ -220,6 +280,8 @@ class Loop(  # type: ignore[misc]
         step run in the next one. During the step asyncio.get_running_loop() is this loop;
         afterwards it is whatever it was before (the outer loop, or none)."""
         self._check_closed_py()
+        if self._forked:
+            raise RuntimeError(self._forked_message())
         if self.is_running():
             raise RuntimeError(
                 "step() called on a loop that is already running "
@@ -539,6 +601,31 @@ class Loop(  # type: ignore[misc]
         return stats
 
 
+# -- fork -----------------------------------------------------------------------------
+# After fork() the child's loops share their kernel queues with the parent's loops. Rather
+# than compare os.getpid() on every run (a system call) or every iteration, a hook that
+# runs in the child of every os.fork() marks them; the kernel then leaves the parent's
+# epoll set, eventfd and timerfd alone, and run/step refuse until loop.reset(). A loop
+# forked from inside one of its own callbacks is stopped at the end of that iteration in
+# the child, before it could poll the parent's queue; run_forever then raises there.
+# subprocess.Popen without preexec_fn runs no at-fork hooks (and execs at once).
+
+_LOOPS: weakref.WeakSet[Loop] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for loop in list(_LOOPS):
+        if loop.is_closed():
+            continue
+        loop._forked = True
+        if loop.is_running():
+            loop._stopping = True
+        loop._disarm_signal_wakeup()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 # -- what later work adds ---------------------------------------------------------------
 
 _NETWORKING = "issue 3 (networking: sockets, transports, servers, name resolution)"
@@ -565,12 +652,6 @@ _NOT_YET: dict[str, tuple[str, bool]] = {
     "sock_accept": (_NETWORKING, True),
     "sock_sendfile": (_NETWORKING, True),
     "start_tls": (_TLS_ETC, True),
-    "connect_read_pipe": (_TLS_ETC, True),
-    "connect_write_pipe": (_TLS_ETC, True),
-    "subprocess_exec": (_TLS_ETC, True),
-    "subprocess_shell": (_TLS_ETC, True),
-    "add_signal_handler": (_TLS_ETC, False),
-    "remove_signal_handler": (_TLS_ETC, False),
 }
 
 

@@ -21,9 +21,7 @@ _T = TypeVar("_T")
 
 def new_event_loop() -> Loop:
     """A new cqloop event loop."""
-    # The methods later work adds are installed on Loop at import (loop._NOT_YET), where
-    # mypy cannot see them.
-    return Loop()  # type: ignore[abstract]
+    return Loop()
 
 
 class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):

@@ -10,11 +10,11 @@ together the way CPython's test_events.py puts them together for its selector lo
 - `CqloopUnixEventLoopTests(UnixEventLoopTestsMixin, test_utils.TestCase)`: CPython's
   Linux flavour (its EPollEventLoopTests). UnixEventLoopTestsMixin adds no test of its own:
   it reruns the same tests with a set-up that attaches an `asyncio.SafeChildWatcher` to the
-  loop, and attaching one calls `loop.add_signal_handler(SIGCHLD, ...)`. Until cqloop has
-  signal handlers (issue 4) that set-up fails, so the whole class is expected to fail
-  (`SETUP_XFAIL`); once issue 4 lands its tests pass or fail exactly as the first class's.
-- Not included: `SubprocessTestsMixin`, CPython's subprocess tests, which come with issue 4
-  (subprocesses); add it to both classes' bases then.
+  loop, and attaching one calls `loop.add_signal_handler(SIGCHLD, ...)` (cqloop's own
+  subprocesses do not use the watcher; they are watched with pidfds). `SETUP_XFAIL` is
+  where a class whose set-up needs a missing feature would be listed.
+- Elsewhere: `SubprocessTestsMixin` (and test_subprocess's SubprocessMixin) run in
+  test_cpython_conformance_proc.py.
 
 How the lists are kept: every test of the mixins runs and must pass, except those named in
 the tables below, which are applied to the test classes when this module is imported:
@@ -68,41 +68,10 @@ XFAIL_ISSUE_3: dict[str, str] = {}
 
 # -- expected to fail until issue 4: TLS, pipes and ptys, signals ------------------------------
 
-XFAIL_ISSUE_4: dict[str, str] = {
-    # TLS (these also use issue 3's servers and connections; TLS is what lands last)
-    "test_create_ssl_connection": "loop.create_connection(ssl=...)",
-    "test_create_ssl_unix_connection": "loop.create_unix_connection(ssl=...)",
-    "test_ssl_connect_accepted_socket": "loop.connect_accepted_socket(ssl=...)",
-    "test_create_server_ssl": "loop.create_server(ssl=...)",
-    "test_create_unix_server_ssl": "loop.create_unix_server(ssl=...)",
-    "test_create_server_ssl_verify_failed": "loop.create_server(ssl=...) handshake errors",
-    "test_create_unix_server_ssl_verify_failed": (
-        "loop.create_unix_server(ssl=...) handshake errors"
-    ),
-    "test_create_server_ssl_match_failed": "loop.create_server(ssl=...) hostname checks",
-    "test_create_unix_server_ssl_verified": "loop.create_unix_server(ssl=...)",
-    "test_create_server_ssl_verified": "loop.create_server(ssl=...)",
-    # pipes and ptys
-    "test_read_pipe": "loop.connect_read_pipe()",
-    "test_unclosed_pipe_transport": (
-        "loop.connect_read_pipe() and connect_write_pipe() (its clean-up also sets the "
-        "transports' _pipe attribute to None)"
-    ),
-    "test_read_pty_output": "loop.connect_read_pipe() on a pty",
-    "test_write_pipe": "loop.connect_write_pipe()",
-    "test_write_pipe_disconnect_on_close": "loop.connect_write_pipe()",
-    "test_write_pty": "loop.connect_write_pipe() on a pty",
-    "test_bidirectional_pty": "loop.connect_read_pipe() and connect_write_pipe() on a pty",
-    # signals
-    "test_add_signal_handler": "loop.add_signal_handler() / remove_signal_handler()",
-    "test_signal_handling_while_selecting": "loop.add_signal_handler()",
-    "test_signal_handling_args": "loop.add_signal_handler()",
-}
+XFAIL_ISSUE_4: dict[str, str] = {}
 
-# Not listed, and passing: test_close. Note that part of it passes only because
-# NotImplementedError subclasses RuntimeError: it expects add_signal_handler() on a closed
-# loop to raise RuntimeError, and today cqloop's placeholder raises NotImplementedError
-# whether closed or not. Issue 4's add_signal_handler must check for a closed loop first.
+# Not listed, and passing: test_close, which expects add_signal_handler() on a closed loop to
+# raise RuntimeError (cqloop's checks for a closed loop before anything else).
 
 # -- skipped: reach into private attributes of asyncio's selector loop --------------------------
 
@@ -129,24 +98,11 @@ ADDED_IN: dict[str, tuple[int, int]] = {
 # which it does not reach, and no addCleanup closes them. That is CPython's test, not
 # cqloop, so these (and only these) skip the fd leak check while they are expected to fail;
 # the mark goes with the xfail, so a test that passes again is checked again.
-LEAKS_FDS_WHEN_ABORTED: frozenset[str] = frozenset(
-    {
-        "test_read_pipe",
-        "test_read_pty_output",
-        "test_write_pipe",
-        "test_write_pty",
-        "test_bidirectional_pty",
-    }
-)
+LEAKS_FDS_WHEN_ABORTED: frozenset[str] = frozenset()
 
 # Test classes whose set-up needs a missing feature: every test of the class is expected to
 # fail until it lands.
-SETUP_XFAIL: dict[str, str] = {
-    "CqloopUnixEventLoopTests": (
-        "issue 4 (signals): UnixEventLoopTestsMixin.setUp attaches an "
-        "asyncio.SafeChildWatcher, which calls loop.add_signal_handler(SIGCHLD)"
-    ),
-}
+SETUP_XFAIL: dict[str, str] = {}
 
 
 def _xfail_reason(name: str) -> str | None:

@@ -100,6 +100,12 @@ XFAIL_ISSUE_3: dict[str, tuple[str, ...]] = {
     "test_sendfile_fallback_close_peer_in_the_middle_of_receiving": _TRANSPORT_SENDFILE,
     "test_sendfile_prevents_bare_write": _NATIVE_SENDFILE,
     "test_sendfile_no_fallback_for_fallback_transport": ("sendfile",),  # a mock transport
+    # Over TLS (issue 4): create_server(ssl=...), create_connection(ssl=...), and loop.sendfile's
+    # fallback through the TLS transport.
+    "test_sendfile_ssl": _TRANSPORT_SENDFILE,
+    "test_sendfile_ssl_pre_and_post_data": _TRANSPORT_SENDFILE,
+    "test_sendfile_ssl_partial": _TRANSPORT_SENDFILE,
+    "test_sendfile_ssl_close_peer_after_receiving": _TRANSPORT_SENDFILE,
     # create_datagram_endpoint(family=AF_INET) with no address resolves nothing.
     "test_sendfile_not_supported": ("create_datagram_endpoint", "sendfile"),
     # test_buffered_proto.BaseTestBufferedProtocol: start_server and create_connection on
@@ -126,14 +132,8 @@ CHECKS_RUNTIME_ERROR: frozenset[str] = frozenset(
 
 # -- expected to fail until issue 4: TLS ----------------------------------------------------
 
-XFAIL_ISSUE_4: dict[str, str] = {
-    "test_sendfile_ssl": "loop.create_server(ssl=...) and sendfile over TLS",
-    "test_sendfile_ssl_pre_and_post_data": "loop.create_server(ssl=...) and sendfile over TLS",
-    "test_sendfile_ssl_partial": "loop.create_server(ssl=...) and sendfile over TLS",
-    "test_sendfile_ssl_close_peer_after_receiving": (
-        "loop.create_server(ssl=...) and sendfile over TLS"
-    ),
-}
+# Empty since TLS landed (the test_sendfile_ssl* tests run); kept for what comes next.
+XFAIL_ISSUE_4: dict[str, str] = {}
 
 # -- private attributes ---------------------------------------------------------------------
 

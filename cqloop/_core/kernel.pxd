@@ -48,6 +48,9 @@ cdef class Kernel:
     cdef bint _debug
     cdef public double slow_callback_duration
     cdef public object _thread_id
+    # Set in a forked child (cqloop.loop's at-fork hook): the epoll fd, eventfd and timerfd
+    # are shared with the parent, so nothing here may touch them until _reset_kernel().
+    cdef public bint _forked
 
     # -- methods ----------------------------------------------------------------------
     cdef double _now(self) noexcept

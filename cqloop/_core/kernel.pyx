@@ -75,6 +75,9 @@ cdef double MAX_POLL_TIMEOUT_S = 24 * 3600.0
 cdef double CLOCK_RESOLUTION_S = 1e-9
 # Generations are 32 bits in epoll_data; 0 is reserved for the kernel's own fds.
 cdef uint32_t FIRST_GEN = 1
+cdef str FORKED_MESSAGE = (
+    "this event loop was inherited across fork(): its kernel queue belongs to the parent "
+    "process; call loop.reset() in the child first, or make a new loop")
 
 cdef object _get_ident = threading.get_ident
 cdef object _Future = Future
@@ -279,7 +282,9 @@ cdef class Kernel:
         self._timers.clear()
         for watcher in list(self._watchers.values()):
             if watcher.registered:
-                self._poller.unregister(watcher.fd)
+                if not self._forked:
+                    # (A forked child's epoll set is the parent's: leave it be.)
+                    self._poller.unregister(watcher.fd)
                 watcher.registered = 0
         self._watchers.clear()
         self._poller.close()
@@ -289,6 +294,52 @@ cdef class Kernel:
         if self._tfd >= 0:
             close(self._tfd)
             self._tfd = -1
+
+    def _reset_kernel(self):
+        """Give the loop a kernel queue of its own: a new epoll fd, eventfd and (lazily)
+        timerfd. For a forked child (Loop.reset).
+
+        After fork() the child's epoll fd, eventfd and timerfd are copies of the parent's
+        fds and share their open files: an epoll_ctl in the child adds to or removes from
+        the *parent's* epoll set, a read of the eventfd swallows the parent's wake-ups, and
+        a timerfd_settime moves the parent's timer. So the old fds are only closed (the
+        child's copies; the parent's stay), never operated on, and every fd watcher is
+        dropped without unregistering it: the registrations are the parent's. Ready
+        callbacks and timers are kept."""
+        cdef FdWatcher watcher
+        cdef Poller poller
+        cdef int efd
+        cdef int err
+        self._check_closed()
+        if self._running:
+            raise RuntimeError("cannot reset a running event loop")
+        poller = Poller()
+        efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)
+        if efd < 0:
+            raise OSError(errno, "eventfd failed")
+        err = poller.register(efd, EPOLLIN, <uint64_t>efd)
+        if err:
+            close(efd)
+            raise OSError(err, "cannot register the wake-up eventfd")
+        self._poller.close()
+        self._poller = poller
+        if self._efd >= 0:
+            close(self._efd)
+        self._efd = efd
+        self._efd_signalled = False
+        if self._tfd >= 0:
+            close(self._tfd)
+            self._tfd = -1
+        self._tfd_armed = False
+        self._tfd_deadline = 0.0
+        for watcher in self._watchers.values():
+            watcher.registered = 0
+            watcher.disarmed = False
+        self._watchers.clear()
+        self._io_fresh = False
+        self._forked = False
+        if self._external:
+            self._sync_external()
 
     # -- running ------------------------------------------------------------------------
 
@@ -482,7 +533,7 @@ cdef class Kernel:
     cdef int _remove_watcher(self, FdWatcher watcher) except -1:
         """Take a watcher out of the table and out of epoll (its fd may be closed already)."""
         if watcher.registered:
-            if not self._closed:
+            if not self._closed and not self._forked:
                 self._poller.unregister(watcher.fd)
             watcher.registered = 0
         if self._watchers.get(watcher.fd) is watcher:
@@ -497,6 +548,14 @@ cdef class Kernel:
         cdef uint32_t wanted = watcher.wanted()
         cdef int fd = watcher.fd
         cdef int err = 0
+        if self._forked:
+            # The epoll set is the parent's (see _reset_kernel): removing leaves it alone,
+            # adding is refused.
+            if not removing:
+                raise RuntimeError(FORKED_MESSAGE)
+            if wanted == 0 and not watcher.persistent and self._watchers.get(fd) is watcher:
+                del self._watchers[fd]
+            return 0
         if wanted == 0:
             if watcher.disarmed and not watcher.persistent:
                 # A one-shot wait that fired and is done: leave the disarmed registration
@@ -634,7 +693,7 @@ cdef class Kernel:
 
     cdef int _signal_wakeup(self) noexcept:
         cdef uint64_t one = 1
-        if self._efd >= 0:
+        if self._efd >= 0 and not self._forked:
             # EAGAIN would mean the counter is at its maximum: it is readable anyway.
             write(self._efd, &one, sizeof(one))
             self._efd_signalled = True
@@ -642,7 +701,7 @@ cdef class Kernel:
 
     cdef int _drain_wakeup(self) noexcept:
         cdef uint64_t value
-        if self._efd >= 0:
+        if self._efd >= 0 and not self._forked:
             read(self._efd, &value, sizeof(value))
         self._efd_signalled = False
         return 0
@@ -666,6 +725,8 @@ cdef class Kernel:
         """Arm the timerfd for `deadline` (absolute loop time), or disarm it."""
         cdef itimerspec spec
         cdef double secs
+        if self._forked:
+            return 0  # the timerfd is the parent's
         if self._tfd < 0:
             self._ensure_timerfd()
         if armed == self._tfd_armed and (not armed or deadline == self._tfd_deadline):

@@ -21,6 +21,8 @@ Some facts about epoll that shape the kernel above this file:
   for them, so `wait` checks at once, then waits out the rest of its timeout, as PEP 475
   retry loops (and so asyncio's selectors) do. A handler that wants the loop awake writes
   to it (call_soon_threadsafe, a wakeup fd).
+  `wait` also runs pending handlers before it waits: a signal that arrived while only
+  compiled code ran has had no bytecode boundary to run its handler at.
 """
 
 from os import strerror
@@ -104,6 +106,13 @@ cdef class Poller:
         cdef double deadline_ms = 0.0
         if self.epfd < 0:
             raise RuntimeError("the poller is closed")
+        # A signal that arrived while only compiled code ran (a callback written in C, the
+        # kernel itself) has its Python-level handler pending: no bytecode has run to call
+        # it, and the wait below is not interrupted by a signal delivered before it began.
+        # Run the handlers now (Ctrl-C's KeyboardInterrupt, asyncio.Runner's SIGINT
+        # handler), as asyncio's selector loop does at its last bytecode before select().
+        # With nothing pending this is one atomic load.
+        PyErr_CheckSignals()
         if timeout_ms > 0:
             deadline_ms = _monotonic_ms() + timeout_ms
         while True:

@@ -9,11 +9,18 @@ and logs the condition once per episode rather than once per retry.
 Semantics are asyncio's Server of 3.13 on every supported Python: wait_closed waits for the
 server to be closed and its connections to be gone (the behaviour 3.12.1 settled on), and
 close_clients/abort_clients exist.
+
+A server made with `ssl` (ServerTLS) puts an SSLProtocol (tls.py) between each accepted
+socket's transport and the protocol the factory makes; the handshake runs without a task.
+As in asyncio, a failed handshake is the client's business: it closes the connection and
+is reported (to the exception handler) only in debug mode. The server's client set holds
+the socket transports, which close_clients and abort_clients act on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import logging
 import socket
@@ -23,19 +30,30 @@ from typing import TYPE_CHECKING, Any
 
 from cqloop.transports.socket_transport import SocketTransport
 from cqloop.transports.sockutil import remove_unix_socket_file
+from cqloop.transports.tls import SSLProtocol
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Callable
 
     from cqloop.loop import Loop
 
-__all__ = ["Server"]
+__all__ = ["Server", "ServerTLS"]
 
 logger = logging.getLogger("asyncio")
 
 # accept() failing with these means the process or system is out of a resource, not that
 # the listening socket is broken: wait and retry.
 OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerTLS:
+    """What a TLS server wraps each accepted connection with."""
+
+    context: ssl.SSLContext
+    handshake_timeout: float | None = None
+    shutdown_timeout: float | None = None
 
 
 class Server(asyncio.AbstractServer):
@@ -48,6 +66,7 @@ class Server(asyncio.AbstractServer):
         protocol_factory: Callable[[], asyncio.BaseProtocol],
         backlog: int,
         unix_paths: dict[socket.socket, tuple[Any, int]] | None = None,
+        tls: ServerTLS | None = None,
     ) -> None:
         self._loop = loop
         self._sockets: list[socket.socket] | None = sockets
@@ -62,6 +81,7 @@ class Server(asyncio.AbstractServer):
         self._unix_paths = unix_paths or {}
         # Whether the current out-of-fds episode was logged already.
         self._accept_error_logged = False
+        self._tls = tls
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} sockets={self.sockets!r}>"
@@ -189,6 +209,8 @@ class Server(asyncio.AbstractServer):
             try:
                 conn.setblocking(False)
                 protocol = self._protocol_factory()
+                if self._tls is not None:
+                    protocol = self._wrap_tls(protocol)
                 SocketTransport(loop, conn, protocol, None, {"peername": addr}, self)
             except (SystemExit, KeyboardInterrupt):
                 conn.close()
@@ -204,6 +226,35 @@ class Server(asyncio.AbstractServer):
                 continue
             if loop.get_debug():
                 logger.debug("%r got a new connection from %r", self, addr)
+
+    def _wrap_tls(self, protocol: asyncio.BaseProtocol) -> SSLProtocol:
+        tls = self._tls
+        assert tls is not None
+        waiter = self._loop.create_future()
+        waiter.add_done_callback(self._on_handshake_done)
+        return SSLProtocol(
+            self._loop,
+            protocol,
+            tls.context,
+            waiter,
+            server_side=True,
+            ssl_handshake_timeout=tls.handshake_timeout,
+            ssl_shutdown_timeout=tls.shutdown_timeout,
+        )
+
+    def _on_handshake_done(self, waiter: asyncio.Future[None]) -> None:
+        # The SSL protocol has closed a connection whose handshake failed; asyncio tells
+        # the exception handler only in debug mode.
+        if waiter.cancelled():
+            return
+        exc = waiter.exception()
+        if exc is not None and self._loop.get_debug():
+            self._loop.call_exception_handler(
+                {
+                    "message": "Error on transport creation for incoming connection",
+                    "exception": exc,
+                }
+            )
 
     def _on_out_of_resources(self, sock: socket.socket, exc: OSError) -> None:
         # Stop accepting for a while: the pending connections stay in the backlog, and a

@@ -8,8 +8,9 @@ Resolution goes through the loop's getaddrinfo, connecting through its sock_conn
 sockops.py). The transports are SocketTransport (socket_transport.py); servers are Server
 (server.py).
 
-TLS arrives with issue 4: until then a true `ssl` argument raises NotImplementedError, after
-the argument checks asyncio makes.
+With `ssl`, the socket transport carries an SSLProtocol (tls.py) and the caller gets its
+SSLTransport; start_tls layers one over a connected transport. loop.sendfile over TLS
+reads the file and writes through the TLS transport (its `_sendfile_compatible` says so).
 """
 
 from __future__ import annotations
@@ -22,16 +23,19 @@ import itertools
 import logging
 import os
 import socket
+import ssl
 from asyncio import constants, staggered
 from typing import TYPE_CHECKING, Any
 
 from cqloop.transports.server import Server
+from cqloop.transports.server import ServerTLS as _ServerTLS
 from cqloop.transports.socket_transport import SocketTransport
 from cqloop.transports.sockutil import (
     refuse_ssl_socket,
     remove_stale_unix_socket,
     set_reuseport,
 )
+from cqloop.transports.tls import SSLProtocol
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -43,7 +47,6 @@ __all__ = ["StreamsMixin"]
 
 logger = logging.getLogger("asyncio")
 
-_TLS_NOT_YET = "cqloop does not implement TLS yet (ssl=...); issue 4 (TLS) adds it"
 # Bytes per read when loop.sendfile falls back to reading the file (asyncio's block size).
 SENDFILE_FALLBACK_BLOCK_SIZE = 16 * 1024
 
@@ -113,20 +116,23 @@ class StreamsMixin:
         """Connect to a TCP server (or use `sock`); return (transport, protocol)."""
         if server_hostname is not None and not ssl:
             raise ValueError("server_hostname is only meaningful with ssl")
-        if server_hostname is None and ssl and not host:
-            raise ValueError("You must set server_hostname when using ssl without a host")
+        if server_hostname is None and ssl:
+            # The host is checked against the certificate unless server_hostname says
+            # otherwise ('' turns the check off).
+            if not host:
+                raise ValueError("You must set server_hostname when using ssl without a host")
+            server_hostname = host
         if ssl_handshake_timeout is not None and not ssl:
             raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
         if ssl_shutdown_timeout is not None and not ssl:
             raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
         if sock is not None:
             refuse_ssl_socket(sock)
-        if ssl:
-            raise NotImplementedError(_TLS_NOT_YET)
         if happy_eyeballs_delay is not None and interleave is None:
             interleave = 1
 
-        if host is not None or port is not None:
+        own_sock = host is not None or port is not None
+        if own_sock:
             if sock is not None:
                 raise ValueError("host/port and sock can not be specified at the same time")
             infos = await self._resolve_stream(host, port, family, proto, flags)
@@ -164,7 +170,15 @@ class StreamsMixin:
                 raise ValueError(f"A Stream Socket was expected, got {sock!r}")
 
         assert sock is not None
-        transport, protocol = await self._make_connection(sock, protocol_factory)
+        transport, protocol = await self._make_connection(
+            sock,
+            protocol_factory,
+            ssl,
+            server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+            own_sock=own_sock,
+        )
         if self.get_debug():
             logger.debug(
                 "%r connected to %s:%r: (%r, %r)",
@@ -231,16 +245,51 @@ class StreamsMixin:
             raise
 
     async def _make_connection(
-        self, sock: socket.socket, protocol_factory: ProtocolFactory
-    ) -> tuple[SocketTransport, asyncio.BaseProtocol]:
-        sock.setblocking(False)
-        protocol = protocol_factory()
-        waiter = self.create_future()
-        transport = SocketTransport(self, sock, protocol, waiter)
+        self,
+        sock: socket.socket,
+        protocol_factory: ProtocolFactory,
+        ssl: Any = None,
+        server_hostname: str | None = None,
+        *,
+        server_side: bool = False,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None,
+        own_sock: bool = False,
+    ) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
+        """The transport for a connected socket and the protocol the factory makes; with
+        `ssl` (a context, or True for a default client context), once the handshake is
+        done. A socket the loop made itself (`own_sock`) is closed if no transport takes
+        it; a caller's is left to the caller, as asyncio leaves it."""
+        transport: asyncio.Transport
+        try:
+            sock.setblocking(False)
+            protocol = protocol_factory()
+            waiter = self.create_future()
+            if ssl:
+                ssl_protocol = SSLProtocol(
+                    self,
+                    protocol,
+                    None if isinstance(ssl, bool) else ssl,
+                    waiter,
+                    server_side=server_side,
+                    server_hostname=server_hostname,
+                    ssl_handshake_timeout=ssl_handshake_timeout,
+                    ssl_shutdown_timeout=ssl_shutdown_timeout,
+                )
+                transport = ssl_protocol._app_transport  # type: ignore[assignment]
+                SocketTransport(self, sock, ssl_protocol)
+            else:
+                transport = SocketTransport(self, sock, protocol, waiter)
+        except BaseException:
+            if own_sock:
+                sock.close()
+            raise
         try:
             await waiter
         except BaseException:
             transport.close()
+            # The exception (an SSL error, say) holds frames that hold the transport.
+            waiter = None  # type: ignore[assignment]
             raise
         return transport, protocol
 
@@ -268,12 +317,11 @@ class StreamsMixin:
                 raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
         if sock is not None:
             refuse_ssl_socket(sock)
-        if ssl:
-            raise NotImplementedError(_TLS_NOT_YET)
         if path is not None:
             if sock is not None:
                 raise ValueError("path and sock can not be specified at the same time")
             path = os.fspath(path)
+            own_sock = True
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0)
             try:
                 sock.setblocking(False)
@@ -286,7 +334,16 @@ class StreamsMixin:
                 raise ValueError("no path and sock were specified")
             if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
                 raise ValueError(f"A UNIX Domain Stream Socket was expected, got {sock!r}")
-        return await self._make_connection(sock, protocol_factory)
+            own_sock = False
+        return await self._make_connection(
+            sock,
+            protocol_factory,
+            ssl,
+            server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+            own_sock=own_sock,
+        )
 
     async def connect_accepted_socket(
         self,
@@ -305,14 +362,73 @@ class StreamsMixin:
         if ssl_shutdown_timeout is not None and not ssl:
             raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
         refuse_ssl_socket(sock)
-        if ssl:
-            raise NotImplementedError(_TLS_NOT_YET)
-        transport, protocol = await self._make_connection(sock, protocol_factory)
+        transport, protocol = await self._make_connection(
+            sock,
+            protocol_factory,
+            ssl,
+            "",
+            server_side=True,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
         if self.get_debug():
             logger.debug(
                 "%r handled: (%r, %r)", transport.get_extra_info("socket"), transport, protocol
             )
         return transport, protocol
+
+    # -- TLS on an open connection ---------------------------------------------------------
+
+    async def start_tls(
+        self,
+        transport: asyncio.BaseTransport,
+        protocol: asyncio.BaseProtocol,
+        sslcontext: ssl.SSLContext,
+        *,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None,
+    ) -> asyncio.Transport:
+        """Upgrade `transport` to TLS; return the transport `protocol` must use from now on
+        (its connection_made is not called again)."""
+        if not isinstance(sslcontext, ssl.SSLContext):
+            raise TypeError(
+                f"sslcontext is expected to be an instance of ssl.SSLContext, got {sslcontext!r}"
+            )
+        if not (
+            isinstance(transport, SocketTransport)
+            or getattr(transport, "_start_tls_compatible", False)
+        ):
+            raise TypeError(f"transport {transport!r} is not supported by start_tls()")
+        assert isinstance(transport, asyncio.Transport)
+        waiter = self.create_future()
+        ssl_protocol = SSLProtocol(
+            self,
+            protocol,
+            sslcontext,
+            waiter,
+            server_side,
+            server_hostname,
+            call_connection_made=False,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
+        # Paused first, so that no data reaches the SSL protocol before connection_made.
+        transport.pause_reading()
+        transport.set_protocol(ssl_protocol)
+        made = self.call_soon(ssl_protocol.connection_made, transport)
+        resumed = self.call_soon(transport.resume_reading)
+        try:
+            await waiter
+        except BaseException:
+            transport.close()
+            made.cancel()
+            resumed.cancel()
+            raise
+        app_transport = ssl_protocol._app_transport
+        assert app_transport is not None
+        return app_transport
 
     # -- serving -------------------------------------------------------------------------
 
@@ -343,8 +459,7 @@ class StreamsMixin:
             raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
         if sock is not None:
             refuse_ssl_socket(sock)
-        if ssl is not None:
-            raise NotImplementedError(_TLS_NOT_YET)
+        tls = _ServerTLS(ssl, ssl_handshake_timeout, ssl_shutdown_timeout) if ssl else None
 
         if host is not None or port is not None:
             if sock is not None:
@@ -375,7 +490,7 @@ class StreamsMixin:
 
         for listener in sockets:
             listener.setblocking(False)
-        server = Server(self, sockets, protocol_factory, backlog)  # type: ignore[arg-type]
+        server = Server(self, sockets, protocol_factory, backlog, tls=tls)  # type: ignore[arg-type]
         if start_serving:
             server._start_serving()
             await asyncio.sleep(0)
@@ -463,8 +578,7 @@ class StreamsMixin:
             raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
         if ssl_shutdown_timeout is not None and not ssl:
             raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
-        if ssl is not None:
-            raise NotImplementedError(_TLS_NOT_YET)
+        tls = _ServerTLS(ssl, ssl_handshake_timeout, ssl_shutdown_timeout) if ssl else None
         if path is not None:
             if sock is not None:
                 raise ValueError("path and sock can not be specified at the same time")
@@ -499,7 +613,7 @@ class StreamsMixin:
                     pass
 
         sock.setblocking(False)
-        server = Server(self, [sock], protocol_factory, backlog, unix_paths)  # type: ignore[arg-type]
+        server = Server(self, [sock], protocol_factory, backlog, unix_paths, tls)  # type: ignore[arg-type]
         if start_serving:
             server._start_serving()
             await asyncio.sleep(0)

@@ -1,0 +1,761 @@
+"""cqloop.workers: prefork worker processes sharing one listening socket.
+
+    import asyncio, cqloop.workers
+
+    async def app(listener):
+        server = await asyncio.start_server(handle, sock=listener)
+        async with server:
+            await server.serve_forever()     # cancelled at shutdown
+
+    cqloop.workers.serve(app, workers=4, port=8080)
+
+The contract of `app`: an async function `app(listener: socket.socket)`, run in each worker
+on a fresh cqloop loop (cqloop.run). It serves on `listener` (loop.create_server(...,
+sock=listener), asyncio.start_server(..., sock=listener)) until it is cancelled, which is
+how a worker is stopped (SIGTERM or SIGINT to the worker, sent by the supervisor on its own
+SIGTERM/SIGINT and during rolling restarts); cancellation should close the server, which
+`async with server` does. An app that returns or raises ends its worker, and the
+supervisor starts another (with a growing delay if workers keep dying young).
+cqloop.worker_events is connected in every worker before `app` starts.
+
+Owns the supervisor: the listening socket, forking and reaping workers, restarts, signal
+handling, rolling restarts, and the worker_events broker (one per supervisor, on the
+supervisor's own cqloop loop; see cqloop/worker_events/broker.py).
+
+The listening socket. With reuse_port (the default where SO_REUSEPORT exists, for TCP) the
+supervisor binds a socket with SO_REUSEPORT to reserve the address and never listens on it;
+each worker binds and listens on its own socket to that address, and the kernel spreads
+connections over them. Otherwise (reuse_port=False, a Unix socket `path`, or a `sock`
+passed in) the supervisor listens and every worker accepts on the inherited socket. With
+SO_REUSEPORT, connections queued on a worker that dies are reset; with the inherited
+socket they wait for another worker.
+
+Forking. Workers are made with os.fork(), never while the supervisor's loop runs: the
+supervisor runs its loop with run_until_complete() until it needs a worker, returns from
+it, forks, and runs the loop again. The child so starts from a stack with no running loop,
+builds a fresh cqloop loop, and never touches the supervisor's: an epoll instance is
+shared across fork, so even closing the parent loop's registrations in the child would
+remove them from the parent's epoll. The child closes the supervisor's fds it knows of
+(other workers' broker sockets and pidfds, the signal socket, the port reservation),
+freezes the inherited objects out of the garbage collector (gc.freeze(), so no inherited
+finalizer ever runs in the child), and ends with os._exit(). The supervisor's loop's own
+epoll, eventfd and timerfd stay open and unused in each worker: only the Kernel object can
+close them, and it belongs to the parent. Signals are blocked across fork() so that none
+reaches the child before it has reset the supervisor's handlers and wakeup fd.
+Not multiprocessing: its fork context is this same os.fork() plus machinery we would have
+to work around (Process objects, atexit hooks, a fork with a running loop unless we
+arrange otherwise), and its spawn and forkserver contexts would require `app` to be
+picklable and importable by name, which rules out closures and apps defined in a script.
+
+Reaping: each worker has a pidfd (os.pidfd_open) registered as a reader on the
+supervisor's loop; it turns readable when the worker exits, and waitpid() then returns
+at once. No SIGCHLD handler, no polling.
+
+Signals to the supervisor: SIGTERM or SIGINT stops every worker (the broker posts
+"stopping", the supervisor sends SIGTERM) and waits up to `grace_period` before SIGKILL; a
+second SIGTERM/SIGINT kills at once. SIGHUP restarts the workers one at a time: a new
+worker, then (once its worker_events client has connected) the old one is stopped.
+
+Who calls in: user code, `serve()` from the main thread of a process with no running
+event loop and no other threads (fork with threads is unsafe, and Python 3.12 warns).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import gc
+import inspect
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+import traceback
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import cqloop
+from cqloop import worker_events
+from cqloop.worker_events._sigwake import SignalReader, watch_signals
+from cqloop.worker_events.broker import Broker, _Peer
+from cqloop.worker_events.client import Client
+from cqloop.worker_events.codec import Codec
+from cqloop.worker_events.limits import Limits
+
+__all__ = ["SupervisorState", "WorkerInfo", "current_worker", "serve"]
+
+logger = logging.getLogger("cqloop.workers")
+
+App = Callable[[socket.socket], Awaitable[object]]
+
+DEFAULT_GRACE_PERIOD_S = 30.0
+DEFAULT_BACKLOG = 1024
+# A worker that dies sooner than this after its start counts as a crash loop...
+MIN_HEALTHY_UPTIME_S = 1.0
+# ...and is restarted after a delay that doubles from the first to the last of these.
+RESTART_DELAY_MIN_S = 0.1
+RESTART_DELAY_MAX_S = 5.0
+# Exit status of a worker whose set-up (before app) failed.
+EXIT_WORKER_SETUP_FAILED = 70
+SPAWN_TASK_NAME = "cqloop.workers spawn"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SUPERVISOR_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class SupervisorState(enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    ROLLING_RESTART = "rolling restart"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """Who this worker is: its slot (0..workers-1), how many workers that slot had before
+    it, its pid and its supervisor's."""
+
+    index: int
+    generation: int
+    pid: int
+    supervisor_pid: int
+
+
+_current: WorkerInfo | None = None
+
+
+def current_worker() -> WorkerInfo | None:
+    """This worker's WorkerInfo, or None outside a cqloop.workers worker."""
+    return _current
+
+
+# -- the listening socket ------------------------------------------------------------------
+
+
+class _Listener:
+    """The address workers serve. Either the socket every worker inherits (`shared`), or a
+    reservation with SO_REUSEPORT that each worker binds a socket of its own next to."""
+
+    def __init__(self, sock: socket.socket, *, reuse_port: bool, backlog: int) -> None:
+        self.sock = sock
+        self.reuse_port = reuse_port
+        self.backlog = backlog
+        self.unix_path: str | None = None
+        self.owned = True
+
+    @classmethod
+    def make(
+        cls,
+        *,
+        host: str | None,
+        port: int | None,
+        sock: socket.socket | None,
+        path: str | None,
+        reuse_port: bool | Literal["auto"],
+        backlog: int,
+    ) -> _Listener:
+        given = [
+            name for name, v in (("sock", sock), ("path", path), ("port", port)) if v is not None
+        ]
+        if len(given) != 1:
+            raise ValueError(f"serve() needs exactly one of port, sock or path, not {given}")
+        if host is not None and port is None:
+            raise ValueError("host needs a port")
+        if reuse_port not in (True, False, "auto"):
+            raise ValueError(f"reuse_port must be True, False or 'auto', not {reuse_port!r}")
+        has_reuse_port = hasattr(socket, "SO_REUSEPORT")
+        if sock is not None or path is not None:
+            if reuse_port is True:
+                raise ValueError("reuse_port=True needs host and port (a TCP address)")
+            if sock is not None:
+                if sock.type != socket.SOCK_STREAM:
+                    raise ValueError(f"a stream socket was expected, got {sock!r}")
+                listener = cls(sock, reuse_port=False, backlog=backlog)
+                listener.owned = False
+                return listener
+            assert path is not None
+            unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    if stat.S_ISSOCK(os.lstat(path).st_mode):
+                        os.unlink(path)  # a stale socket of an earlier run
+                unix.bind(path)
+                unix.listen(backlog)
+            except BaseException:
+                unix.close()
+                raise
+            listener = cls(unix, reuse_port=False, backlog=backlog)
+            listener.unix_path = path
+            return listener
+        if reuse_port is True and not has_reuse_port:
+            raise ValueError("reuse_port=True: this system has no SO_REUSEPORT")
+        use_reuse_port = has_reuse_port and reuse_port is not False
+        infos = socket.getaddrinfo(
+            host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+        )
+        family, type_, proto, _, address = infos[0]
+        tcp = socket.socket(family, type_, proto)
+        try:
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if use_reuse_port:
+                tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            tcp.bind(address)
+            if not use_reuse_port:
+                tcp.listen(backlog)
+        except BaseException:
+            tcp.close()
+            raise
+        return cls(tcp, reuse_port=use_reuse_port, backlog=backlog)
+
+    def address(self) -> Any:
+        return self.sock.getsockname()
+
+    def for_worker(self) -> socket.socket:
+        """In a worker: the socket it serves on."""
+        if not self.reuse_port:
+            return self.sock
+        reservation = self.sock
+        own = socket.socket(reservation.family, reservation.type, reservation.proto)
+        try:
+            own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if reservation.family == socket.AF_INET6:
+                v6only = reservation.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+                own.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
+            own.bind(reservation.getsockname())
+            own.listen(self.backlog)
+        except BaseException:
+            own.close()
+            raise
+        reservation.close()
+        return own
+
+    def close(self) -> None:
+        if self.owned:
+            self.sock.close()
+        if self.unix_path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.unix_path)
+
+
+# -- the supervisor's record of a worker -----------------------------------------------------
+
+
+class _Worker:
+    def __init__(self, index: int, generation: int, pid: int, channel: socket.socket) -> None:
+        self.index = index
+        self.generation = generation
+        self.pid = pid
+        self.channel = channel  # the broker's end of the worker's socketpair
+        self.pidfd = -1
+        self.peer: _Peer | None = None
+        self.started_at = 0.0
+        self.stopping = False
+        self.exit_code: int | None = None
+        self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    def describe(self) -> dict[str, Any]:
+        return {"pid": self.pid, "worker": self.index, "generation": self.generation}
+
+
+@dataclass
+class _ForkRequest:
+    index: int
+    generation: int
+    result: asyncio.Future[tuple[int, socket.socket]]
+
+
+class _Supervisor:
+    def __init__(
+        self,
+        app: App,
+        *,
+        count: int,
+        listener: _Listener,
+        grace_period: float,
+        codec: Codec,
+        limits: Limits,
+        worker_loop_factory: Callable[[], asyncio.AbstractEventLoop],
+    ) -> None:
+        self.app = app
+        self.worker_loop_factory = worker_loop_factory
+        self.count = count
+        self.listener = listener
+        self.grace_period = grace_period
+        self.codec = codec
+        self.limits = limits
+        self.state = SupervisorState.STARTING
+        self.loop: asyncio.AbstractEventLoop = cqloop.new_event_loop()
+        self.slots: list[_Worker | None] = [None] * count
+        self.generations = [0] * count
+        self.restart_delays = [0.0] * count
+        self.workers: dict[int, _Worker] = {}  # every live worker by pid, retiring ones too
+        self.broker: Broker | None = None
+        self.signals: SignalReader | None = None
+        self.fork_requests: deque[_ForkRequest] = deque()
+        self.wakeup: asyncio.Event | None = None
+        self.stopped: asyncio.Future[None] | None = None
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.rolling: asyncio.Task[None] | None = None
+        self.saved_mask: set[int | signal.Signals] = set()
+
+    # -- the main loop: run the event loop until a fork is due, fork, repeat --
+
+    def run(self) -> int:
+        loop = self.loop
+        try:
+            loop.run_until_complete(self._start())
+            while True:
+                request = loop.run_until_complete(self._next_request())
+                if request is None:
+                    break
+                self._fork(request)
+            return 0
+        finally:
+            self._close()
+
+    async def _start(self) -> None:
+        self.wakeup = asyncio.Event()
+        self.stopped = self.loop.create_future()
+        self.broker = Broker(codec=self.codec, limits=self.limits, allow_pickle=True)
+        self.signals = SignalReader(self.loop, SUPERVISOR_SIGNALS, self._on_signal)
+        self.state = SupervisorState.RUNNING
+        for index in range(self.count):
+            self._spawn_soon(index)
+        logger.info(
+            "cqloop.workers: supervisor %d serving %s with %d workers (%s)",
+            os.getpid(),
+            self.listener.address(),
+            self.count,
+            "SO_REUSEPORT" if self.listener.reuse_port else "shared socket",
+        )
+
+    async def _next_request(self) -> _ForkRequest | None:
+        assert self.wakeup is not None and self.stopped is not None
+        while not self.fork_requests:
+            if self.stopped.done():
+                return None
+            self.wakeup.clear()
+            waiter = self.loop.create_task(self.wakeup.wait())
+            try:
+                pending: list[asyncio.Future[Any]] = [waiter, self.stopped]
+                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+        return self.fork_requests.popleft()
+
+    def _fork(self, request: _ForkRequest) -> None:
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.saved_mask = signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self.saved_mask)
+            parent_end.close()
+            child_end.close()
+            request.result.set_exception(exc)
+            return
+        if pid == 0:
+            self._child(request, child_end, parent_end)  # never returns
+        signal.pthread_sigmask(signal.SIG_SETMASK, self.saved_mask)
+        child_end.close()
+        request.result.set_result((pid, parent_end))
+
+    # -- in the child ------------------------------------------------------------------
+
+    def _child(
+        self, request: _ForkRequest, channel: socket.socket, parent_end: socket.socket
+    ) -> None:
+        global _current
+        status = EXIT_WORKER_SETUP_FAILED
+        try:
+            gc.freeze()
+            signal.set_wakeup_fd(-1)
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, signal.SIG_DFL)
+            # A terminal's hangup reaches the whole process group: it is the supervisor's.
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            signal.pthread_sigmask(signal.SIG_SETMASK, self.saved_mask)
+            parent_end.close()
+            self._close_inherited_fds(keep=channel.fileno())
+            _current = WorkerInfo(request.index, request.generation, os.getpid(), os.getppid())
+            listener = self.listener.for_worker()
+            main = _worker_main(self.app, listener, channel, self.codec, self.limits)
+            with asyncio.Runner(loop_factory=self.worker_loop_factory) as runner:
+                status = runner.run(main)
+        except SystemExit as exc:
+            status = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+            status = 1
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            os._exit(status)
+
+    def _close_inherited_fds(self, keep: int) -> None:
+        """Close, in a new worker, the supervisor's fds it knows of. By fd number: the
+        Python objects stay as they are (frozen, never finalized in the child). Numbers
+        are read from the live objects now (a closed socket says -1), never remembered:
+        a number the supervisor closed may already be reused, by this worker's own
+        channel for one."""
+        fds: list[int] = []
+        if self.signals is not None:
+            fds += self.signals.fds()
+        for worker in self.workers.values():
+            fds += [worker.channel.fileno(), worker.pidfd]
+        for fd in fds:
+            if fd >= 0 and fd != keep:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    # -- workers -----------------------------------------------------------------------
+
+    def _spawn_soon(self, index: int, delay: float = 0.0) -> None:
+        task = self.loop.create_task(self._spawn(index, delay), name=SPAWN_TASK_NAME)
+        self._track(task)
+
+    async def _spawn(self, index: int, delay: float = 0.0) -> _Worker | None:
+        if delay:
+            await asyncio.sleep(delay)
+        if self.state in (SupervisorState.STOPPING, SupervisorState.STOPPED):
+            return None
+        assert self.wakeup is not None and self.broker is not None
+        self.generations[index] += 1
+        result: asyncio.Future[tuple[int, socket.socket]] = self.loop.create_future()
+        self.fork_requests.append(_ForkRequest(index, self.generations[index], result))
+        self.wakeup.set()
+        try:
+            pid, channel = await result
+        except OSError as exc:
+            logger.error("cqloop.workers: cannot fork worker %d: %s", index, exc)
+            self._spawn_soon(index, self._next_delay(index, 0.0))
+            return None
+        worker = _Worker(index, self.generations[index], pid, channel)
+        worker.started_at = self.loop.time()
+        self.workers[pid] = worker
+        self.slots[index] = worker
+        worker.peer = await self.broker.add_peer(
+            channel, worker=index, pid=pid, details={"generation": worker.generation}
+        )
+        # After add_peer: _after_exit needs the peer. A worker that died meanwhile is a
+        # zombie until reaped, and its pidfd is readable at once.
+        worker.pidfd = os.pidfd_open(pid)
+        self.loop.add_reader(worker.pidfd, self._on_worker_exit, worker)
+        return worker
+
+    def _on_worker_exit(self, worker: _Worker) -> None:
+        self.loop.remove_reader(worker.pidfd)
+        os.close(worker.pidfd)
+        worker.pidfd = -1
+        _, status = os.waitpid(worker.pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        worker.exit_code = code
+        worker.exited.set_result(code)
+        self._track(self.loop.create_task(self._after_exit(worker, code)))
+
+    async def _after_exit(self, worker: _Worker, code: int) -> None:
+        assert self.broker is not None
+        if worker.peer is not None:
+            # "exited" follows every event the worker posted: wait until the broker has
+            # read its connection to the end. (A process the worker forked may still hold
+            # its end open; then the grace period is all it gets.)
+            lost: asyncio.Future[None] = worker.peer.lost
+            await asyncio.wait([lost], timeout=self.grace_period)
+            if not lost.done() and worker.peer.transport is not None:
+                worker.peer.transport.abort()
+                await lost
+        else:
+            worker.channel.close()
+        self.workers.pop(worker.pid, None)
+        self.broker.post_system("exited", {**worker.describe(), "exitcode": code})
+        if self.slots[worker.index] is not worker:
+            return  # replaced (rolling restart) or never installed
+        self.slots[worker.index] = None
+        if worker.stopping or self.state in (SupervisorState.STOPPING, SupervisorState.STOPPED):
+            return
+        uptime = self.loop.time() - worker.started_at
+        how = f"signal {-code}" if code < 0 else f"status {code}"
+        delay = self._next_delay(worker.index, uptime)
+        logger.warning(
+            "cqloop.workers: worker %d (pid %d) exited with %s after %.1f s; restarting it%s",
+            worker.index,
+            worker.pid,
+            how,
+            uptime,
+            f" in {delay:.1f} s" if delay else "",
+        )
+        self._spawn_soon(worker.index, delay)
+
+    def _next_delay(self, index: int, uptime: float) -> float:
+        if uptime >= MIN_HEALTHY_UPTIME_S:
+            self.restart_delays[index] = 0.0
+        else:
+            previous = self.restart_delays[index]
+            self.restart_delays[index] = min(
+                RESTART_DELAY_MAX_S, previous * 2 if previous else RESTART_DELAY_MIN_S
+            )
+        return self.restart_delays[index]
+
+    async def _stop_worker(self, worker: _Worker, reason: str) -> None:
+        """SIGTERM, then SIGKILL after the grace period; returns once it is reaped."""
+        assert self.broker is not None
+        if worker.exited.done():
+            return
+        worker.stopping = True
+        self.broker.post_system("stopping", {**worker.describe(), "reason": reason})
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(worker.exited), self.grace_period)
+        except TimeoutError:
+            logger.warning(
+                "cqloop.workers: worker %d (pid %d) did not stop within %.1f s; killing it",
+                worker.index,
+                worker.pid,
+                self.grace_period,
+            )
+            self._kill(worker)
+            await worker.exited
+
+    def _kill(self, worker: _Worker) -> None:
+        if not worker.exited.done():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGKILL)
+
+    # -- signals -----------------------------------------------------------------------
+
+    def _on_signal(self, signum: int) -> None:
+        if signum in STOP_SIGNALS:
+            if self.state is SupervisorState.STOPPING:
+                logger.warning("cqloop.workers: second stop signal; killing the workers")
+                for worker in list(self.workers.values()):
+                    self._kill(worker)
+                return
+            if self.state is not SupervisorState.STOPPED:
+                self._track(self.loop.create_task(self._shutdown(signum)))
+        elif signum == signal.SIGHUP:
+            if self.state is SupervisorState.RUNNING:
+                self.rolling = self.loop.create_task(self._rolling_restart())
+                self._track(self.rolling)
+            else:
+                logger.warning("cqloop.workers: SIGHUP ignored while %s", self.state.value)
+
+    async def _shutdown(self, signum: int) -> None:
+        assert self.stopped is not None and self.broker is not None
+        self.state = SupervisorState.STOPPING
+        logger.info(
+            "cqloop.workers: %s: stopping %d workers (grace period %.1f s)",
+            signal.Signals(signum).name,
+            len(self.workers),
+            self.grace_period,
+        )
+        if self.rolling is not None:
+            self.rolling.cancel()
+        # Requests not forked yet are dropped: their spawns see the state.
+        while self.fork_requests:
+            request = self.fork_requests.popleft()
+            request.result.cancel()
+        workers = list(self.workers.values())
+        await asyncio.gather(*(self._stop_worker(w, "shutdown") for w in workers))
+        # Restarts waiting out their delay are moot; the "exited" events of the last
+        # workers reach nobody, but let those tasks finish.
+        for task in self.tasks:
+            if task.get_name() == SPAWN_TASK_NAME:
+                task.cancel()
+        pending = [t for t in self.tasks if t is not asyncio.current_task()]
+        await asyncio.gather(*pending, return_exceptions=True)
+        self.broker.close()
+        self.state = SupervisorState.STOPPED
+        self.stopped.set_result(None)
+
+    async def _rolling_restart(self) -> None:
+        assert self.broker is not None
+        self.state = SupervisorState.ROLLING_RESTART
+        logger.info("cqloop.workers: SIGHUP: restarting %d workers one by one", self.count)
+        try:
+            for index in range(self.count):
+                old = self.slots[index]
+                new = await self._spawn(index)
+                if new is None:
+                    return
+                assert new.peer is not None
+                started: asyncio.Future[Any] = new.peer.started
+                either: list[asyncio.Future[Any]] = [started, new.exited]
+                done, _ = await asyncio.wait(
+                    either,
+                    timeout=self.grace_period,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if started not in done:
+                    logger.error(
+                        "cqloop.workers: the new worker %d (pid %d) did not start; rolling "
+                        "restart abandoned",
+                        index,
+                        new.pid,
+                    )
+                    return
+                if old is not None:
+                    await self._stop_worker(old, "restart")
+        finally:
+            if self.state is SupervisorState.ROLLING_RESTART:
+                self.state = SupervisorState.RUNNING
+            self.rolling = None
+
+    # -- tidy ---------------------------------------------------------------------------
+
+    def _track(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.add(task)
+        task.add_done_callback(self._on_task_done)
+
+    def _on_task_done(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.loop.call_exception_handler(
+                {"message": "cqloop.workers supervisor task failed", "exception": task.exception()}
+            )
+
+    def _close(self) -> None:
+        loop = self.loop
+        for worker in list(self.workers.values()):
+            # Only after an error in the supervisor itself: do not leave orphans.
+            self._kill(worker)
+            if worker.pidfd >= 0:
+                with contextlib.suppress(OSError):
+                    os.waitpid(worker.pid, 0)
+                loop.remove_reader(worker.pidfd)
+                os.close(worker.pidfd)
+        if self.signals is not None:
+            self.signals.close()
+        if self.broker is not None:
+            self.broker.close()
+        for task in list(self.tasks):
+            task.cancel()
+        if not loop.is_closed():
+            loop.run_until_complete(asyncio.sleep(0))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+        self.listener.close()
+
+
+# -- in a worker -----------------------------------------------------------------------
+
+
+async def _worker_main(
+    app: App, listener: socket.socket, channel: socket.socket, codec: Codec, limits: Limits
+) -> int:
+    loop = asyncio.get_running_loop()
+    stopping = False
+    app_task: asyncio.Task[object] | None = None
+
+    def stop(why: str) -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            logger.debug("cqloop.workers: worker %d stopping: %s", os.getpid(), why)
+            if app_task is not None:
+                app_task.cancel()
+
+    def on_signal(signum: int) -> None:
+        stop(signal.Signals(signum).name)
+
+    def on_broker_lost(_: object) -> None:
+        # The supervisor is gone (its end of our socketpair closed): do not linger.
+        stop("the supervisor is gone")
+
+    # Before app runs: from its first line on, SIGTERM means "cancel app", never the
+    # default action (which would skip app's clean-up).
+    unwatch_signals = watch_signals(loop, STOP_SIGNALS, on_signal)
+    # The client is in place (posts queue in it) before app starts, and connects after
+    # app's first step has run (the app task is scheduled first): callbacks app registers
+    # before its first await miss no event.
+    client = Client(codec=codec, limits=limits, registry=worker_events._registry_for_workers())
+    worker_events._set_client(client)
+    try:
+        awaitable = app(listener)
+        if not inspect.isawaitable(awaitable):
+            raise TypeError(f"app must be an async function of the listener, got {app!r}")
+
+        async def run_app() -> object:
+            return await awaitable
+
+        app_task = loop.create_task(run_app(), name="cqloop.workers app")
+        try:
+            await client.connect(sock=channel)
+        except BaseException:
+            app_task.cancel()
+            raise
+        client._closed.add_done_callback(on_broker_lost)
+        if stopping:
+            app_task.cancel()
+        try:
+            await app_task
+        except asyncio.CancelledError:
+            if not stopping:
+                raise
+        finally:
+            client._closed.remove_done_callback(on_broker_lost)
+    finally:
+        unwatch_signals()
+        await client.close()
+        worker_events._set_client(None)
+    return 0
+
+
+# -- the entry point -------------------------------------------------------------------
+
+
+def serve(
+    app: App,
+    *,
+    workers: int | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    sock: socket.socket | None = None,
+    path: str | None = None,
+    reuse_port: bool | Literal["auto"] = "auto",
+    backlog: int = DEFAULT_BACKLOG,
+    grace_period: float = DEFAULT_GRACE_PERIOD_S,
+    codec: Codec | str = Codec.JSON,
+    limits: Limits | None = None,
+    worker_loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+) -> int:
+    """Run `app` in `workers` processes (default: one per CPU) on one listening address
+    (exactly one of port [with host], sock or path) until SIGTERM or SIGINT; returns the
+    exit status (0). See the module docstring for the contract of `app`, the socket modes
+    and the signals. `codec` and `limits` configure cqloop.worker_events between them.
+    `worker_loop_factory` (default cqloop.new_event_loop) makes the workers' loops; it is
+    there so that benchmarks can compare loops, and the supervisor's loop is cqloop's."""
+    if not callable(app):
+        raise TypeError(f"app must be an async function of the listener, not {app!r}")
+    count = os.cpu_count() or 1 if workers is None else workers
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"workers must be an int >= 1, not {workers!r}")
+    if not isinstance(grace_period, int | float) or grace_period <= 0:
+        raise ValueError(f"grace_period must be a positive number, not {grace_period!r}")
+    if asyncio.events._get_running_loop() is not None:
+        raise RuntimeError("cqloop.workers.serve() cannot be called from a running event loop")
+    codec = Codec(codec)
+    listener = _Listener.make(
+        host=host, port=port, sock=sock, path=path, reuse_port=reuse_port, backlog=backlog
+    )
+    try:
+        supervisor = _Supervisor(
+            app,
+            count=count,
+            listener=listener,
+            grace_period=float(grace_period),
+            codec=codec,
+            limits=limits if limits is not None else Limits(),
+            worker_loop_factory=worker_loop_factory or cqloop.new_event_loop,
+        )
+    except BaseException:
+        listener.close()
+        raise
+    return supervisor.run()
