@@ -1,6 +1,6 @@
 """The TLS echo benchmark: cqloop's TLS servers against asyncio's and uvloop's.
 
-    python -m cqloop bench tls [--quick] [--rounds N] [--loops L] [--json PATH]   (once wired)
+    python -m cqloop bench tls [--quick] [--rounds N] [--loops L] [--json PATH]
                                [--duration S] [--warmup S] [--modes M] [--size B]
                                [--conns N] [--pin split|same|none]
     python -m cqloop._bench.tls_echo ...     the same, directly
