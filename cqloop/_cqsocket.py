@@ -1,0 +1,1376 @@
+"""The cq socket object (cqloop.socket's Socket) and everything it runs on.
+
+Owns Socket: lazy set-up (name lookup through cqloop.dns, connect, TLS handshake at the
+first I/O), buffered reads in every cqueues format over the compiled buffers
+(cqloop/_core/cqbuf.pyx, whose header gives each format's exact semantics), buffered
+writes in cqueues' modes, TLS over memory BIOs (_tlschannel.py), timeouts, sticky errors,
+descriptor passing and peer credentials. cqloop/socket.py is the public module (its
+docstring says how this differs from cqueues, and why); it holds the module functions and
+the defaults they set, and is the only importer of this file besides tests.
+
+Waiting goes through cqloop.pollable's registry, so a Socket works on cqloop (one-shot
+epoll registrations and subscriptions straight in the kernel), stock asyncio and uvloop,
+and is itself pollable (`pollfd()`, `events()`, `timeout()`).
+
+Next to split out when this file grows: the connection set-up (resolve, connect, listen,
+the TLS handshake) into a mixin of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import errno
+import functools
+import os
+import socket as _socket
+import ssl
+import struct
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from cqloop._core.cqbuf import NEED_MORE, InputBuffer, OutputBuffer
+from cqloop._tlschannel import TLSChannel
+from cqloop.condition import Condition
+from cqloop.pollable import cancel as _cancel_polls
+from cqloop.pollable import subscribe, unsubscribe, wait_readable, wait_writable
+
+MSG_NOSIGNAL = _socket.MSG_NOSIGNAL
+_running_loop = asyncio.get_running_loop
+AF_INET = _socket.AF_INET
+AF_INET6 = _socket.AF_INET6
+AF_UNIX = _socket.AF_UNIX
+AF_UNSPEC = _socket.AF_UNSPEC
+SOCK_STREAM = _socket.SOCK_STREAM
+SOCK_DGRAM = _socket.SOCK_DGRAM
+
+# Bytes asked of the kernel per recv: at least this, or the input buffer size if larger.
+RECV_CHUNK_BYTES = 65536
+# Receiving stops when this much input is buffered and nobody reads it (backpressure:
+# the kernel's buffers then fill and the peer's sends block).
+INPUT_HIGH_WATER_BYTES = 1 << 20
+# cqueues' initial unchecked-error limit per channel (socket:setmaxerrs).
+DEFAULT_MAXERRS = 100
+
+# Operations whose errors stick to a channel until clearerr() (cqueues' `preserve`).
+_STICKY_CHANNEL = {
+    "read": "r",
+    "lines": "r",
+    "fill": "r",
+    "unpack": "r",
+    "recvfd": "r",
+    "write": "w",
+    "flush": "w",
+    "pack": "w",
+    "sendfd": "w",
+}
+
+ErrorHandler = Callable[["Socket", str, OSError], Any]
+
+
+class _State(enum.Enum):
+    NEW = "new"  # connect(): address not yet resolved or not yet connected
+    CONNECTED = "connected"  # connected; a TLS handshake may still be due
+    READY = "ready"
+    LISTENING = "listening"
+    CLOSED = "closed"
+
+
+@dataclass
+class _Defaults:
+    """Module-wide defaults for new sockets (socket.setmode() and friends)."""
+
+    text: bool = True
+    outmode: str = "l"
+    autoflush: bool = True
+    pushback: bool = True
+    inbufsiz: int = 4096
+    outbufsiz: int = 4096
+    inmaxline: int = 4096
+    outmaxline: int = 4096
+    timeout: float | None = None
+    maxerrs: dict[str, int] = field(default_factory=lambda: {"r": DEFAULT_MAXERRS, "w": 0})
+    onerror: ErrorHandler | None = None
+
+
+_DEFAULTS = _Defaults()
+_DEFAULTS.maxerrs["w"] = DEFAULT_MAXERRS
+
+
+def _oserror(code: int, message: str) -> OSError:
+    """OSError(code, message): Python picks the subclass (TimeoutError, ...)."""
+    return OSError(code, message)
+
+
+class _Handled(Exception):
+    """An onerror handler returned a value instead of raising: the failed operation
+    returns it. Raised by Socket._raise, caught where the public method returns."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def _handler_result(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Make a public async method return what an onerror handler returned."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Socket, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(self, *args, **kwargs)
+        except _Handled as handled:
+            return handled.value
+
+    return wrapper
+
+
+@dataclass
+class _Options:
+    host: str | None = None
+    port: int | str | None = None
+    path: str | bytes | None = None
+    family: int = AF_UNSPEC
+    type: int = SOCK_STREAM
+    nodelay: bool = False
+    reuseaddr: bool = True
+    reuseport: bool = False
+    v6only: bool | None = None
+    unlink: bool = False
+    mode: int | None = None
+    backlog: int = 128
+    tls: bool = False
+    context: ssl.SSLContext | None = None
+    verify: bool = True
+    sendname: bool | str = True
+    resolver: Any = None
+
+
+class Socket:
+    """A cqueues socket: buffered, pollable, awaitable. Make them with connect(),
+    listen(), pair(), dup() or fdopen()."""
+
+    def __init__(self, sock: _socket.socket | None, options: _Options, state: _State) -> None:
+        self._sock = sock
+        self._opts = options
+        self._state = state
+        self._server_side = False
+        defaults = _DEFAULTS
+        self._ibuf = InputBuffer(
+            maxline=defaults.inmaxline, text=defaults.text, bufsiz=defaults.inbufsiz
+        )
+        self._obuf = OutputBuffer(
+            mode=defaults.outmode,
+            bufsiz=defaults.outbufsiz,
+            text=defaults.text,
+            maxline=defaults.outmaxline,
+        )
+        self._autoflush = defaults.autoflush
+        self._pushback = defaults.pushback
+        self._timeout = defaults.timeout
+        self._maxerrs = dict(defaults.maxerrs)
+        self._errcount = {"r": 0, "w": 0}
+        self._onerror = defaults.onerror
+        # Sticky errors per channel (cqueues: so->ibuf.error / so->obuf.error).
+        self._errors: dict[str, OSError | None] = {"r": None, "w": None}
+        self._setup_error: OSError | None = None
+        self._tls: TLSChannel | None = None
+        self._tls_pending = options.tls
+        self._raw_out = bytearray()  # ciphertext waiting to be sent
+        self._eof_in = False
+        self._eof_out = False
+        self._events: str | None = None
+        self._setting_up = False
+        self._setup_done = Condition()
+        # Byte counts for stat() (cqueues also logs times; counting is all a hot path
+        # can afford).
+        self._sent = 0
+        self._rcvd = 0
+        self._recv_error: OSError | None = None
+        self._fd = -1
+        # The loop this socket's fd is subscribed in while receiving, and the reads
+        # waiting for input (see "Receiving").
+        self._receiving: asyncio.AbstractEventLoop | None = None
+        self._input_waiters: list[asyncio.Future[bool]] = []
+        # Input arrived through the subscription since the last read looked (timeout()).
+        self._input_fresh = False
+        self._recv_bytes = max(defaults.inbufsiz, RECV_CHUNK_BYTES)
+        if sock is not None:
+            self._adopt(sock)
+
+    def __repr__(self) -> str:
+        fd = self._sock.fileno() if self._sock is not None else -1
+        return f"<cqloop.socket.Socket fd={fd} {self._state.value}>"
+
+    # -- the pollable protocol ---------------------------------------------------------
+
+    def pollfd(self) -> int | None:
+        return None if self._sock is None else self._sock.fileno()
+
+    def events(self) -> str | None:
+        """What the socket last waited for ("r" or "w"), as cqueues reports it."""
+        return self._events
+
+    def timeout(self) -> float | None:
+        """0 while input the socket received on its own (see "Receiving") waits to be
+        read, so that a poll returns at once; else the socket's timeout."""
+        if self._input_fresh or self._recv_error is not None:
+            return 0.0
+        return self._timeout
+
+    def fileno(self) -> int:
+        return -1 if self._sock is None else self._sock.fileno()
+
+    # -- configuration ----------------------------------------------------------------
+
+    def setmode(self, input: str | None = None, output: str | None = None) -> tuple[str, str]:
+        """cqueues' setmode: flags t/b (translation), n/l/f (output buffering), a/A
+        (autoflush), p/P (pushback). Returns the previous (input, output) modes."""
+        previous = self._modes()
+        for mode, is_input in ((input, True), (output, False)):
+            if not mode:
+                continue
+            for flag in mode:
+                if flag in "tb":
+                    if is_input:
+                        self._ibuf.text = flag == "t"
+                    else:
+                        self._obuf.text = flag == "t"
+                elif flag in "nlf":
+                    if not is_input:
+                        self._obuf.mode = flag
+                elif flag in "aA":
+                    self._autoflush = flag == "a"
+                elif flag in "pP":
+                    self._pushback = flag == "p"
+                elif flag != "-":
+                    raise ValueError(f"unknown socket mode flag {flag!r} in {mode!r}")
+        return previous
+
+    def _modes(self) -> tuple[str, str]:
+        tail = ("a" if self._autoflush else "A") + ("p" if self._pushback else "P")
+        inmode = ("t" if self._ibuf.text else "b") + "-" + tail
+        outmode = ("t" if self._obuf.text else "b") + self._obuf.mode + tail
+        return (inmode, outmode)
+
+    def setvbuf(self, mode: str, size: int | None = None) -> tuple[str, int]:
+        """Lua's file:setvbuf: "no", "line" or "full" (or n/l/f), and the output buffer
+        size. Returns the previous mode and size."""
+        previous = (self._obuf.mode, self._obuf.bufsiz)
+        flag = {"no": "n", "line": "l", "full": "f"}.get(mode, mode)
+        if flag not in ("n", "l", "f"):
+            raise ValueError(f"unknown buffering mode {mode!r}")
+        self._obuf.mode = flag
+        if size is not None:
+            self._obuf.bufsiz = _positive(size, "size")
+        return previous
+
+    def setbufsiz(self, input: int | None = None, output: int | None = None) -> tuple[int, int]:
+        """The input buffer size (the chunk size of MIME body reads; a floor for each
+        recv) and the output buffer size (when full buffering flushes). Returns the
+        previous sizes."""
+        previous = (self._ibuf.bufsiz, self._obuf.bufsiz)
+        if input is not None:
+            self._ibuf.bufsiz = _positive(input, "input buffer size")
+            self._recv_bytes = max(self._ibuf.bufsiz, RECV_CHUNK_BYTES)
+        if output is not None:
+            self._obuf.bufsiz = _positive(output, "output buffer size")
+        return previous
+
+    def setmaxline(self, input: int | None = None, output: int | None = None) -> tuple[int, int]:
+        """Hard limits, as in cqueues: a line-oriented read that finds no LF within
+        `input` bytes returns those bytes as if EOF came there (memory stays bounded;
+        see cqbuf.pyx), and line-buffered output is cut every `output` bytes. Returns
+        the previous limits."""
+        previous = (self._ibuf.maxline, self._obuf.maxline)
+        if input is not None:
+            self._ibuf.maxline = _positive(input, "input maxline")
+        if output is not None:
+            self._obuf.maxline = _positive(output, "output maxline")
+        return previous
+
+    def settimeout(self, timeout: float | None = None) -> float | None:
+        """The default timeout of every operation that waits (None: no limit)."""
+        previous = self._timeout
+        self._timeout = None if timeout is None else max(0.0, float(timeout))
+        return previous
+
+    def setmaxerrs(self, which: str | int = "rw", limit: int | None = None) -> tuple[int, ...]:
+        """How many errors in a row an onerror handler may turn into return values on a
+        channel before the error is raised regardless. Returns the previous limits."""
+        channels, limit = _channels_and_limit(which, limit)
+        previous = tuple(self._maxerrs[c] for c in channels)
+        if limit is not None:
+            for channel in channels:
+                self._maxerrs[channel] = limit
+        return previous
+
+    def onerror(self, handler: ErrorHandler | None = None) -> ErrorHandler | None:
+        """Set the error handler: handler(socket, op, error) raises, or returns the value
+        the failed operation returns. Returns the previous handler."""
+        previous = self._onerror
+        self._onerror = handler
+        return previous
+
+    def error(self, which: str = "rw") -> tuple[OSError | None, ...]:
+        return tuple(self._errors[c] for c in which)
+
+    def seterror(self, which: str = "rw", error: OSError | int | None = None) -> None:
+        """Make `error` (an OSError or an errno) the sticky error of the channels."""
+        if isinstance(error, int):
+            error = _oserror(error, os.strerror(error))
+        for channel in which:
+            self._errors[channel] = error
+
+    def clearerr(self, which: str = "rw") -> tuple[OSError | None, ...]:
+        """Clear the sticky errors and error counters; return the errors cleared."""
+        previous = self.error(which)
+        for channel in which:
+            self._errors[channel] = None
+            self._errcount[channel] = 0
+        return previous
+
+    # -- set-up ------------------------------------------------------------------------
+
+    @_handler_result
+    async def connect(self, timeout: float | None = None) -> Socket:
+        """Wait until the connection (and a TLS handshake asked for) is established."""
+        await self._establish(self._deadline(timeout), "connect")
+        return self
+
+    @_handler_result
+    async def listen(self, timeout: float | None = None) -> Socket:
+        """Wait until the listening socket is bound."""
+        await self._establish(self._deadline(timeout), "listen")
+        return self
+
+    @_handler_result
+    async def starttls(
+        self,
+        context: ssl.SSLContext | None = None,
+        timeout: float | None = None,
+        *,
+        server_side: bool | None = None,
+        server_hostname: str | None = None,
+    ) -> Socket:
+        """Switch to TLS and wait for the handshake. Pending output is flushed first;
+        with pushback (the default) input buffered so far is handed to TLS, never read
+        as plaintext."""
+        deadline = self._deadline(timeout)
+        if self._tls is not None:
+            return self
+        if context is not None:
+            self._opts.context = context
+        if server_side is not None:
+            self._server_side = server_side
+        if server_hostname is not None:
+            self._opts.sendname = server_hostname
+        self._tls_pending = True
+        await self._establish(deadline, "starttls")
+        return self
+
+    def checktls(self) -> ssl.SSLObject | None:
+        """The ssl.SSLObject once TLS is on, else None."""
+        return None if self._tls is None else self._tls.sslobj
+
+    async def _establish(self, deadline: float | None, op: str) -> None:
+        """Finish whatever set-up is due (resolve, connect, TLS), once, whichever task
+        gets here first; the others wait for it."""
+        while self._state is not _State.READY and self._state is not _State.LISTENING:
+            if self._state is _State.CLOSED:
+                raise _oserror(errno.EBADF, f"socket:{op}: socket is closed")
+            if self._setup_error is not None:
+                self._raise(op, self._setup_error, sticky=False)
+            if self._setting_up:
+                signalled = await self._setup_done.wait(timeout=_remaining(deadline))
+                if not signalled and deadline is not None and time.monotonic() >= deadline:
+                    self._raise(op, _timeout_error(op), sticky=False)
+                continue
+            self._setting_up = True
+            try:
+                await self._setup_step(deadline, op)
+            except (OSError, ssl.SSLError) as exc:
+                if not isinstance(exc, TimeoutError):
+                    self._setup_error = _as_oserror(exc)
+                self._raise(op, _as_oserror(exc), sticky=False)
+            finally:
+                self._setting_up = False
+                self._setup_done.signal()
+        if self._tls_pending and self._state is _State.READY:
+            self._state = _State.CONNECTED
+            await self._establish(deadline, op)
+
+    async def _setup_step(self, deadline: float | None, op: str) -> None:
+        if self._state is _State.NEW:
+            await self._connect_somewhere(deadline)
+            self._state = _State.CONNECTED
+        if self._state is _State.CONNECTED:
+            if self._tls_pending:
+                await self._handshake(deadline)
+            self._state = _State.READY
+
+    async def _connect_somewhere(self, deadline: float | None) -> None:
+        opts = self._opts
+        candidates: list[tuple[int, Any]]
+        if opts.path is not None:
+            candidates = [(AF_UNIX, opts.path)]
+        else:
+            candidates = await _resolve(opts, deadline)
+        last_error: OSError | None = None
+        for family, address in candidates:
+            sock = _socket.socket(family, opts.type)
+            try:
+                _apply_options(sock, opts, listening=False)
+                sock.setblocking(False)
+                self._adopt(sock)
+                err = sock.connect_ex(address)
+                if err == errno.EINPROGRESS:
+                    await self._wait(False, deadline, "connect")
+                    err = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
+                if err:
+                    raise _oserror(err, f"connect to {address!r}: {os.strerror(err)}")
+                return
+            except TimeoutError:
+                self._drop_sock()
+                raise
+            except OSError as exc:
+                last_error = exc
+                self._drop_sock()
+        assert last_error is not None
+        raise last_error
+
+    async def _handshake(self, deadline: float | None) -> None:
+        # From here TLS owns the input: no plaintext may be received behind its back.
+        self._stop_receiving()
+        await self._flush_all(deadline, "starttls")
+        opts = self._opts
+        context = opts.context
+        if context is None:
+            if self._server_side:
+                raise ValueError("starttls() on the server side needs an ssl.SSLContext")
+            context = ssl.create_default_context()
+            if not opts.verify:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+        hostname = None
+        if not self._server_side and opts.sendname:
+            hostname = opts.sendname if isinstance(opts.sendname, str) else opts.host
+        tls = TLSChannel(context, server_side=self._server_side, server_hostname=hostname)
+        if self._pushback and self._ibuf.pending():
+            tls.feed(self._ibuf.take())
+        self._tls = tls
+        self._tls_pending = False
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLError:
+                # Tell the peer why (the alert TLS queued), if it goes out at once.
+                self._raw_out += tls.outgoing()
+                try:
+                    self._send_raw_nowait()
+                except OSError:
+                    pass
+                raise
+            await self._send_raw_out(deadline, "starttls")
+            if not await self._recv_ciphertext(deadline, "starttls"):
+                raise ssl.SSLEOFError(
+                    ssl.SSL_ERROR_EOF, "peer closed the connection during the handshake"
+                )
+        await self._send_raw_out(deadline, "starttls")
+
+    def _adopt(self, sock: _socket.socket) -> None:
+        self._sock = sock
+        self._fd = sock.fileno()
+
+    def _drop_sock(self) -> None:
+        sock, self._sock = self._sock, None
+        self._fd = -1
+        if sock is not None:
+            _cancel_polls(sock.fileno())
+            sock.close()
+
+    # -- reading -----------------------------------------------------------------------
+
+    async def read(self, *formats: str | int) -> Any:
+        """Read in each format given (default "*l"), stopping at the first that yields
+        None (EOF, or the end of a header block). One format: its result; several: a
+        tuple of results, shorter when one yielded None."""
+        if not formats:
+            formats = ("*l",)
+        try:
+            if len(formats) == 1 and self._state is _State.READY and self._errors["r"] is None:
+                # The fast path (a line server's every read): the answer is buffered, or
+                # one recv brings it, with no coroutine below this one.
+                fmt = formats[0]
+                if self._autoflush and self._obuf.pending():
+                    self._flush_nowait()
+                ibuf = self._ibuf
+                deadline = None
+                waited = False
+                self._input_fresh = False
+                while True:
+                    try:
+                        value = ibuf.get(fmt)
+                    except OSError as exc:
+                        self._raise("read", exc)
+                    if value is not NEED_MORE:
+                        return value
+                    if self._receiving is None and self._receive():
+                        self._check_recv_error("read")
+                        continue
+                    if not waited:
+                        deadline = self._deadline(None)
+                        waited = True
+                    loop = self._receiving
+                    if deadline is None and loop is not None and loop is _running_loop():
+                        # _wait_input without a timeout, inline (a line server's every
+                        # wait): one future, woken by _on_readable.
+                        self._events = "r"
+                        waiter = loop.create_future()
+                        self._input_waiters.append(waiter)
+                        try:
+                            await waiter
+                        finally:
+                            if waiter in self._input_waiters:
+                                self._input_waiters.remove(waiter)
+                        if self._state is _State.CLOSED:
+                            raise _oserror(errno.EBADF, "socket:read: socket closed while waiting")
+                    else:
+                        await self._wait_input(deadline, "read")
+                    if self._recv_error is not None:
+                        self._check_recv_error("read")
+            deadline = self._deadline(None)
+            results = []
+            for fmt in formats:
+                value = await self._read1(fmt, None, deadline, "read")
+                if value is None:
+                    break
+                results.append(value)
+        except _Handled as handled:
+            return handled.value
+        if len(formats) == 1:
+            return results[0] if results else None
+        return tuple(results)
+
+    @_handler_result
+    async def xread(
+        self, format: str | int = "*l", mode: str | None = None, timeout: float | None = None
+    ) -> Any:
+        """read() of one format, with an input mode and a timeout for this call only."""
+        return await self._read1(format, mode, self._deadline(timeout), "read")
+
+    async def lines(self, *formats: str | int) -> AsyncIterator[Any]:
+        """Iterate read(*formats) until it yields None."""
+        while True:
+            value = await self.read(*formats)
+            if value is None or value == ():
+                return
+            yield value
+
+    async def xlines(
+        self, format: str | int = "*l", mode: str | None = None, timeout: float | None = None
+    ) -> AsyncIterator[Any]:
+        while True:
+            value = await self.xread(format, mode, timeout)
+            if value is None:
+                return
+            yield value
+
+    @_handler_result
+    async def fill(self, size: int, timeout: float | None = None) -> bool:
+        """Read until at least size bytes are buffered; False at EOF before that."""
+        deadline = self._deadline(timeout)
+        await self._ready_for("fill", deadline)
+        while self._ibuf.pending() < size:
+            if self._ibuf.at_eof or self._eof_in:
+                return False
+            await self._fill_once(deadline, "fill")
+        return True
+
+    def unget(self, data: bytes | str) -> None:
+        """Put data back at the head of the input buffer."""
+        self._ibuf.unget(_to_bytes(data))
+
+    def pending(self) -> tuple[int, int]:
+        """Bytes buffered for input and for output (not counting the kernel's)."""
+        return (self._ibuf.pending(), self._obuf.pending())
+
+    def recv(self, format: str | int = "*l", mode: str | None = None) -> Any:
+        """One read without waiting: the result, None at EOF, or BlockingIOError when
+        the format needs data not yet here. Bypasses the error handler."""
+        self._check_sticky("r", "recv", use_handler=False)
+        self._input_fresh = False
+        saved = self._apply_input_mode(mode)
+        try:
+            while True:
+                value = self._ibuf.get(format)
+                if value is not NEED_MORE:
+                    return value
+                if self._state is not _State.READY:
+                    raise BlockingIOError(errno.EAGAIN, "socket:recv: not connected yet")
+                if not self._fill_nowait("recv"):
+                    raise BlockingIOError(errno.EAGAIN, "socket:recv: would block")
+        finally:
+            self._restore_input_mode(saved)
+
+    async def _read1(
+        self, fmt: str | int, mode: str | None, deadline: float | None, op: str
+    ) -> Any:
+        await self._ready_for(op, deadline)
+        self._check_sticky("r", op)
+        self._input_fresh = False
+        if self._autoflush and self._obuf.pending():
+            self._flush_nowait()
+        saved = self._apply_input_mode(mode)
+        try:
+            while True:
+                try:
+                    value = self._ibuf.get(fmt)
+                except OSError as exc:
+                    return self._raise(op, exc)
+                if value is not NEED_MORE:
+                    return value
+                await self._fill_once(deadline, op)
+        finally:
+            self._restore_input_mode(saved)
+
+    async def _fill_once(self, deadline: float | None, op: str) -> None:
+        """Bring more input into the buffer (or EOF, or the error), waiting for it."""
+        if self._receiving is None and self._receive():
+            self._check_recv_error(op)
+            return
+        await self._wait_input(deadline, op)
+        self._check_recv_error(op)
+
+    def _fill_nowait(self, op: str) -> bool:
+        """One non-blocking read into the input buffer; False when it would block."""
+        got = self._receive()
+        self._check_recv_error(op)
+        return got
+
+    def _receive(self) -> bool:
+        """One non-blocking read of what the kernel has into the input buffer (through
+        TLS when it is on). True when it brought data, EOF or an error (kept for the
+        reading task in _recv_error: this also runs as a loop callback, which must not
+        raise); False when there was nothing. EPIPE on input is EOF, as in cqueues."""
+        if self._eof_in or self._recv_error is not None:
+            return True
+        try:
+            if self._tls is None:
+                got = self._ibuf.recv_from(self._fd)
+                if got:
+                    self._rcvd += got
+                else:
+                    self._received(b"")
+            else:
+                self._tls_fill()
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+            return False
+        except (OSError, ssl.SSLError) as exc:
+            error = _as_oserror(exc)
+            if error.errno == errno.EPIPE:
+                self._received(b"")
+            else:
+                self._recv_error = error
+        return True
+
+    def _check_recv_error(self, op: str) -> None:
+        error = self._recv_error
+        if error is not None:
+            self._recv_error = None  # from here on it is the channel's sticky error
+            self._raise(op, error)
+
+    def _received(self, data: bytes) -> None:
+        if data:
+            self._rcvd += len(data)
+            self._ibuf.feed(data)
+        else:
+            self._eof_in = True
+            self._ibuf.feed_eof()
+
+    # Receiving: once a read has had to wait, the socket keeps its fd subscribed (in the
+    # loop's poll registry) and reads whatever arrives into the input buffer as it comes,
+    # the way a transport does: no failed recv per read, no re-arming per wait. It stops
+    # at EOF, at an error, when the buffer passes INPUT_HIGH_WATER_BYTES with nobody
+    # reading, and at close().
+
+    async def _wait_input(self, deadline: float | None, op: str) -> None:
+        self._events = "r"
+        loop = asyncio.get_running_loop()
+        if self._receiving is not loop:
+            self._start_receiving(loop)
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._input_waiters.append(waiter)
+        timer = None
+        if deadline is not None:
+            timer = loop.call_later(max(0.0, deadline - time.monotonic()), _expire, waiter)
+        try:
+            woke = await waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if waiter in self._input_waiters:
+                self._input_waiters.remove(waiter)
+        if self._state is _State.CLOSED:
+            raise _oserror(errno.EBADF, f"socket:{op}: socket closed while waiting")
+        if not woke:
+            self._raise(op, _timeout_error(op))
+
+    def _start_receiving(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._stop_receiving()
+        sock = self._sock
+        assert sock is not None
+        subscribe(loop, sock.fileno(), self._on_readable)
+        self._receiving = loop
+
+    def _stop_receiving(self) -> None:
+        loop, self._receiving = self._receiving, None
+        if loop is not None and self._sock is not None:
+            unsubscribe(loop, self._sock.fileno())
+
+    def _on_readable(self) -> None:
+        if self._tls is None and not self._eof_in and self._recv_error is None:
+            # The plain socket's receive, inline: this runs once per message on a busy
+            # line server. The general path below handles the rest.
+            try:
+                got = self._ibuf.recv_from(self._fd)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno == errno.EPIPE:
+                    got = 0
+                else:
+                    self._recv_error = exc
+                    got = -1
+            if got > 0:
+                self._rcvd += got
+                self._input_fresh = True
+                waiters = self._input_waiters
+                if waiters:
+                    self._input_waiters = []
+                    for waiter in waiters:
+                        if not waiter.done():
+                            waiter.set_result(True)
+                if self._ibuf.pending() >= INPUT_HIGH_WATER_BYTES:
+                    self._stop_receiving()
+                return
+            if got == 0:
+                self._received(b"")  # EOF
+        if not self._receive():
+            return
+        self._input_fresh = True
+        self._wake_input_waiters()
+        if (
+            self._eof_in
+            or self._recv_error is not None
+            or self._ibuf.pending() >= INPUT_HIGH_WATER_BYTES
+        ):
+            self._stop_receiving()
+
+    def _wake_input_waiters(self) -> None:
+        waiters = self._input_waiters
+        if waiters:
+            self._input_waiters = []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(True)
+
+    def _tls_fill(self) -> None:
+        tls = self._tls
+        assert tls is not None
+        while True:
+            try:
+                plain = tls.read(self._recv_bytes)
+                # Decrypted bytes TLS still holds make no fd readable: take them now.
+                while plain and tls.sslobj.pending():
+                    plain += tls.read(self._recv_bytes)
+            except ssl.SSLWantReadError:
+                raw = self._sock.recv(RECV_CHUNK_BYTES)  # type: ignore[union-attr]
+                if not raw:
+                    tls.feed_eof()
+                else:
+                    tls.feed(raw)
+                continue
+            finally:
+                if tls.has_outgoing():
+                    self._raw_out += tls.outgoing()
+                    self._send_raw_nowait()
+            self._received(plain)
+            return
+
+    async def _recv_ciphertext(self, deadline: float | None, op: str) -> bool:
+        """During a handshake: feed one read of ciphertext to TLS; False at EOF."""
+        tls = self._tls
+        assert tls is not None and self._sock is not None
+        while True:
+            try:
+                raw = self._sock.recv(RECV_CHUNK_BYTES)
+            except (BlockingIOError, InterruptedError):
+                await self._wait(True, deadline, op)
+                continue
+            if not raw:
+                tls.feed_eof()
+                return False
+            tls.feed(raw)
+            return True
+
+    def _apply_input_mode(self, mode: str | None) -> bool | None:
+        if not mode:
+            return None
+        saved = self._ibuf.text
+        for flag in mode:
+            if flag in "tb":
+                self._ibuf.text = flag == "t"
+        return saved
+
+    def _restore_input_mode(self, saved: bool | None) -> None:
+        if saved is not None:
+            self._ibuf.text = saved
+
+    # -- writing -----------------------------------------------------------------------
+
+    async def write(self, *data: bytes | bytearray | memoryview | str) -> Socket:
+        """Buffer each piece and send what the output mode says is due."""
+        try:
+            if self._state is _State.READY and self._errors["w"] is None and self._tls is None:
+                # The fast path: buffer, and send what is due at once; wait only for the
+                # part the kernel did not take.
+                obuf = self._obuf
+                for piece in data:
+                    due = obuf.write(piece if piece.__class__ is bytes else _to_bytes(piece))
+                    if due:
+                        try:
+                            sent = self._sock.send(due, MSG_NOSIGNAL)  # type: ignore[union-attr]
+                        except (BlockingIOError, InterruptedError):
+                            sent = 0
+                        except OSError as exc:
+                            self._raise("write", exc)
+                        self._sent += sent
+                        if sent < len(due):
+                            await self._send_all(due[sent:], self._deadline(None), "write")
+                return self
+            deadline = self._deadline(None)
+            for piece in data:
+                await self._write1(piece, None, deadline)
+        except _Handled as handled:
+            return handled.value
+        return self
+
+    def send(
+        self,
+        data: bytes | bytearray | memoryview | str,
+        i: int = 1,
+        j: int = -1,
+        mode: str | None = None,
+    ) -> int:
+        """cqueues' send: write data[i..j] (1-based and inclusive, as in Lua's
+        string.sub; negative counts from the end) without waiting; return how many of
+        those bytes were taken (0 when nothing could go now). Bypasses the error
+        handler."""
+        self._check_sticky("w", "send", use_handler=False)
+        if self._state is not _State.READY:
+            raise BlockingIOError(errno.EAGAIN, "socket:send: not connected yet")
+        whole = _to_bytes(data)
+        n = len(whole)
+        start = i - 1 if i > 0 else max(0, n + i)
+        stop = j if j >= 0 else n + j + 1
+        piece = whole[start : max(start, stop)]
+        saved_text = None
+        if mode and ("t" in mode or "b" in mode):
+            saved_text = self._obuf.text
+            self._obuf.text = "t" in mode
+        try:
+            due = self._obuf.write(piece, mode[-1] if mode and mode[-1] in "nlf" else None)
+        finally:
+            if saved_text is not None:
+                self._obuf.text = saved_text
+        if due:
+            try:
+                sent = self._send_nowait(memoryview(due))
+            except OSError as exc:
+                self._errors["w"] = exc
+                raise
+            if sent < len(due):
+                self._obuf.unflush(due[sent:])
+        return len(piece)
+
+    @_handler_result
+    async def xwrite(
+        self,
+        data: bytes | bytearray | memoryview | str,
+        mode: str | None = None,
+        timeout: float | None = None,
+    ) -> Socket:
+        """write() of one piece, with an output mode and a timeout for this call only."""
+        await self._write1(data, mode, self._deadline(timeout))
+        return self
+
+    @_handler_result
+    async def flush(self, mode: str | None = None, timeout: float | None = None) -> Socket:
+        """Send the output buffer: everything (mode None or "n"), or what mode "l"/"f"
+        (or "" for the socket's own mode) says is due."""
+        deadline = self._deadline(timeout)
+        await self._ready_for("flush", deadline)
+        self._check_sticky("w", "flush")
+        if mode is None or "n" in mode:
+            await self._flush_all(deadline, "flush")
+        else:
+            due = self._obuf.due(mode[0] if mode else None)
+            await self._send_all(due, deadline, "flush")
+        return self
+
+    async def _write1(self, piece: Any, mode: str | None, deadline: float | None) -> None:
+        await self._ready_for("write", deadline)
+        self._check_sticky("w", "write")
+        data = _to_bytes(piece)
+        saved_text = None
+        if mode:
+            saved_text = self._obuf.text
+            for flag in mode:
+                if flag in "tb":
+                    self._obuf.text = flag == "t"
+        try:
+            due = self._obuf.write(data, mode[-1] if mode and mode[-1] in "nlf" else None)
+        finally:
+            if saved_text is not None:
+                self._obuf.text = saved_text
+        if due:
+            await self._send_all(due, deadline, "write")
+
+    async def _flush_all(self, deadline: float | None, op: str) -> None:
+        data = self._obuf.flush()
+        if data:
+            await self._send_all(data, deadline, op)
+        await self._send_raw_out(deadline, op)
+
+    def _flush_nowait(self) -> None:
+        """Autoflush before a read: send what goes without waiting, keep the rest."""
+        data = self._obuf.flush()
+        if not data:
+            return
+        try:
+            sent = self._send_nowait(memoryview(data))
+        except OSError:
+            sent = 0  # the write side reports it at its next operation
+        if sent < len(data):
+            self._obuf.unflush(data[sent:])
+
+    async def _send_all(self, data: bytes, deadline: float | None, op: str) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                sent = self._send_nowait(view)
+            except (OSError, ssl.SSLError) as exc:
+                self._raise(op, _as_oserror(exc))
+                return
+            view = view[sent:]
+            if view:
+                await self._wait(False, deadline, op)
+        await self._send_raw_out(deadline, op)
+
+    def _send_nowait(self, view: memoryview) -> int:
+        """Send what the kernel takes now (for TLS: encrypt it all and queue the
+        ciphertext). Raises OSError on failure; 0 when it would block."""
+        if self._tls is not None:
+            self._tls.write(view)
+            self._raw_out += self._tls.outgoing()
+            self._send_raw_nowait()
+            self._count_sent(len(view))
+            return len(view)
+        try:
+            sent = self._sock.send(view, _socket.MSG_NOSIGNAL)  # type: ignore[union-attr]
+        except (BlockingIOError, InterruptedError):
+            return 0
+        self._count_sent(sent)
+        return sent
+
+    def _count_sent(self, n: int) -> None:
+        self._sent += n
+
+    def _send_raw_nowait(self) -> None:
+        raw = self._raw_out
+        if not raw:
+            return
+        try:
+            sent = self._sock.send(raw, _socket.MSG_NOSIGNAL)  # type: ignore[union-attr]
+        except (BlockingIOError, InterruptedError):
+            return
+        del raw[:sent]
+
+    async def _send_raw_out(self, deadline: float | None, op: str) -> None:
+        """Send all queued ciphertext (TLS records, handshake messages, alerts)."""
+        if self._tls is not None and self._tls.has_outgoing():
+            self._raw_out += self._tls.outgoing()
+        while self._raw_out:
+            try:
+                self._send_raw_nowait()
+            except OSError as exc:
+                self._raise(op, exc)
+                return
+            if self._raw_out:
+                await self._wait(False, deadline, op)
+
+    # -- bits ------------------------------------------------------------------------
+
+    @_handler_result
+    async def pack(self, value: int, nbits: int, mode: str | None = None) -> Socket:
+        """cqueues' socket:pack: append nbits of value (big-endian bit order) to the
+        output buffer; full bytes are sent as the output mode says."""
+        deadline = self._deadline(None)
+        await self._ready_for("pack", deadline)
+        self._check_sticky("w", "pack")
+        due = self._obuf.pack(value, nbits)
+        if due:
+            await self._send_all(due, deadline, "pack")
+        return self
+
+    @_handler_result
+    async def unpack(self, nbits: int, mode: str | None = None) -> int:
+        """cqueues' socket:unpack: the next nbits of input as an unsigned integer."""
+        deadline = self._deadline(None)
+        await self._ready_for("unpack", deadline)
+        self._check_sticky("r", "unpack")
+        while True:
+            value = self._ibuf.unpack(nbits)
+            if value is not NEED_MORE:
+                if value is None:
+                    return self._raise("unpack", _oserror(errno.EPIPE, "unpack: end of input"))
+                return value
+            await self._fill_once(deadline, "unpack")
+
+    # -- listening -----------------------------------------------------------------------
+
+    @_handler_result
+    async def accept(self, timeout: float | None = None) -> Socket:
+        """The next incoming connection, as a Socket with this one's modes."""
+        deadline = self._deadline(timeout)
+        await self._establish(deadline, "accept")
+        sock = self._sock
+        assert sock is not None
+        while True:
+            try:
+                conn, _ = sock.accept()
+                break
+            except (BlockingIOError, InterruptedError):
+                await self._wait(True, deadline, "accept")
+            except OSError as exc:
+                return self._raise("accept", exc, sticky=False)
+        conn.setblocking(False)
+        if conn.family in (AF_INET, AF_INET6) and self._opts.nodelay:
+            conn.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+        context = self._opts.context
+        options = _Options(type=self._opts.type, tls=context is not None, context=context)
+        # With a context the connection starts TLS (server side) at its first I/O.
+        child = Socket(conn, options, _State.CONNECTED if context is not None else _State.READY)
+        child._server_side = True
+        child._inherit(self)
+        return child
+
+    async def clients(self, timeout: float | None = None) -> AsyncIterator[Socket]:
+        """accept() forever: `async for con in srv.clients(): ...`."""
+        while True:
+            yield await self.accept(timeout)
+
+    def _inherit(self, parent: Socket) -> None:
+        self._ibuf.text = parent._ibuf.text
+        self._ibuf.maxline = parent._ibuf.maxline
+        self._ibuf.bufsiz = parent._ibuf.bufsiz
+        self._obuf.maxline = parent._obuf.maxline
+        self._recv_bytes = parent._recv_bytes
+        self._obuf.text = parent._obuf.text
+        self._obuf.mode = parent._obuf.mode
+        self._obuf.bufsiz = parent._obuf.bufsiz
+        self._autoflush = parent._autoflush
+        self._pushback = parent._pushback
+        self._timeout = parent._timeout
+        self._onerror = parent._onerror
+        self._maxerrs = dict(parent._maxerrs)
+
+    # -- descriptor passing and names ------------------------------------------------------
+
+    @_handler_result
+    async def sendfd(self, msg: bytes | str, fd: Any, timeout: float | None = None) -> None:
+        """Send msg (non-empty) with a descriptor (an int, a socket, a Socket, a file)
+        over a Unix socket, bypassing the buffers."""
+        data = _to_bytes(msg)
+        if not data:
+            raise ValueError("sendfd needs a non-empty message")
+        fds = [] if fd is None else [_fd_of(fd)]
+        deadline = self._deadline(timeout)
+        await self._ready_for("sendfd", deadline)
+        self._check_sticky("w", "sendfd")
+        await self._flush_all(deadline, "sendfd")
+        sock = self._sock
+        assert sock is not None
+        while True:
+            try:
+                _socket.send_fds(sock, [data], fds, _socket.MSG_NOSIGNAL)
+                return
+            except (BlockingIOError, InterruptedError):
+                await self._wait(False, deadline, "sendfd")
+            except OSError as exc:
+                self._raise("sendfd", exc)
+                return
+
+    @_handler_result
+    async def recvfd(
+        self, prepbufsiz: int = 4096, timeout: float | None = None
+    ) -> tuple[bytes | None, Socket | None]:
+        """Receive a message and the descriptor sent with it (as a Socket), bypassing
+        the buffers; (None, None) at EOF. A truncated message is an error (EMSGSIZE)."""
+        deadline = self._deadline(timeout)
+        await self._ready_for("recvfd", deadline)
+        self._check_sticky("r", "recvfd")
+        # A buffered recv would take the message and drop its descriptor: stop them.
+        self._stop_receiving()
+        sock = self._sock
+        assert sock is not None
+        while True:
+            try:
+                msg, fds, flags, _ = _socket.recv_fds(sock, prepbufsiz, 1)
+                break
+            except (BlockingIOError, InterruptedError):
+                await self._wait(True, deadline, "recvfd")
+            except OSError as exc:
+                return self._raise("recvfd", exc)
+        extra = fds[1:]
+        for stray in extra:
+            os.close(stray)
+        if flags & (_socket.MSG_TRUNC | _socket.MSG_CTRUNC):
+            for received in fds[:1]:
+                os.close(received)
+            return self._raise("recvfd", _oserror(errno.EMSGSIZE, "recvfd: message truncated"))
+        if not msg and not fds:
+            return (None, None)
+        return (msg, fdopen(fds[0]) if fds else None)
+
+    def peername(self) -> tuple[Any, ...]:
+        return self._name(getpeer=True)
+
+    def localname(self) -> tuple[Any, ...]:
+        return self._name(getpeer=False)
+
+    def _name(self, getpeer: bool) -> tuple[Any, ...]:
+        sock = self._sock
+        if sock is None:
+            return (AF_UNSPEC,)
+        try:
+            address = sock.getpeername() if getpeer else sock.getsockname()
+        except OSError as exc:
+            if exc.errno == errno.ENOTCONN:
+                return (AF_UNSPEC,)
+            raise
+        if sock.family == AF_UNIX:
+            return (AF_UNIX, address or None)
+        return (sock.family, address[0], address[1])
+
+    def peereid(self) -> tuple[int, int]:
+        """The peer's effective (uid, gid) on a Unix stream socket (SO_PEERCRED)."""
+        _, uid, gid = self._peercred()
+        return (uid, gid)
+
+    def peerpid(self) -> int:
+        return self._peercred()[0]
+
+    def _peercred(self) -> tuple[int, int, int]:
+        sock = self._sock
+        if sock is None or sock.family != AF_UNIX:
+            raise _oserror(errno.EINVAL, "peer credentials need a connected Unix socket")
+        creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, gid = struct.unpack("3i", creds)
+        return (pid, uid, gid)
+
+    def stat(self) -> dict[str, dict[str, Any]]:
+        return {
+            "sent": {"count": self._sent, "eof": self._eof_out},
+            "rcvd": {"count": self._rcvd, "eof": self._eof_in},
+        }
+
+    # -- ending --------------------------------------------------------------------------
+
+    def eof(self, which: str = "rw") -> tuple[bool, ...]:
+        """Whether EOF was received on input ("r") and whether output was found closed
+        (EPIPE) ("w"), as seen by I/O so far."""
+        state = {"r": self._eof_in, "w": self._eof_out}
+        return tuple(state[c] for c in which)
+
+    def shutdown(self, how: str = "rw") -> None:
+        """shutdown(2): "r", "w" or "rw". Flush first if output is buffered."""
+        flags = {"r": _socket.SHUT_RD, "w": _socket.SHUT_WR, "rw": _socket.SHUT_RDWR}
+        if how not in flags and how != "wr":
+            raise ValueError(f"shutdown how must be 'r', 'w' or 'rw', not {how!r}")
+        if self._sock is not None:
+            self._sock.shutdown(flags.get(how, _socket.SHUT_RDWR))
+
+    def close(self) -> None:
+        """Close now: wake every poll on the fd (they see it ready and fail), drop
+        buffered data, close the fd. Idempotent."""
+        if self._state is _State.CLOSED:
+            return
+        self._state = _State.CLOSED
+        self._stop_receiving()
+        self._wake_input_waiters()
+        self._drop_sock()
+
+    async def __aenter__(self) -> Socket:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            if self._state is _State.READY and self._errors["w"] is None:
+                await self._flush_all(self._deadline(None), "flush")
+        finally:
+            self.close()
+
+    def __del__(self) -> None:
+        if self._sock is not None and self._state is not _State.CLOSED:
+            self._sock.close()
+
+    # -- waiting and errors ----------------------------------------------------------------
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        if timeout is None:
+            timeout = self._timeout
+        return None if timeout is None else time.monotonic() + timeout
+
+    async def _ready_for(self, op: str, deadline: float | None) -> None:
+        if self._state is not _State.READY:
+            await self._establish(deadline, op)
+
+    async def _wait(self, reading: bool, deadline: float | None, op: str) -> None:
+        """Wait until the fd is ready for reading or writing; TimeoutError (through the
+        error handler) at the deadline."""
+        sock = self._sock
+        assert sock is not None
+        self._events = "r" if reading else "w"
+        wait = wait_readable if reading else wait_writable
+        if deadline is None:
+            await wait(sock.fileno())
+        else:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not await wait(sock.fileno(), remaining):
+                self._raise(op, _timeout_error(op))
+        if self._state is _State.CLOSED:
+            # close() from another task woke this wait (cqueues' cancel): the fd is gone.
+            raise _oserror(errno.EBADF, f"socket:{op}: socket closed while waiting")
+
+    def _check_sticky(self, channel: str, op: str, *, use_handler: bool = True) -> None:
+        error = self._errors[channel]
+        if error is not None:
+            if not use_handler:
+                raise error
+            self._raise(op, error, sticky=False)
+
+    def _raise(self, op: str, error: OSError, *, sticky: bool = True) -> NoReturn:
+        """The one way errors leave a Socket: remembered on its channel (sticky), passed
+        to the onerror handler (which may return a value for the caller), raised."""
+        channel = _STICKY_CHANNEL.get(op)
+        if sticky and channel is not None:
+            self._errors[channel] = error
+            if error.errno == errno.EPIPE and channel == "w":
+                self._eof_out = True
+        handler = self._onerror
+        if handler is not None and channel is not None:
+            self._errcount[channel] += 1
+            if self._errcount[channel] <= self._maxerrs[channel]:
+                raise _Handled(handler(self, op, error))
+        elif handler is not None:
+            raise _Handled(handler(self, op, error))
+        raise error
+
+
+def fdopen(fd: int) -> Socket:
+    """A Socket that owns fd (a listening socket passed by systemd or recvfd, say)."""
+    sock = _socket.socket(fileno=fd)
+    sock.setblocking(False)
+    listening = bool(sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ACCEPTCONN))
+    options = _Options(family=sock.family, type=sock.type)
+    return Socket(sock, options, _State.LISTENING if listening else _State.READY)
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def _channels_and_limit(which: str | int, limit: int | None) -> tuple[str, int | None]:
+    # cqueues' setmaxerrs([which,] limit): a lone number is the limit for both channels.
+    if isinstance(which, int):
+        return ("rw", which)
+    return (which, limit)
+
+
+def _positive(value: int, what: str) -> int:
+    value = int(value)
+    if value <= 0:
+        raise ValueError(f"{what} must be positive, not {value}")
+    return value
+
+
+def _expire(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _timeout_error(op: str) -> TimeoutError:
+    return TimeoutError(errno.ETIMEDOUT, f"socket:{op}: {os.strerror(errno.ETIMEDOUT)}")
+
+
+def _as_oserror(exc: BaseException) -> OSError:
+    if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError):
+        return exc
+    if isinstance(exc, ssl.SSLError):
+        # Keep the SSLError itself (it is an OSError): the reason is in it.
+        return exc
+    return _oserror(errno.EIO, str(exc))
+
+
+def _to_bytes(data: Any) -> bytes:
+    if isinstance(data, str):
+        return data.encode()
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    raise TypeError(f"cq sockets send bytes or str, not {data.__class__.__name__}")
+
+
+def _fd_of(obj: Any) -> int:
+    if isinstance(obj, int):
+        return obj
+    fileno = getattr(obj, "fileno", None)
+    if fileno is None:
+        raise TypeError(f"not a descriptor: {obj!r}")
+    return int(fileno())
+
+
+def _apply_options(sock: _socket.socket, opts: _Options, *, listening: bool) -> None:
+    if sock.family in (AF_INET, AF_INET6):
+        if listening and opts.reuseaddr:
+            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+        if opts.reuseport:
+            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEPORT, 1)
+        if sock.type == SOCK_STREAM and opts.nodelay:
+            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+        if sock.family == AF_INET6 and opts.v6only is not None:
+            sock.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, int(opts.v6only))
+
+
+async def _resolve(opts: _Options, deadline: float | None) -> list[tuple[int, Any]]:
+    """The addresses to try for connect(), through cqloop.dns (no query for numeric
+    hosts; /etc/hosts honoured)."""
+    import cqloop.dns as dns  # pycares is imported only by programs that resolve
+
+    assert opts.host is not None and opts.port is not None
+    lookup = dns.resolve_host(opts.host, opts.port, family=opts.family, resolver=opts.resolver)
+    timeout = _remaining(deadline)
+    try:
+        found = await asyncio.wait_for(lookup, timeout)
+    except dns.DNSError:
+        raise  # the resolver's own errors, its timeouts included, as they are
+    except TimeoutError:
+        raise _timeout_error("connect") from None
+    return [(int(address.family), address.sockaddr) for address in found]
