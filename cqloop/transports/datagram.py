@@ -41,6 +41,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
 from cqloop._core.stream import water_marks
+from cqloop.transports.flow import call_flow_control
 from cqloop.transports.sockutil import remove_stale_unix_socket, set_reuseport
 
 __all__ = ["DatagramMixin", "DatagramTransport"]
@@ -434,27 +435,12 @@ class DatagramTransport(asyncio.DatagramTransport, asyncio.Transport):
         if self.get_write_buffer_size() <= self._high_water or self._protocol_paused:
             return
         self._protocol_paused = True
-        self._call_flow_control("pause_writing")
+        call_flow_control(self, "pause_writing")
 
     def _maybe_resume_protocol(self) -> None:
         if self._protocol_paused and self.get_write_buffer_size() <= self._low_water:
             self._protocol_paused = False
-            self._call_flow_control("resume_writing")
-
-    def _call_flow_control(self, name: str) -> None:
-        try:
-            getattr(self._protocol, name)()
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._loop.call_exception_handler(
-                {
-                    "message": f"protocol.{name}() failed",
-                    "exception": exc,
-                    "transport": self,
-                    "protocol": self._protocol,
-                }
-            )
+            call_flow_control(self, "resume_writing")
 
     def _fatal_error(self, exc: BaseException, message: str) -> None:
         """Report an error that ends the transport and close it at once. An OSError is the
