@@ -840,17 +840,14 @@ class Socket:
                 # part the kernel did not take.
                 obuf = self._obuf
                 for piece in data:
-                    due = obuf.write(piece if piece.__class__ is bytes else _to_bytes(piece))
-                    if due:
-                        try:
-                            sent = self._sock.send(due, MSG_NOSIGNAL)  # type: ignore[union-attr]
-                        except (BlockingIOError, InterruptedError):
-                            sent = 0
-                        except OSError as exc:
-                            self._raise("write", exc)
-                        self._sent += sent
-                        if sent < len(due):
-                            await self._send_all(due[sent:], self._deadline(None), "write")
+                    obuf.append(piece if piece.__class__ is bytes else _to_bytes(piece))
+                try:
+                    sent, left = obuf.send_due(self._fd)
+                except OSError as exc:
+                    self._raise("write", exc)
+                self._sent += sent
+                if left:
+                    await self._send_all(obuf.due(), self._deadline(None), "write")
                 return self
             deadline = self._deadline(None)
             for piece in data:

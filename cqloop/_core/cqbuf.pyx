@@ -107,8 +107,8 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memchr, memcpy, memmove
 
 from cqloop._core.includes.cqbuf cimport memmem, memrchr
-from cqloop._core.includes.sockets cimport recv
-from cqloop._core.includes.system cimport errno
+from cqloop._core.includes.sockets cimport MSG_NOSIGNAL, recv, send
+from cqloop._core.includes.system cimport EAGAIN, EINTR, errno
 
 # cqueues' defaults (src/socket.c LSO_MAXLINE, LSO_BUFSIZ; LSO_INITMODE is "tl": text
 # mode, line-buffered output).
@@ -788,6 +788,43 @@ cdef class OutputBuffer:
         finally:
             PyBuffer_Release(&view)
         return self._pop(self._due_amount(m))
+
+    def append(self, data):
+        """Append data (translated in text mode) without taking anything out: what is
+        due then goes with send_due() or due()."""
+        cdef Py_buffer view
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            self._bytes_written += view.len
+            if self.text:
+                self._append_text(<const char *>view.buf, view.len)
+            else:
+                self._append(<const char *>view.buf, view.len)
+        finally:
+            PyBuffer_Release(&view)
+
+    def send_due(self, int fd, mode=None):
+        """One send(2) on fd of what `mode` (default: the buffer's) says is due, straight
+        from the buffer (a cq socket's write with no bytes object in between). Returns
+        (bytes sent, bytes still due); what the kernel did not take stays due whatever
+        the mode, as after unflush(). A full kernel buffer is not an error; anything
+        else raises OSError."""
+        cdef Py_ssize_t n = self._due_amount(_parse_mode(mode, self._mode))
+        cdef ssize_t sent
+        cdef int err
+        if n <= 0:
+            return (0, 0)
+        sent = send(fd, self._r.base + self._r.rd, n, MSG_NOSIGNAL)
+        if sent < 0:
+            err = errno
+            if err != EAGAIN and err != EINTR:
+                raise OSError(err, strerror(err))
+            sent = 0
+        _discard(&self._r, sent)
+        self._eol = max(self._eol - sent, 0)
+        self._hold = max(self._hold - sent, n - sent)
+        self._bytes_due += sent
+        return (sent, n - sent)
 
     def due(self, mode=None):
         """Remove and return what `mode` (default: the buffer's) says is due now."""
