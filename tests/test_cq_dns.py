@@ -96,22 +96,25 @@ def client_fds(server: DNSServer) -> set[int]:
     """The fds open in the process, less the server's sockets (its thread closes its end of a
     TCP connection when it sees the client's close: a moment after the client's answer)."""
 
-    def is_servers(fd: int) -> bool:
+    def is_clients(fd: int) -> bool:
         try:
             copy = os.dup(fd)
         except OSError:
-            return False  # the fd open_fds() listed /proc/self/fd through, closed since
+            # Closed since open_fds() listed it: most often the server's end of a TCP
+            # connection, which its thread closes a moment after the answer. Not open,
+            # so not counted.
+            return False
         try:
             sock = socket.socket(fileno=copy)
         except OSError:
             os.close(copy)
-            return False  # not a socket
+            return True  # not a socket
         try:
-            return sock.family == socket.AF_INET and sock.getsockname() == server.address
+            return not (sock.family == socket.AF_INET and sock.getsockname() == server.address)
         finally:
             sock.close()
 
-    return {fd for fd in open_fds() if not is_servers(fd)}
+    return {fd for fd in open_fds() if is_clients(fd)}
 
 
 # --- query(): each record type --------------------------------------------------------------
