@@ -893,8 +893,12 @@ def test_accept_without_fds_logs_once_and_keeps_serving(loop: asyncio.AbstractEv
     if "not_implemented" in outcome:
         raise NotImplementedError(outcome["not_implemented"])
     assert outcome["errno"] == errno.EMFILE
-    # The "asyncio" logger got the accept error and nothing else.
+    # The "asyncio" logger got the accept error, and (on cqloop) nothing else. Stock
+    # asyncio, the oracle, may log something more on a loaded machine (seen once on 3.13);
+    # only its accept messages are counted.
     logged = outcome["logged"]
+    if kind == "asyncio":
+        logged = [message for message in logged if message.startswith(ACCEPT_OUT_OF_RESOURCES)]
     assert logged
     assert all(message.startswith(ACCEPT_OUT_OF_RESOURCES) for message in logged), logged
     if kind == "asyncio":
