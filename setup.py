@@ -5,6 +5,7 @@ import sys
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 if not sys.platform.startswith("linux"):
     raise SystemExit("cqloop builds on Linux only (it is written on epoll, eventfd and timerfd)")
@@ -32,9 +33,22 @@ extensions = [
     for name in CORE_MODULES
 ]
 
+
+class ParallelBuildExt(build_ext):
+    """Compile the extensions in parallel (one job per CPU): each `pip install -e .`
+    builds the whole core, and CI does that three times."""
+
+    def finalize_options(self) -> None:
+        super().finalize_options()
+        if not self.parallel:
+            self.parallel = os.cpu_count() or 1
+
+
 setup(
+    cmdclass={"build_ext": ParallelBuildExt},
     ext_modules=cythonize(
         extensions,
+        nthreads=os.cpu_count() or 1,
         language_level=3,
         compiler_directives={
             "boundscheck": False,
