@@ -238,11 +238,12 @@ async def test_exception_nobody_retrieved_is_logged_when_the_thread_is_dropped(
     thr, sock = thread.start(fail)
     with sock:
         assert await poll(thr) == (thr,)
-    os_thread = thr._thread
+    # The OS thread holds the Thread object until its very end: wait for that end first,
+    # so that dropping the last reference here is what frees it.
+    thr._thread.join()
     with caplog.at_level(logging.ERROR, logger="cqloop.thread"):
         del thr
         gc.collect()
-    os_thread.join()
     assert "never joined" in caplog.text
     assert "LookupError: lost" in caplog.text
 
