@@ -648,7 +648,7 @@ CONFIG = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(config=CONFIG, ops=OPS)
 def test_scanners_match_model(config, ops):
     real = InputBuffer(**config)
@@ -786,7 +786,7 @@ OUT_OPS = st.lists(
 )
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(
     mode=st.sampled_from(["n", "l", "f"]),
     bufsiz=st.integers(1, 12),
