@@ -98,6 +98,83 @@ def test_callback_changes_to_context_stay_in_that_context(loop):
     assert var.get() == 0
 
 
+SCHEDULERS = {
+    "call_soon": lambda loop, fn: loop.call_soon(fn),
+    "call_soon_threadsafe": lambda loop, fn: loop.call_soon_threadsafe(fn),
+    "call_later": lambda loop, fn: loop.call_later(0, fn),
+    "call_at": lambda loop, fn: loop.call_at(loop.time(), fn),
+}
+
+
+@pytest.mark.parametrize("schedule", SCHEDULERS.values(), ids=SCHEDULERS.keys())
+def test_each_callback_gets_its_own_copy_of_the_callers_context(loop, schedule):
+    # cqloop keeps the caller's variables and makes the Context when it is first needed
+    # (cqcompat.h, "Lazy contexts"): what asyncio's eager copy guarantees must still hold.
+    var = contextvars.ContextVar("var", default="default")
+    seen = []
+
+    def setter():
+        seen.append(("setter", var.get()))
+        var.set("set-by-setter")
+
+    def reader():
+        seen.append(("reader", var.get()))
+
+    def scheduling_side():
+        var.set("when-scheduled")
+        handles = [schedule(loop, setter), schedule(loop, reader), schedule(loop, setter)]
+        var.set("after-scheduling")
+        return handles
+
+    ctx = contextvars.copy_context()
+    handles = ctx.run(scheduling_side)
+    loop.call_later(0.001, loop.stop)
+    loop.run_forever()
+    assert seen == [
+        ("setter", "when-scheduled"),
+        ("reader", "when-scheduled"),
+        ("setter", "when-scheduled"),
+    ]
+    assert ctx[var] == "after-scheduling"
+    assert var.get() == "default"
+    if hasattr(handles[0], "get_context"):  # asyncio's Handle has it from 3.12
+        # The context each callback ran in, and its changes stayed there.
+        contexts = [handle.get_context() for handle in handles]
+        assert [c[var] for c in contexts] == ["set-by-setter", "when-scheduled", "set-by-setter"]
+        assert len({id(c) for c in contexts} | {id(ctx)}) == 4
+        assert all(handle.get_context() is c for handle, c in zip(handles, contexts, strict=True))
+
+
+def test_get_context_before_the_callback_runs_is_the_context_it_runs_in(loop):
+    var = contextvars.ContextVar("var", default=0)
+    handle = loop.call_later(0, lambda: var.set(var.get() + 1))
+    if not hasattr(handle, "get_context"):
+        pytest.skip("this loop's handles have no get_context (asyncio's from 3.12)")
+    context = handle.get_context()
+    assert context.get(var) is None and var not in context
+    context.run(var.set, 41)
+    loop.call_later(0.001, loop.stop)
+    loop.run_forever()
+    assert context[var] == 42
+    assert handle.get_context() is context
+    assert var.get() == 0
+
+
+def test_a_thread_that_never_touched_contextvars_schedules_with_an_empty_context(loop):
+    # A new thread starts with no Context at all: the first snapshot must make one.
+    var = contextvars.ContextVar("var", default="default")
+    var.set("main-thread")
+    seen = []
+    thread = threading.Thread(
+        target=lambda: loop.call_soon_threadsafe(lambda: seen.append(var.get()))
+    )
+    thread.start()
+    thread.join()
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert seen == ["default"]
+
+
 def test_callback_that_cancels_its_own_handle_runs_to_completion(loop):
     done = []
     holder = {}

@@ -5,7 +5,10 @@
 cdef class Handle:
     cdef readonly object _callback
     cdef readonly object _args
-    cdef readonly object _context
+    # The Context the callback runs in; None until made from _vars (see _get_context).
+    cdef object _ctx
+    # The caller's context variables when scheduled (cqcompat.h, "Lazy contexts"), or None.
+    cdef object _vars
     cdef readonly object _loop
     cdef readonly bint _cancelled
     cdef public object _source_traceback
@@ -13,6 +16,7 @@ cdef class Handle:
     cdef str _repr
     cdef object __weakref__
 
+    cdef object _get_context(self)
     cdef int _run(self) except -1
     cdef int _on_callback_error(self) except -1
     cdef list _repr_info(self)

@@ -21,6 +21,8 @@ from cqloop._core.includes.pyapi cimport (
     PyContext_Enter,
     PyContext_Exit,
     cq_call_tuple,
+    cq_context_from_snapshot,
+    cq_context_snapshot,
     cq_reraise,
 )
 
@@ -37,7 +39,7 @@ cdef class Handle:
     def __init__(self, callback, args, loop, context=None):
         if context is None:
             context = PyContext_CopyCurrent()
-        self._context = context
+        self._ctx = context
         self._loop = loop
         self._callback = callback
         self._args = tuple(args)
@@ -50,7 +52,18 @@ cdef class Handle:
     # -- public API ------------------------------------------------------------------
 
     def get_context(self):
-        return self._context
+        return self._get_context()
+
+    @property
+    def _context(self):
+        # asyncio.Handle's attribute of the same name (read by tools and tests).
+        return self._get_context()
+
+    cdef object _get_context(self):
+        if self._ctx is None:
+            self._ctx = cq_context_from_snapshot(self._vars)
+            self._vars = None
+        return self._ctx
 
     def cancel(self):
         if not self._cancelled:
@@ -76,7 +89,7 @@ cdef class Handle:
         only SystemExit and KeyboardInterrupt propagate, as in asyncio."""
         cdef PyObject *result
         # Local references: a callback may cancel its own handle, which drops these.
-        cdef object context = self._context
+        cdef object context = self._ctx if self._ctx is not None else self._get_context()
         cdef object callback = self._callback
         cdef object args = self._args
         if PyContext_Enter(context) < 0:
@@ -190,7 +203,10 @@ cdef Handle new_handle(object callback, tuple args, object loop, object context)
     handle._callback = callback
     handle._args = args
     handle._loop = loop
-    handle._context = PyContext_CopyCurrent() if context is None else context
+    if context is None:
+        handle._vars = cq_context_snapshot()
+    else:
+        handle._ctx = context
     return handle
 
 
@@ -200,7 +216,10 @@ cdef TimerHandle new_timer_handle(double when, object callback, tuple args, obje
     handle._callback = callback
     handle._args = args
     handle._loop = loop
-    handle._context = PyContext_CopyCurrent() if context is None else context
+    if context is None:
+        handle._vars = cq_context_snapshot()
+    else:
+        handle._ctx = context
     handle._when = when
     handle._seq = seq
     return handle

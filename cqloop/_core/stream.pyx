@@ -131,7 +131,7 @@ cdef _ReadyHandle _ready_handle(StreamTransport transport, bint writing, object 
     cdef _ReadyHandle handle = _ReadyHandle.__new__(_ReadyHandle)
     handle._callback = callback
     handle._args = ()
-    handle._context = transport._context
+    handle._ctx = transport._context
     handle._loop = transport._loop
     handle.transport = transport
     handle.writing = writing

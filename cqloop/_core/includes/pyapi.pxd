@@ -28,3 +28,7 @@ cdef extern from "cqcompat.h":
     # and its size, set directly (timerheap.pyx). Only for lists the caller owns.
     PyObject **cq_list_items(list lst)
     void cq_list_set_size(list lst, Py_ssize_t n)
+    # Lazy contexts (see cqcompat.h): the caller's context variables now, and a new
+    # Context made from them later.
+    object cq_context_snapshot()
+    object cq_context_from_snapshot(object snapshot)
