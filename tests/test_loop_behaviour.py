@@ -145,6 +145,29 @@ def test_each_callback_gets_its_own_copy_of_the_callers_context(loop, schedule):
         assert all(handle.get_context() is c for handle, c in zip(handles, contexts, strict=True))
 
 
+@pytest.mark.parametrize("schedule", SCHEDULERS.values(), ids=SCHEDULERS.keys())
+def test_a_callback_never_sees_what_an_earlier_unreferenced_one_set(loop, schedule):
+    # Nothing holds these handles: cqloop may hand a finished callback's Context to the
+    # next one (cqcompat.h, cq_context_recycle), which must then hold only its own
+    # variables.
+    var = contextvars.ContextVar("var", default="default")
+    seen = []
+
+    def setter(value):
+        def set_it():
+            seen.append(var.get())
+            var.set(value)
+
+        return set_it
+
+    for i in range(3):
+        schedule(loop, setter(f"set-{i}"))
+    schedule(loop, lambda: seen.append(var.get()))
+    loop.call_later(0.001, loop.stop)
+    loop.run_forever()
+    assert seen == ["default"] * 4
+
+
 def test_get_context_before_the_callback_runs_is_the_context_it_runs_in(loop):
     var = contextvars.ContextVar("var", default=0)
     handle = loop.call_later(0, lambda: var.set(var.get() + 1))

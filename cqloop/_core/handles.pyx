@@ -22,6 +22,7 @@ from cqloop._core.includes.pyapi cimport (
     PyContext_Exit,
     cq_call_tuple,
     cq_context_from_snapshot,
+    cq_context_recycle,
     cq_context_snapshot,
     cq_reraise,
 )
@@ -88,8 +89,10 @@ cdef class Handle:
         """Run the callback inside its context. Errors go to the loop's exception handler;
         only SystemExit and KeyboardInterrupt propagate, as in asyncio."""
         cdef PyObject *result
+        # Whether this run makes the handle's Context from its snapshot (cqcompat.h).
+        cdef bint made = self._ctx is None
         # Local references: a callback may cancel its own handle, which drops these.
-        cdef object context = self._ctx if self._ctx is not None else self._get_context()
+        cdef object context = self._get_context() if made else self._ctx
         cdef object callback = self._callback
         cdef object args = self._args
         if PyContext_Enter(context) < 0:
@@ -103,6 +106,11 @@ cdef class Handle:
         if result is NULL:
             return self._on_callback_error()
         Py_XDECREF(result)
+        if made:
+            # A Context nobody else can see again is handed to the next handle.
+            context = None
+            if cq_context_recycle(<PyObject *>self, <PyObject *>self._ctx):
+                self._ctx = None
         return 0
 
     def _run_handle(self):

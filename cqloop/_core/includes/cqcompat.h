@@ -123,6 +123,12 @@ cq_context_snapshot(void)
 #endif
 }
 
+#ifdef CQ_LAZY_CONTEXT
+/* One Context kept from a callback that has run, for the next handle to make its Context
+ * in (handles.pyx is the only user; a static per translation unit, guarded by the GIL). */
+static PyObject *cq_spare_context = NULL;
+#endif
+
 /* A new Context holding the variables of `snapshot` (from cq_context_snapshot). */
 static inline PyObject *
 cq_context_from_snapshot(PyObject *snapshot)
@@ -135,9 +141,15 @@ cq_context_from_snapshot(PyObject *snapshot)
         Py_INCREF(snapshot);
         return snapshot;
     }
-    ctx = PyContext_New();
-    if (ctx == NULL) {
-        return NULL;
+    ctx = cq_spare_context;
+    if (ctx != NULL) {
+        cq_spare_context = NULL;
+    }
+    else {
+        ctx = PyContext_New();
+        if (ctx == NULL) {
+            return NULL;
+        }
     }
     old = ((cq_context_layout *)ctx)->ctx_vars;
     Py_INCREF(snapshot);
@@ -147,6 +159,31 @@ cq_context_from_snapshot(PyObject *snapshot)
 #else
     Py_INCREF(snapshot);
     return snapshot;
+#endif
+}
+
+/* After a callback ran in `ctx`, the Context its handle made: when nothing but that handle
+ * holds the Context (no other reference, no weak reference, not entered) and nothing but
+ * the caller holds the handle (it is about to be freed, so no get_context() can ever ask
+ * for it again), nobody can tell the Context from a new one, and it becomes the spare that
+ * the next cq_context_from_snapshot fills instead of allocating. Returns 1 when it took
+ * the Context (the caller then drops the handle's reference to it without freeing it). */
+static inline int
+cq_context_recycle(PyObject *handle, PyObject *ctx)
+{
+#ifdef CQ_LAZY_CONTEXT
+    cq_context_layout *c = (cq_context_layout *)ctx;
+    if (cq_spare_context != NULL || Py_REFCNT(handle) != 1 || Py_REFCNT(ctx) != 1
+            || c->ctx_weakreflist != NULL || c->ctx_entered || !PyContext_CheckExact(ctx)) {
+        return 0;
+    }
+    Py_INCREF(ctx);
+    cq_spare_context = ctx;
+    return 1;
+#else
+    (void)handle;
+    (void)ctx;
+    return 0;
 #endif
 }
 

@@ -32,3 +32,5 @@ cdef extern from "cqcompat.h":
     # Context made from them later.
     object cq_context_snapshot()
     object cq_context_from_snapshot(object snapshot)
+    # Borrowed references: the reference counts are what it judges by.
+    int cq_context_recycle(PyObject *handle, PyObject *ctx)
