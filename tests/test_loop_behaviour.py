@@ -21,6 +21,8 @@ import subprocess
 import sys
 import textwrap
 import threading
+import warnings
+import weakref
 
 import pytest
 
@@ -196,6 +198,56 @@ def test_a_thread_that_never_touched_contextvars_schedules_with_an_empty_context
     loop.call_soon(loop.stop)
     loop.run_forever()
     assert seen == ["default"]
+
+
+# cqloop keeps queued call_soon handles out of the GC's lists while they wait (kernel.pyx,
+# "The ready queue and the cyclic GC"): cycles through them must still be collected.
+
+
+def test_a_loop_dropped_unclosed_with_callbacks_queued_is_collected(loop_factory):
+    if loop_factory.__module__.startswith("uvloop"):
+        pytest.skip("uvloop collects the loop but leaves its fds open")
+
+    class Holder:
+        def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+            self.loop = loop
+
+        def callback(self) -> None:
+            pass
+
+    loop = loop_factory()
+    # A cycle through the queued handle: loop -> queue -> handle -> bound method -> loop.
+    loop.call_soon(Holder(loop).callback)
+    collected = weakref.ref(loop)
+    del loop
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)  # "unclosed event loop"
+        gc.collect()
+    assert collected() is None
+
+
+@pytest.mark.parametrize("cancel", [False, True], ids=["ran", "cancelled"])
+def test_a_handle_kept_after_it_left_the_queue_is_collected_in_a_cycle(loop, cancel):
+    class Owner:
+        handle: asyncio.Handle
+
+        def callback(self) -> None:
+            pass
+
+    owner = Owner()
+    # owner -> handle -> bound method (and Context) -> owner; cancel() drops the method.
+    context = contextvars.copy_context()
+    context.run(contextvars.ContextVar("owner").set, owner)
+    owner.handle = loop.call_soon(owner.callback, context=context)
+    del context
+    if cancel:
+        owner.handle.cancel()
+    collected = weakref.ref(owner)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    del owner
+    gc.collect()
+    assert collected() is None
 
 
 def test_callback_that_cancels_its_own_handle_runs_to_completion(loop):
