@@ -30,6 +30,7 @@ from typing import Any, TypeVar, TypeVarTuple, Unpack
 from cqloop._core.kernel import Kernel
 from cqloop.controller import ControllerMixin
 from cqloop.transports.datagram import DatagramMixin
+from cqloop.transports.flow import set_result_unless_cancelled
 from cqloop.transports.pipes import PipesMixin
 from cqloop.transports.process import ProcessMixin
 from cqloop.transports.signals import SignalsMixin
@@ -73,11 +74,6 @@ def _debug_mode_requested() -> bool:
     return sys.flags.dev_mode or (
         not sys.flags.ignore_environment and bool(os.environ.get("PYTHONASYNCIODEBUG"))
     )
-
-
-def _set_result_unless_cancelled(fut: asyncio.Future[Any], result: Any) -> None:
-    if not fut.cancelled():
-        fut.set_result(result)
 
 
 def _run_until_complete_cb(fut: asyncio.Future[Any]) -> None:
@@ -446,7 +442,7 @@ class Loop(  # type: ignore[misc]
             assert self._default_executor is not None
             self._default_executor.shutdown(wait=True)
             if not self.is_closed():
-                self.call_soon_threadsafe(_set_result_unless_cancelled, future, None)
+                self.call_soon_threadsafe(set_result_unless_cancelled, future, None)
         except Exception as ex:
             if not self.is_closed() and not future.cancelled():
                 self.call_soon_threadsafe(future.set_exception, ex)

@@ -41,7 +41,11 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
 from cqloop._core.stream import water_marks
-from cqloop.transports.flow import call_flow_control
+from cqloop.transports.flow import (
+    ReadFlowMixin,
+    WriteFlowMixin,
+    set_result_unless_cancelled,
+)
 from cqloop.transports.sockutil import remove_stale_unix_socket, set_reuseport
 
 __all__ = ["DatagramMixin", "DatagramTransport"]
@@ -70,11 +74,6 @@ _AddrInfo = tuple[int, int, int, str, Any]
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def _set_result_unless_cancelled(fut: asyncio.Future[None], result: None) -> None:
-    if not fut.cancelled():
-        fut.set_result(result)
 
 
 def _is_connected(sock: socket.socket) -> tuple[bool, Any]:
@@ -237,7 +236,9 @@ def _open_first_socket(
 
 # Also an asyncio.Transport, as asyncio's own datagram transport is (CPython's
 # test_create_datagram_endpoint checks isinstance(transport, asyncio.Transport)).
-class DatagramTransport(asyncio.DatagramTransport, asyncio.Transport):
+class DatagramTransport(
+    ReadFlowMixin, WriteFlowMixin, asyncio.DatagramTransport, asyncio.Transport
+):
     """A UDP or Unix datagram socket as an asyncio DatagramTransport.
 
     An ordinary Python class: instances take attributes (test suites replace methods on
@@ -290,7 +291,7 @@ class DatagramTransport(asyncio.DatagramTransport, asyncio.Transport):
         # Read only once connection_made() has run, and wake the waiter after both.
         loop.call_soon(self._start_reading)
         if waiter is not None:
-            loop.call_soon(_set_result_unless_cancelled, waiter, None)
+            loop.call_soon(set_result_unless_cancelled, waiter, None)
 
     def __repr__(self) -> str:
         info = [type(self).__name__]
@@ -380,37 +381,9 @@ class DatagramTransport(asyncio.DatagramTransport, asyncio.Transport):
     def get_protocol(self) -> Any:
         return self._protocol
 
-    def is_reading(self) -> bool:
-        return not self._closing and not self._paused
-
-    def pause_reading(self) -> None:
-        if not self.is_reading():
-            return
-        self._paused = True
-        self._stop_reading()
-        if self._loop.get_debug():
-            logger.debug("%r pauses reading", self)
-
-    def resume_reading(self) -> None:
-        if self._closing or not self._paused:
-            return
-        self._paused = False
-        self._start_reading()
-        if self._loop.get_debug():
-            logger.debug("%r resumes reading", self)
-
     def get_write_buffer_size(self) -> int:
         """Bytes buffered (on 3.13, with 8 more per datagram for its header)."""
         return self._buffer_size
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return (self._low_water, self._high_water)
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        """pause_writing() is called when the buffer grows past `high` bytes, and
-        resume_writing() when it shrinks to `low` (defaults: 64 KiB, and high // 4)."""
-        self._high_water, self._low_water = water_marks(high, low)
-        self._maybe_pause_protocol()
 
     # -- private ----------------------------------------------------------------------------
 
@@ -430,17 +403,6 @@ class DatagramTransport(asyncio.DatagramTransport, asyncio.Transport):
         if self._watching_reads:
             self._loop.remove_reader(self._sock_fd)
             self._watching_reads = False
-
-    def _maybe_pause_protocol(self) -> None:
-        if self.get_write_buffer_size() <= self._high_water or self._protocol_paused:
-            return
-        self._protocol_paused = True
-        call_flow_control(self, "pause_writing")
-
-    def _maybe_resume_protocol(self) -> None:
-        if self._protocol_paused and self.get_write_buffer_size() <= self._low_water:
-            self._protocol_paused = False
-            call_flow_control(self, "resume_writing")
 
     def _fatal_error(self, exc: BaseException, message: str) -> None:
         """Report an error that ends the transport and close it at once. An OSError is the

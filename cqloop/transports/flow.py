@@ -1,14 +1,33 @@
-"""Write flow control shared by the Python transports (datagram.py, pipes.py).
+"""Flow control shared by the Python transports (datagram.py, pipes.py).
 
-The compiled stream transport has its own copy of the same rule in stream.pyx, where a
+ReadFlowMixin gives is_reading/pause_reading/resume_reading on top of a transport's
+`_start_reading`/`_stop_reading` (which add and remove its fd's reader); WriteFlowMixin
+gives the write buffer limits and the pause_writing/resume_writing calls on top of its
+`get_write_buffer_size()`. Both read the attributes every such transport has: `_loop`,
+`_protocol`, `_closing`, and `_paused` (reading) or `_high_water`, `_low_water`,
+`_protocol_paused` (writing).
+
+The compiled stream transport has its own copy of the same rules in stream.pyx, where a
 Python call would cost more than the rule itself.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
-__all__ = ["call_flow_control"]
+from cqloop._core.stream import water_marks
+
+__all__ = ["ReadFlowMixin", "WriteFlowMixin", "call_flow_control", "set_result_unless_cancelled"]
+
+logger = logging.getLogger("asyncio")
+
+
+def set_result_unless_cancelled(fut: asyncio.Future[Any], result: Any) -> None:
+    """Resolve a transport's waiter, which its creator may have cancelled meanwhile."""
+    if not fut.cancelled():
+        fut.set_result(result)
 
 
 def call_flow_control(transport: Any, name: str) -> None:
@@ -29,3 +48,67 @@ def call_flow_control(transport: Any, name: str) -> None:
                 "protocol": protocol,
             }
         )
+
+
+class ReadFlowMixin:
+    """pause_reading/resume_reading, as asyncio's transports have them."""
+
+    _loop: Any
+    _closing: bool
+    _paused: bool
+
+    def _start_reading(self) -> None:
+        raise NotImplementedError
+
+    def _stop_reading(self) -> None:
+        raise NotImplementedError
+
+    def is_reading(self) -> bool:
+        return not self._paused and not self._closing
+
+    def pause_reading(self) -> None:
+        if not self.is_reading():
+            return
+        self._paused = True
+        self._stop_reading()
+        if self._loop.get_debug():
+            logger.debug("%r pauses reading", self)
+
+    def resume_reading(self) -> None:
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        self._start_reading()
+        if self._loop.get_debug():
+            logger.debug("%r resumes reading", self)
+
+
+class WriteFlowMixin:
+    """Write buffer limits and the protocol's pause_writing/resume_writing."""
+
+    _high_water: int
+    _low_water: int
+    _protocol_paused: bool
+
+    def get_write_buffer_size(self) -> int:
+        raise NotImplementedError
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (self._low_water, self._high_water)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        """pause_writing() is called when the buffer grows past `high` bytes, and
+        resume_writing() when it shrinks to `low` (defaults: 64 KiB, and high // 4)."""
+        self._high_water, self._low_water = water_marks(high, low)
+        self._maybe_pause_protocol()
+
+    def _maybe_pause_protocol(self) -> None:
+        if self.get_write_buffer_size() <= self._high_water or self._protocol_paused:
+            return
+        self._protocol_paused = True
+        call_flow_control(self, "pause_writing")
+
+    def _maybe_resume_protocol(self) -> None:
+        if self._protocol_paused and self.get_write_buffer_size() <= self._low_water:
+            self._protocol_paused = False
+            call_flow_control(self, "resume_writing")

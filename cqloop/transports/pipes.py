@@ -46,7 +46,11 @@ from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 from cqloop._core.stream import water_marks
-from cqloop.transports.flow import call_flow_control
+from cqloop.transports.flow import (
+    ReadFlowMixin,
+    WriteFlowMixin,
+    set_result_unless_cancelled,
+)
 
 __all__ = ["PipesMixin", "ReadPipeTransport", "WritePipeTransport"]
 
@@ -60,55 +64,46 @@ MAX_READ_BYTES = 256 * 1024
 LOG_THRESHOLD_FOR_CONNLOST_WRITES: int = constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES
 
 
-def _set_result_unless_cancelled(fut: asyncio.Future[None], result: None) -> None:
-    if not fut.cancelled():
-        fut.set_result(result)
-
-
 def _pipe_kind(fd: int) -> tuple[bool, bool, bool]:
     """(is a FIFO, is a socket, is a character device) for the file behind fd."""
     mode = os.fstat(fd).st_mode
     return stat.S_ISFIFO(mode), stat.S_ISSOCK(mode), stat.S_ISCHR(mode)
 
 
-class ReadPipeTransport(asyncio.ReadTransport):
-    """The read end of a pipe (or a FIFO, socket, pty or character device) as an asyncio
-    ReadTransport. Made by connect_read_pipe."""
+class _PipeTransport:
+    """What the read and write pipe transports share: the pipe object they own (checked,
+    made non-blocking), their repr, the unclosed-transport warning and the protocol
+    accessors."""
 
     _extra: dict[str, Any]  # set by BaseTransport.__init__ (a slot there)
-    # A class attribute under asyncio's name, so it can be changed as on asyncio's transport.
-    max_size = MAX_READ_BYTES
     # Read by __del__, which may run on an instance whose __init__ failed.
     _pipe: Any = None
+    _loop: Any
+    _protocol: Any
+    _fileno: int
+    _closing: bool
 
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        pipe: Any,
-        protocol: asyncio.BaseProtocol,
-        waiter: asyncio.Future[None] | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(extra)
+    def _adopt_pipe(
+        self, loop: asyncio.AbstractEventLoop, pipe: Any, protocol: Any, refusal: str
+    ) -> tuple[bool, bool, bool]:
+        """Take `pipe` (refused with asyncio's ValueError `refusal` when it is none of the
+        kinds accepted); return its kind, as _pipe_kind gives it."""
         self._extra["pipe"] = pipe
         fileno = pipe.fileno()
-        is_fifo, is_socket, is_char = _pipe_kind(fileno)
-        if not (is_fifo or is_socket or is_char):
-            raise ValueError("Pipe transport is for pipes/sockets only.")
+        kind = _pipe_kind(fileno)
+        if not any(kind):
+            raise ValueError(refusal)
         os.set_blocking(fileno, False)
-        self._loop: Any = loop
+        self._loop = loop
         self._pipe = pipe
         self._fileno = fileno
-        self._protocol: Any = protocol
+        self._protocol = protocol
         self._closing = False
-        self._paused = False
-        self._watching = False
+        return kind
 
-        loop.call_soon(protocol.connection_made, self)
-        # Read only once connection_made() has run, and wake the waiter after both.
-        loop.call_soon(self._start_watching)
-        if waiter is not None:
-            loop.call_soon(_set_result_unless_cancelled, waiter, None)
+    def _repr_activity(self) -> list[str]:
+        """What the repr says of an open transport's fd watching."""
+        raise NotImplementedError
 
     def __repr__(self) -> str:
         info = [type(self).__name__]
@@ -122,34 +117,13 @@ class ReadPipeTransport(asyncio.ReadTransport):
         elif self._loop is None or self._loop.is_closed():
             info.append("open")
         else:
-            info.append("polling" if self._watching else "idle")
+            info.extend(self._repr_activity())
         return "<{}>".format(" ".join(info))
 
     def __del__(self, _warn: Callable[..., Any] = warnings.warn) -> None:
         if self._pipe is not None:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             self._pipe.close()
-
-    # -- public API -----------------------------------------------------------------------
-
-    def is_reading(self) -> bool:
-        return not self._paused and not self._closing
-
-    def pause_reading(self) -> None:
-        if not self.is_reading():
-            return
-        self._paused = True
-        self._stop_watching()
-        if self._loop.get_debug():
-            logger.debug("%r pauses reading", self)
-
-    def resume_reading(self) -> None:
-        if self._closing or not self._paused:
-            return
-        self._paused = False
-        self._start_watching()
-        if self._loop.get_debug():
-            logger.debug("%r resumes reading", self)
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol
@@ -160,6 +134,38 @@ class ReadPipeTransport(asyncio.ReadTransport):
     def is_closing(self) -> bool:
         return self._closing
 
+
+class ReadPipeTransport(_PipeTransport, ReadFlowMixin, asyncio.ReadTransport):
+    """The read end of a pipe (or a FIFO, socket, pty or character device) as an asyncio
+    ReadTransport. Made by connect_read_pipe."""
+
+    # A class attribute under asyncio's name, so it can be changed as on asyncio's transport.
+    max_size = MAX_READ_BYTES
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        pipe: Any,
+        protocol: asyncio.BaseProtocol,
+        waiter: asyncio.Future[None] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(extra)
+        self._adopt_pipe(loop, pipe, protocol, "Pipe transport is for pipes/sockets only.")
+        self._paused = False
+        self._watching = False
+
+        loop.call_soon(protocol.connection_made, self)
+        # Read only once connection_made() has run, and wake the waiter after both.
+        loop.call_soon(self._start_reading)
+        if waiter is not None:
+            loop.call_soon(set_result_unless_cancelled, waiter, None)
+
+    def _repr_activity(self) -> list[str]:
+        return ["polling" if self._watching else "idle"]
+
+    # -- public API -----------------------------------------------------------------------
+
     def close(self) -> None:
         """Stop reading; connection_lost(None) follows, then the pipe is closed."""
         if not self._closing:
@@ -167,12 +173,12 @@ class ReadPipeTransport(asyncio.ReadTransport):
 
     # -- private ----------------------------------------------------------------------------
 
-    def _start_watching(self) -> None:
+    def _start_reading(self) -> None:
         if self.is_reading() and not self._watching:
             self._loop.add_reader(self._fileno, self._on_readable)
             self._watching = True
 
-    def _stop_watching(self) -> None:
+    def _stop_reading(self) -> None:
         if self._watching:
             self._loop.remove_reader(self._fileno)
             self._watching = False
@@ -195,7 +201,7 @@ class ReadPipeTransport(asyncio.ReadTransport):
 
     def _close(self, exc: BaseException | None) -> None:
         self._closing = True
-        self._stop_watching()
+        self._stop_reading()
         self._loop.call_soon(self._call_connection_lost, exc)
 
     def _call_connection_lost(self, exc: BaseException | None) -> None:
@@ -227,17 +233,14 @@ class ReadPipeTransport(asyncio.ReadTransport):
         if self._loop.get_debug():
             logger.info("%r was closed by peer", self)
         self._closing = True
-        self._stop_watching()
+        self._stop_reading()
         self._loop.call_soon(self._protocol.eof_received)
         self._loop.call_soon(self._call_connection_lost, None)
 
 
-class WritePipeTransport(asyncio.WriteTransport):
+class WritePipeTransport(_PipeTransport, WriteFlowMixin, asyncio.WriteTransport):
     """The write end of a pipe (or a FIFO, socket, pty or character device) as an asyncio
     WriteTransport with flow control. Made by connect_write_pipe."""
-
-    _extra: dict[str, Any]  # set by BaseTransport.__init__ (a slot there)
-    _pipe: Any = None
 
     def __init__(
         self,
@@ -248,21 +251,13 @@ class WritePipeTransport(asyncio.WriteTransport):
         extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(extra)
-        self._extra["pipe"] = pipe
-        fileno = pipe.fileno()
-        is_fifo, is_socket, is_char = _pipe_kind(fileno)
-        if not (is_fifo or is_socket or is_char):
-            raise ValueError("Pipe transport is only for pipes, sockets and character devices")
-        os.set_blocking(fileno, False)
-        self._loop: Any = loop
-        self._pipe = pipe
-        self._fileno = fileno
-        self._protocol: Any = protocol
+        is_fifo, is_socket, _ = self._adopt_pipe(
+            loop, pipe, protocol, "Pipe transport is only for pipes, sockets and character devices"
+        )
         self._buffer = bytearray()
         # Non-zero once the pipe is known lost; then counts writes made since.
         self._conn_lost = 0
-        # Set by close() and write_eof(): nothing more is accepted.
-        self._closing = False
+        # (_closing, set by close() and write_eof(), means nothing more is accepted.)
         self._high_water, self._low_water = water_marks()
         self._protocol_paused = False
         # Watching for "readable", which on a write end means the reader closed (EPOLLERR).
@@ -276,30 +271,13 @@ class WritePipeTransport(asyncio.WriteTransport):
             # A pty or other character device gives no such news; asyncio does not ask.
             loop.call_soon(self._watch_peer)
         if waiter is not None:
-            loop.call_soon(_set_result_unless_cancelled, waiter, None)
+            loop.call_soon(set_result_unless_cancelled, waiter, None)
 
-    def __repr__(self) -> str:
-        info = [type(self).__name__]
-        if self._pipe is None:
-            info.append("closed")
-        elif self._closing:
-            info.append("closing")
-        info.append(f"fd={self._fileno}")
-        if self._pipe is None:
-            info.append("closed")
-        elif self._loop is None or self._loop.is_closed():
-            info.append("open")
-        else:
-            info.append("polling" if self._watching_writes else "idle")
-            info.append(f"bufsize={self.get_write_buffer_size()}")
-        return "<{}>".format(" ".join(info))
-
-    def __del__(self, _warn: Callable[..., Any] = warnings.warn) -> None:
-        if self._pipe is not None:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            self._pipe.close()
-
-    # -- public API -----------------------------------------------------------------------
+    def _repr_activity(self) -> list[str]:
+        return [
+            "polling" if self._watching_writes else "idle",
+            f"bufsize={self.get_write_buffer_size()}",
+        ]
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Write `data`: at once as far as the pipe takes it, the rest buffered and written
@@ -360,26 +338,8 @@ class WritePipeTransport(asyncio.WriteTransport):
         """Close at once, dropping buffered data; connection_lost(None) follows."""
         self._close(None)
 
-    def is_closing(self) -> bool:
-        return self._closing
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._protocol = protocol
-
-    def get_protocol(self) -> Any:
-        return self._protocol
-
     def get_write_buffer_size(self) -> int:
         return len(self._buffer)
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return (self._low_water, self._high_water)
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        """pause_writing() is called when the buffer grows past `high` bytes, and
-        resume_writing() when it shrinks to `low` (defaults: 64 KiB, and high // 4)."""
-        self._high_water, self._low_water = water_marks(high, low)
-        self._maybe_pause_protocol()
 
     # -- private ----------------------------------------------------------------------------
 
@@ -397,17 +357,6 @@ class WritePipeTransport(asyncio.WriteTransport):
         if self._watching_writes:
             self._loop.remove_writer(self._fileno)
             self._watching_writes = False
-
-    def _maybe_pause_protocol(self) -> None:
-        if len(self._buffer) <= self._high_water or self._protocol_paused:
-            return
-        self._protocol_paused = True
-        call_flow_control(self, "pause_writing")
-
-    def _maybe_resume_protocol(self) -> None:
-        if self._protocol_paused and len(self._buffer) <= self._low_water:
-            self._protocol_paused = False
-            call_flow_control(self, "resume_writing")
 
     def _fatal_error(self, exc: BaseException, message: str) -> None:
         # An OSError (EPIPE and friends) is the pipe's news, logged only in debug mode.

@@ -121,11 +121,6 @@ def _exited_from_thread(transport_ref: Any, returncode: int) -> None:
         transport._on_exit_status(returncode)
 
 
-def _set_result_unless_cancelled(fut: asyncio.Future[Any], result: Any) -> None:
-    if not fut.cancelled():
-        fut.set_result(result)
-
-
 class _PipeProto(asyncio.Protocol):
     """The protocol of one of the child's pipes: forwards to the subprocess transport."""
 
