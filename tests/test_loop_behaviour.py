@@ -250,6 +250,42 @@ def test_a_handle_kept_after_it_left_the_queue_is_collected_in_a_cycle(loop, can
     assert collected() is None
 
 
+def test_a_handle_only_weakly_referenced_dies_after_it_ran(loop):
+    # cqloop reuses the handles nothing holds after they ran; one with a weak reference
+    # to it must be freed instead, as on asyncio.
+    try:
+        dead = weakref.ref(loop.call_soon(lambda: None))
+    except TypeError:
+        pytest.skip("this loop's handles take no weak references")
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert dead() is None
+
+
+def test_callbacks_run_with_their_own_arguments_when_handles_are_reused(loop):
+    # Many rounds of callbacks whose handles nothing keeps (cqloop reuses them): each runs
+    # once, with its own arguments and context, and none is left cancelled from before.
+    var = contextvars.ContextVar("var", default=None)
+    seen = []
+
+    def record(i):
+        seen.append((i, var.get()))
+        var.set(i)
+
+    def schedule(i):
+        if i % 3 == 0:
+            loop.call_soon(record, i).cancel()
+        else:
+            loop.call_soon(record, i)
+
+    for round_ in range(4):
+        for i in range(round_ * 50, round_ * 50 + 50):
+            schedule(i)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+    assert seen == [(i, None) for i in range(200) if i % 3]
+
+
 def test_callback_that_cancels_its_own_handle_runs_to_completion(loop):
     done = []
     holder = {}

@@ -31,5 +31,11 @@ cdef class TimerHandle(Handle):
 
 
 cdef Handle new_handle(object callback, tuple args, object loop, object context)
+# Fill a handle that reuse_ready() cleared, as new_handle fills a new one.
+cdef Handle refill_handle(Handle handle, object callback, tuple args, object loop,
+                          object context)
+# Clear a plain Handle that ran and that nothing but the caller holds (no other reference,
+# no weak reference), for refill_handle; False, leaving it as it is, when it is not one.
+cdef bint clear_for_reuse(Handle handle) except -1
 cdef TimerHandle new_timer_handle(double when, object callback, tuple args, object loop,
                                   object context, unsigned long long seq)

@@ -14,7 +14,7 @@ from asyncio import format_helpers
 cimport cython
 
 from cpython.object cimport PyObject
-from cpython.ref cimport Py_XDECREF
+from cpython.ref cimport Py_REFCNT, Py_XDECREF
 
 from cqloop._core.includes.pyapi cimport (
     PyContext_CopyCurrent,
@@ -24,6 +24,7 @@ from cqloop._core.includes.pyapi cimport (
     cq_context_from_snapshot,
     cq_context_recycle,
     cq_context_snapshot,
+    cq_has_weakrefs,
     cq_reraise,
 )
 
@@ -216,6 +217,36 @@ cdef Handle new_handle(object callback, tuple args, object loop, object context)
     else:
         handle._ctx = context
     return handle
+
+
+cdef Handle refill_handle(Handle handle, object callback, tuple args, object loop,
+                          object context):
+    handle._callback = callback
+    handle._args = args
+    handle._loop = loop
+    if context is None:
+        handle._vars = cq_context_snapshot()
+    else:
+        handle._ctx = context
+    return handle
+
+
+cdef bint clear_for_reuse(Handle handle) except -1:
+    if (
+        type(handle) is not Handle
+        or Py_REFCNT(handle) != 1
+        or cq_has_weakrefs(<PyObject *>handle)
+        or handle._source_traceback is not None
+    ):
+        return False
+    handle._callback = None
+    handle._args = None
+    handle._ctx = None
+    handle._vars = None
+    handle._loop = None
+    handle._cancelled = False
+    handle._repr = None
+    return True
 
 
 cdef TimerHandle new_timer_handle(double when, object callback, tuple args, object loop,

@@ -1,5 +1,6 @@
 # Kernel: the loop's state below the asyncio API. This file is the map of it.
 
+from cpython.object cimport PyObject
 from libc.stdint cimport uint32_t
 
 from cqloop._core.handles cimport Handle, TimerHandle
@@ -28,6 +29,11 @@ cdef class Kernel:
     cdef list _ready
     # The list _ready is swapped with at each iteration (two lists, no deque pops).
     cdef list _ready_spare
+    # Handles that ran and that nothing else held, cleared, for _call_soon to fill again
+    # (see "The ready queue and the cyclic GC" in kernel.pyx).
+    # Owned references, _pool_len of them; HANDLE_POOL_MAX in kernel.pyx is the size.
+    cdef PyObject *_handle_pool[256]
+    cdef Py_ssize_t _pool_len
     cdef TimerHeap _timers
     # The last poll returned events: the callbacks they lead to run before the next poll.
     cdef bint _io_fresh
@@ -63,6 +69,7 @@ cdef class Kernel:
     cdef int _dispatch(self, int nevents) except -1
     cdef int _run_ready(self) except -1
     cdef int _run_timed(self, Handle handle) except -1
+    cdef void _drain_pool(self) noexcept
     cdef int _run_due_timers(self) except -1
     cdef int _sync_external(self) except -1
     cdef int _signal_wakeup(self) noexcept

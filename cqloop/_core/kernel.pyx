@@ -43,9 +43,16 @@ from asyncio import Future
 
 from cpython.object cimport PyObject
 from cpython.pythread cimport PyThread_get_thread_ident
-from cpython.ref cimport Py_REFCNT, _Py_REFCNT
+from cpython.ref cimport Py_DECREF, Py_INCREF, Py_REFCNT, Py_XDECREF, _Py_REFCNT
 
-from cqloop._core.handles cimport Handle, TimerHandle, new_handle, new_timer_handle
+from cqloop._core.handles cimport (
+    Handle,
+    TimerHandle,
+    clear_for_reuse,
+    new_handle,
+    new_timer_handle,
+    refill_handle,
+)
 from cqloop._core.includes.callsoon cimport cq_install_call_soon
 from cqloop._core.includes.gchook cimport (
     PyObject_GC_Track,
@@ -89,6 +96,8 @@ cdef double MAX_POLL_TIMEOUT_S = 24 * 3600.0
 cdef double CLOCK_RESOLUTION_S = 1e-9
 # Generations are 32 bits in epoll_data; 0 is reserved for the kernel's own fds.
 cdef uint32_t FIRST_GEN = 1
+# Cleared handles kept for reuse: a burst of callbacks past this many frees the rest.
+cdef Py_ssize_t HANDLE_POOL_MAX = 256
 cdef str FORKED_MESSAGE = (
     "this event loop was inherited across fork(): its kernel queue belongs to the parent "
     "process; call loop.reset() in the child first, or make a new loop")
@@ -116,6 +125,7 @@ cdef class Kernel:
             raise OSError(err, "cannot register the wake-up eventfd")
         self._ready = []
         self._ready_spare = []
+        self._pool_len = 0
         self._timers = TimerHeap()
         self._timer_seq = 0
         self._watchers = {}
@@ -124,6 +134,7 @@ cdef class Kernel:
         self._thread_id = None
 
     def __dealloc__(self):
+        self._drain_pool()
         # A loop dropped without close(): give its fds back (Loop.__del__ warns first).
         if self._efd >= 0:
             close(self._efd)
@@ -159,15 +170,22 @@ cdef class Kernel:
             self._check_closed()
         if self._debug:
             self._debug_checks(callback, "call_soon")
-        handle = new_handle(callback, args, self, context)
+        if self._pool_len:
+            # Cleared, and already out of the GC's lists; the pool's reference becomes ours.
+            self._pool_len -= 1
+            handle = <Handle>self._handle_pool[self._pool_len]
+            Py_DECREF(handle)
+            refill_handle(handle, callback, args, self, context)
+        else:
+            handle = new_handle(callback, args, self, context)
+            # Out of the GC's generations while it waits in the queue (see "The ready
+            # queue and the cyclic GC" at the end of this file).
+            PyObject_GC_UnTrack(handle)
         if self._debug:
             handle._source_traceback = self._source_traceback()
         if self._external and not self._running and not self._efd_signalled:
             self._signal_wakeup()
         self._ready.append(handle)
-        # Out of the GC's generations while it waits in the queue (see "The ready queue
-        # and the cyclic GC" at the end of this file).
-        PyObject_GC_UnTrack(handle)
         return handle
 
     def call_soon_threadsafe(self, callback, *args, context=None):
@@ -297,6 +315,7 @@ cdef class Kernel:
         _track_all(self._ready)
         self._ready.clear()
         self._ready_spare.clear()
+        self._drain_pool()
         self._timers.clear()
         for watcher in list(self._watchers.values()):
             if watcher.registered:
@@ -440,6 +459,14 @@ cdef class Kernel:
             self._run_due_timers()
         return self._run_ready()
 
+    cdef void _drain_pool(self) noexcept:
+        cdef PyObject *handle
+        while self._pool_len:
+            self._pool_len -= 1
+            handle = self._handle_pool[self._pool_len]
+            self._handle_pool[self._pool_len] = NULL
+            Py_XDECREF(handle)
+
     cdef int _run_due_timers(self) except -1:
         cdef TimerHeap timers = self._timers
         cdef TimerHandle timer
@@ -474,6 +501,14 @@ cdef class Kernel:
                 if Py_REFCNT(handle) > 1:
                     # It lives on outside the queue: back under the GC's eye.
                     _track(handle)
+                elif (
+                    self._pool_len < HANDLE_POOL_MAX
+                    and not cq_gc_is_tracked(<PyObject *>handle)
+                    and clear_for_reuse(handle)
+                ):
+                    Py_INCREF(handle)
+                    self._handle_pool[self._pool_len] = <PyObject *>handle
+                    self._pool_len += 1
         except BaseException:
             # SystemExit or KeyboardInterrupt left a callback: the rest of this batch is
             # still due and runs first when the loop runs again, as asyncio keeps it.

@@ -82,6 +82,13 @@ cq_list_clear_keep(PyObject *list)
     }
 }
 
+/* Whether any weak reference to `op` exists; its type must support weak references. */
+static inline int
+cq_has_weakrefs(PyObject *op)
+{
+    return *(PyObject **)((char *)op + Py_TYPE(op)->tp_weaklistoffset) != NULL;
+}
+
 /* Lazy contexts. asyncio gives every scheduled callback its own copy of the caller's
  * contextvars.Context. A copy is a new GC-tracked object, and a batch of 50,000 pending
  * timers then holds 50,000 of them: the cyclic GC counts allocations net of frees, so that

@@ -32,5 +32,7 @@ cdef extern from "cqcompat.h":
     # Context made from them later.
     object cq_context_snapshot()
     object cq_context_from_snapshot(object snapshot)
+    # Whether any weak reference to `op` exists (its type must support them).
+    int cq_has_weakrefs(PyObject *op)
     # Borrowed references: the reference counts are what it judges by.
     int cq_context_recycle(PyObject *handle, PyObject *ctx)
