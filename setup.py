@@ -20,6 +20,7 @@ CORE_MODULES = [
     "osext",
     "tls",
     "cqbuf",
+    "cqsock",
 ]
 DEBUG = os.environ.get("CQLOOP_DEBUG_BUILD") == "1"
 

@@ -12,6 +12,12 @@ Waiting goes through cqloop.pollable's registry, so a Socket works on cqloop (on
 epoll registrations and subscriptions straight in the kernel), stock asyncio and uvloop,
 and is itself pollable (`pollfd()`, `events()`, `timeout()`).
 
+Socket derives from SocketCore (cqloop/_core/cqsock.pyx), which holds the state the hot
+paths touch and runs them compiled: read() with one format on a ready socket, write() on
+a ready plain socket, and the receive callback. They fall through to the methods here
+(_read_formats, _write_pieces, _receive, _wait_input, _send_all, _raise, ...) for
+everything else, so the semantics live here; cqsock.pyx's header lists what it calls.
+
 Next to split out when this file grows: the connection set-up (resolve, connect, listen,
 the TLS handshake) into a mixin of its own.
 """
@@ -19,7 +25,6 @@ the TLS handshake) into a mixin of its own.
 from __future__ import annotations
 
 import asyncio
-import enum
 import errno
 import functools
 import os
@@ -32,13 +37,13 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from cqloop._core.cqbuf import NEED_MORE, InputBuffer, OutputBuffer
+from cqloop._core.cqsock import SocketCore, SocketState, _Handled, _to_bytes
 from cqloop._tlschannel import TLSChannel
 from cqloop.condition import Condition
 from cqloop.pollable import cancel as _cancel_polls
 from cqloop.pollable import subscribe, unsubscribe, wait_readable, wait_writable
 
 MSG_NOSIGNAL = _socket.MSG_NOSIGNAL
-_running_loop = asyncio.get_running_loop
 AF_INET = _socket.AF_INET
 AF_INET6 = _socket.AF_INET6
 AF_UNIX = _socket.AF_UNIX
@@ -48,9 +53,8 @@ SOCK_DGRAM = _socket.SOCK_DGRAM
 
 # Bytes asked of the kernel per recv: at least this, or the input buffer size if larger.
 RECV_CHUNK_BYTES = 65536
-# Receiving stops when this much input is buffered and nobody reads it (backpressure:
-# the kernel's buffers then fill and the peer's sends block).
-INPUT_HIGH_WATER_BYTES = 1 << 20
+# INPUT_HIGH_WATER_BYTES (cqsock.pyx): receiving stops when this much input is buffered
+# and nobody reads it.
 # cqueues' initial unchecked-error limit per channel (socket:setmaxerrs).
 DEFAULT_MAXERRS = 100
 
@@ -70,12 +74,8 @@ _STICKY_CHANNEL = {
 ErrorHandler = Callable[["Socket", str, OSError], Any]
 
 
-class _State(enum.Enum):
-    NEW = "new"  # connect(): address not yet resolved or not yet connected
-    CONNECTED = "connected"  # connected; a TLS handshake may still be due
-    READY = "ready"
-    LISTENING = "listening"
-    CLOSED = "closed"
+# The socket's life cycle (new, connected, ready, listening, closed); the compiled half's.
+_State = SocketState
 
 
 @dataclass
@@ -102,14 +102,6 @@ _DEFAULTS.maxerrs["w"] = DEFAULT_MAXERRS
 def _oserror(code: int, message: str) -> OSError:
     """OSError(code, message): Python picks the subclass (TimeoutError, ...)."""
     return OSError(code, message)
-
-
-class _Handled(Exception):
-    """An onerror handler returned a value instead of raising: the failed operation
-    returns it. Raised by Socket._raise, caught where the public method returns."""
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
 
 
 def _handler_result(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -146,9 +138,13 @@ class _Options:
     resolver: Any = None
 
 
-class Socket:
+class Socket(SocketCore):
     """A cqueues socket: buffered, pollable, awaitable. Make them with connect(),
-    listen(), pair(), dup() or fdopen()."""
+    listen(), pair(), dup() or fdopen().
+
+    read() with one format, write() on a plain socket and the receive callback are
+    compiled (SocketCore, cqloop/_core/cqsock.pyx); they fall through to the methods
+    here for everything but the common case."""
 
     def __init__(self, sock: _socket.socket | None, options: _Options, state: _State) -> None:
         self._sock = sock
@@ -171,29 +167,15 @@ class Socket:
         self._maxerrs = dict(defaults.maxerrs)
         self._errcount = {"r": 0, "w": 0}
         self._onerror = defaults.onerror
-        # Sticky errors per channel (cqueues: so->ibuf.error / so->obuf.error).
-        self._errors: dict[str, OSError | None] = {"r": None, "w": None}
         self._setup_error: OSError | None = None
         self._tls: TLSChannel | None = None
         self._tls_pending = options.tls
         self._raw_out = bytearray()  # ciphertext waiting to be sent
-        self._eof_in = False
         self._eof_out = False
-        self._events: str | None = None
         self._setting_up = False
         self._setup_done = Condition()
-        # Byte counts for stat() (cqueues also logs times; counting is all a hot path
-        # can afford).
-        self._sent = 0
-        self._rcvd = 0
-        self._recv_error: OSError | None = None
-        self._fd = -1
-        # The loop this socket's fd is subscribed in while receiving, and the reads
-        # waiting for input (see "Receiving").
-        self._receiving: asyncio.AbstractEventLoop | None = None
-        self._input_waiters: list[asyncio.Future[bool]] = []
-        # Input arrived through the subscription since the last read looked (timeout()).
-        self._input_fresh = False
+        # The rest of the state (byte counts, the receive subscription, the waiting reads,
+        # the sticky errors) is SocketCore's: see cqsock.pxd.
         self._recv_bytes = max(defaults.inbufsiz, RECV_CHUNK_BYTES)
         if sock is not None:
             self._adopt(sock)
@@ -313,20 +295,20 @@ class Socket:
         return previous
 
     def error(self, which: str = "rw") -> tuple[OSError | None, ...]:
-        return tuple(self._errors[c] for c in which)
+        return tuple(self._sticky(c) for c in which)
 
     def seterror(self, which: str = "rw", error: OSError | int | None = None) -> None:
         """Make `error` (an OSError or an errno) the sticky error of the channels."""
         if isinstance(error, int):
             error = _oserror(error, os.strerror(error))
         for channel in which:
-            self._errors[channel] = error
+            self._set_sticky(channel, error)
 
     def clearerr(self, which: str = "rw") -> tuple[OSError | None, ...]:
         """Clear the sticky errors and error counters; return the errors cleared."""
         previous = self.error(which)
         for channel in which:
-            self._errors[channel] = None
+            self._set_sticky(channel, None)
             self._errcount[channel] = 0
         return previous
 
@@ -494,63 +476,19 @@ class Socket:
 
     # -- reading -----------------------------------------------------------------------
 
-    async def read(self, *formats: str | int) -> Any:
-        """Read in each format given (default "*l"), stopping at the first that yields
-        None (EOF, or the end of a header block). One format: its result; several: a
-        tuple of results, shorter when one yielded None."""
-        if not formats:
-            formats = ("*l",)
-        try:
-            if len(formats) == 1 and self._state is _State.READY and self._errors["r"] is None:
-                # The fast path (a line server's every read): the answer is buffered, or
-                # one recv brings it, with no coroutine below this one.
-                fmt = formats[0]
-                if self._autoflush and self._obuf.pending():
-                    self._flush_nowait()
-                ibuf = self._ibuf
-                deadline = None
-                waited = False
-                self._input_fresh = False
-                while True:
-                    try:
-                        value = ibuf.get(fmt)
-                    except OSError as exc:
-                        self._raise("read", exc)
-                    if value is not NEED_MORE:
-                        return value
-                    if self._receiving is None and self._receive():
-                        self._check_recv_error("read")
-                        continue
-                    if not waited:
-                        deadline = self._deadline(None)
-                        waited = True
-                    loop = self._receiving
-                    if deadline is None and loop is not None and loop is _running_loop():
-                        # _wait_input without a timeout, inline (a line server's every
-                        # wait): one future, woken by _on_readable.
-                        self._events = "r"
-                        waiter = loop.create_future()
-                        self._input_waiters.append(waiter)
-                        try:
-                            await waiter
-                        finally:
-                            if waiter in self._input_waiters:
-                                self._input_waiters.remove(waiter)
-                        if self._state is _State.CLOSED:
-                            raise _oserror(errno.EBADF, "socket:read: socket closed while waiting")
-                    else:
-                        await self._wait_input(deadline, "read")
-                    if self._recv_error is not None:
-                        self._check_recv_error("read")
-            deadline = self._deadline(None)
-            results = []
-            for fmt in formats:
-                value = await self._read1(fmt, None, deadline, "read")
-                if value is None:
-                    break
-                results.append(value)
-        except _Handled as handled:
-            return handled.value
+    # read() is SocketCore's (compiled): one format on a ready socket is answered there;
+    # everything else comes here.
+
+    async def _read_formats(self, formats: tuple[str | int, ...]) -> Any:
+        """read() in general: each format in turn, until one yields None. Errors leave
+        as _Handled when the onerror handler returns a value (read() returns it)."""
+        deadline = self._deadline(None)
+        results = []
+        for fmt in formats:
+            value = await self._read1(fmt, None, deadline, "read")
+            if value is None:
+                break
+            results.append(value)
         if len(formats) == 1:
             return results[0] if results else None
         return tuple(results)
@@ -691,11 +629,8 @@ class Socket:
             self._eof_in = True
             self._ibuf.feed_eof()
 
-    # Receiving: once a read has had to wait, the socket keeps its fd subscribed (in the
-    # loop's poll registry) and reads whatever arrives into the input buffer as it comes,
-    # the way a transport does: no failed recv per read, no re-arming per wait. It stops
-    # at EOF, at an error, when the buffer passes INPUT_HIGH_WATER_BYTES with nobody
-    # reading, and at close().
+    # Receiving (see cqsock.pyx): once a read has had to wait, the fd stays subscribed and
+    # SocketCore._on_readable reads what arrives into the input buffer.
 
     async def _wait_input(self, deadline: float | None, op: str) -> None:
         self._events = "r"
@@ -730,53 +665,6 @@ class Socket:
         loop, self._receiving = self._receiving, None
         if loop is not None and self._sock is not None:
             unsubscribe(loop, self._sock.fileno())
-
-    def _on_readable(self) -> None:
-        if self._tls is None and not self._eof_in and self._recv_error is None:
-            # The plain socket's receive, inline: this runs once per message on a busy
-            # line server. The general path below handles the rest.
-            try:
-                got = self._ibuf.recv_from(self._fd)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno == errno.EPIPE:
-                    got = 0
-                else:
-                    self._recv_error = exc
-                    got = -1
-            if got > 0:
-                self._rcvd += got
-                self._input_fresh = True
-                waiters = self._input_waiters
-                if waiters:
-                    self._input_waiters = []
-                    for waiter in waiters:
-                        if not waiter.done():
-                            waiter.set_result(True)
-                if self._ibuf.pending() >= INPUT_HIGH_WATER_BYTES:
-                    self._stop_receiving()
-                return
-            if got == 0:
-                self._received(b"")  # EOF
-        if not self._receive():
-            return
-        self._input_fresh = True
-        self._wake_input_waiters()
-        if (
-            self._eof_in
-            or self._recv_error is not None
-            or self._ibuf.pending() >= INPUT_HIGH_WATER_BYTES
-        ):
-            self._stop_receiving()
-
-    def _wake_input_waiters(self) -> None:
-        waiters = self._input_waiters
-        if waiters:
-            self._input_waiters = []
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(True)
 
     def _tls_fill(self) -> None:
         tls = self._tls
@@ -832,29 +720,14 @@ class Socket:
 
     # -- writing -----------------------------------------------------------------------
 
-    async def write(self, *data: bytes | bytearray | memoryview | str) -> Socket:
-        """Buffer each piece and send what the output mode says is due."""
-        try:
-            if self._state is _State.READY and self._errors["w"] is None and self._tls is None:
-                # The fast path: buffer, and send what is due at once; wait only for the
-                # part the kernel did not take.
-                obuf = self._obuf
-                for piece in data:
-                    obuf.append(piece if piece.__class__ is bytes else _to_bytes(piece))
-                try:
-                    sent, left = obuf.send_due(self._fd)
-                except OSError as exc:
-                    self._raise("write", exc)
-                self._sent += sent
-                if left:
-                    await self._send_all(obuf.due(), self._deadline(None), "write")
-                return self
-            deadline = self._deadline(None)
-            for piece in data:
-                await self._write1(piece, None, deadline)
-        except _Handled as handled:
-            return handled.value
-        return self
+    # write() is SocketCore's (compiled): a ready plain socket's write is done there;
+    # everything else comes here.
+
+    async def _write_pieces(self, data: tuple[bytes | bytearray | memoryview | str, ...]) -> None:
+        """write() in general (set-up due, TLS, a sticky error): one piece at a time."""
+        deadline = self._deadline(None)
+        for piece in data:
+            await self._write1(piece, None, deadline)
 
     def send(
         self,
@@ -888,7 +761,7 @@ class Socket:
             try:
                 sent = self._send_nowait(memoryview(due))
             except OSError as exc:
-                self._errors["w"] = exc
+                self._werror = exc
                 raise
             if sent < len(due):
                 self._obuf.unflush(due[sent:])
@@ -1217,7 +1090,7 @@ class Socket:
 
     async def __aexit__(self, *exc_info: object) -> None:
         try:
-            if self._state is _State.READY and self._errors["w"] is None:
+            if self._state is _State.READY and self._werror is None:
                 await self._flush_all(self._deadline(None), "flush")
         finally:
             self.close()
@@ -1255,7 +1128,7 @@ class Socket:
             raise _oserror(errno.EBADF, f"socket:{op}: socket closed while waiting")
 
     def _check_sticky(self, channel: str, op: str, *, use_handler: bool = True) -> None:
-        error = self._errors[channel]
+        error = self._sticky(channel)
         if error is not None:
             if not use_handler:
                 raise error
@@ -1266,7 +1139,7 @@ class Socket:
         to the onerror handler (which may return a value for the caller), raised."""
         channel = _STICKY_CHANNEL.get(op)
         if sticky and channel is not None:
-            self._errors[channel] = error
+            self._set_sticky(channel, error)
             if error.errno == errno.EPIPE and channel == "w":
                 self._eof_out = True
         handler = self._onerror
@@ -1325,14 +1198,6 @@ def _as_oserror(exc: BaseException) -> OSError:
         # Keep the SSLError itself (it is an OSError): the reason is in it.
         return exc
     return _oserror(errno.EIO, str(exc))
-
-
-def _to_bytes(data: Any) -> bytes:
-    if isinstance(data, str):
-        return data.encode()
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        return bytes(data)
-    raise TypeError(f"cq sockets send bytes or str, not {data.__class__.__name__}")
 
 
 def _fd_of(obj: Any) -> int:

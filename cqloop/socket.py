@@ -34,6 +34,7 @@ import socket as _socket
 import ssl
 from typing import Any
 
+from cqloop._core.cqsock import INPUT_HIGH_WATER_BYTES
 from cqloop._cqsocket import (
     _DEFAULTS,
     AF_INET,
@@ -41,7 +42,6 @@ from cqloop._cqsocket import (
     AF_UNIX,
     AF_UNSPEC,
     DEFAULT_MAXERRS,
-    INPUT_HIGH_WATER_BYTES,
     RECV_CHUNK_BYTES,
     SOCK_DGRAM,
     SOCK_STREAM,

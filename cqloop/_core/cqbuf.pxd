@@ -30,6 +30,8 @@ cdef class InputBuffer:
     cdef unsigned long long _bytes_fed
     cdef unsigned long long _compactions
 
+    # recv_from() for compiled callers: the count, 0 at EOF, or -errno (no exception).
+    cdef Py_ssize_t _recv(self, int fd) except? -1
     cdef int _append(self, const char *src, Py_ssize_t n) except -1
     cdef object _take(self, Py_ssize_t n, Py_ssize_t consume, int trim)
     cdef object _line(self, bint keep_eol, bint text)
@@ -58,6 +60,10 @@ cdef class OutputBuffer:
     cdef unsigned long long _bytes_written
     cdef unsigned long long _bytes_due
 
+    # append() and send_due() for compiled callers (send_due: the count sent or -errno,
+    # what stays due in *left).
+    cdef int _put(self, const char *src, Py_ssize_t n) except -1
+    cdef Py_ssize_t _send_due(self, int fd, int mode, Py_ssize_t *left) except? -1
     cdef int _append(self, const char *src, Py_ssize_t n) except -1
     cdef int _append_text(self, const char *src, Py_ssize_t n) except -1
     cdef Py_ssize_t _due_amount(self, int mode) noexcept

@@ -431,15 +431,22 @@ cdef class InputBuffer:
         (so an idle socket's buffer stays small). Returns the count, 0 at end of file
         (feed_eof() is then the caller's), or raises OSError (BlockingIOError when there
         is nothing to read)."""
-        cdef ssize_t n
-        cdef int err
+        cdef Py_ssize_t n
         if self._eof:
             raise ValueError("InputBuffer.recv_from() after feed_eof()")
-        _reserve(&self._r, self.bufsiz, &self._compactions)
+        n = self._recv(fd)
+        if n < 0:
+            raise OSError(-n, strerror(-n))
+        return n
+
+    cdef Py_ssize_t _recv(self, int fd) except? -1:
+        # recv_from() without the exceptions (cqsock.pyx's receive callback): the count,
+        # 0 at end of file, or -errno (-EAGAIN when there is nothing to read).
+        cdef ssize_t n
+        _reserve(&self._r, self._bufsiz, &self._compactions)
         n = recv(fd, self._r.base + self._r.wr, self._r.cap - self._r.wr, 0)
         if n < 0:
-            err = errno
-            raise OSError(err, strerror(err))
+            return -errno
         self._r.wr += n
         self._bytes_fed += n
         return n
@@ -795,11 +802,7 @@ cdef class OutputBuffer:
         cdef Py_buffer view
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
-            self._bytes_written += view.len
-            if self.text:
-                self._append_text(<const char *>view.buf, view.len)
-            else:
-                self._append(<const char *>view.buf, view.len)
+            self._put(<const char *>view.buf, view.len)
         finally:
             PyBuffer_Release(&view)
 
@@ -809,22 +812,11 @@ cdef class OutputBuffer:
         (bytes sent, bytes still due); what the kernel did not take stays due whatever
         the mode, as after unflush(). A full kernel buffer is not an error; anything
         else raises OSError."""
-        cdef Py_ssize_t n = self._due_amount(_parse_mode(mode, self._mode))
-        cdef ssize_t sent
-        cdef int err
-        if n <= 0:
-            return (0, 0)
-        sent = send(fd, self._r.base + self._r.rd, n, MSG_NOSIGNAL)
+        cdef Py_ssize_t left = 0
+        cdef Py_ssize_t sent = self._send_due(fd, _parse_mode(mode, self._mode), &left)
         if sent < 0:
-            err = errno
-            if err != EAGAIN and err != EINTR:
-                raise OSError(err, strerror(err))
-            sent = 0
-        _discard(&self._r, sent)
-        self._eol = max(self._eol - sent, 0)
-        self._hold = max(self._hold - sent, n - sent)
-        self._bytes_due += sent
-        return (sent, n - sent)
+            raise OSError(-sent, strerror(-sent))
+        return (sent, left)
 
     def due(self, mode=None):
         """Remove and return what `mode` (default: the buffer's) says is due now."""
@@ -901,6 +893,36 @@ cdef class OutputBuffer:
 
     # -- private --
 
+    cdef int _put(self, const char *src, Py_ssize_t n) except -1:
+        # append() of a C buffer (cqsock.pyx's write).
+        self._bytes_written += n
+        if self.text:
+            return self._append_text(src, n)
+        return self._append(src, n)
+
+    cdef Py_ssize_t _send_due(self, int fd, int mode, Py_ssize_t *left) except? -1:
+        # send_due() without the tuple and the exception: the count sent (0 when the
+        # kernel's buffer is full) or -errno; *left is what stays due.
+        cdef Py_ssize_t n = self._due_amount(mode)
+        cdef ssize_t sent
+        cdef int err
+        left[0] = 0
+        if n <= 0:
+            return 0
+        sent = send(fd, self._r.base + self._r.rd, n, MSG_NOSIGNAL)
+        if sent < 0:
+            err = errno
+            if err != EAGAIN and err != EINTR:
+                left[0] = n
+                return -err
+            sent = 0
+        _discard(&self._r, sent)
+        self._eol = max(self._eol - sent, 0)
+        self._hold = max(self._hold - sent, n - sent)
+        self._bytes_due += sent
+        left[0] = n - sent
+        return sent
+
     cdef int _append(self, const char *src, Py_ssize_t n) except -1:
         cdef unsigned long long moves = 0
         cdef const char *q
@@ -928,7 +950,13 @@ cdef class OutputBuffer:
             lfs += 1
             i = q - src + 1
         if lfs == 0:
-            return self._append(src, n)
+            # No LF: _append without its search for one.
+            if n <= 0:
+                return 0
+            _reserve(&self._r, n, &moves)
+            memcpy(self._r.base + self._r.wr, src, n)
+            self._r.wr += n
+            return 0
         _reserve(&self._r, n + lfs, &moves)
         d = self._r.base + self._r.wr
         i = 0
