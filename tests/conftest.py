@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 import cqloop
+from cqloop import socket as cqsocket
 
 try:
     import uvloop
@@ -74,6 +75,15 @@ def loop(loop_factory: LoopFactory) -> Iterator[asyncio.AbstractEventLoop]:
             if not the_loop.is_running():
                 the_loop.run_until_complete(the_loop.shutdown_default_executor())
             the_loop.close()
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[cqsocket.Socket, cqsocket.Socket]]:
+    """Two connected cq sockets (cqloop.socket.pair()), closed after the test."""
+    a, b = cqsocket.pair()
+    yield a, b
+    a.close()
+    b.close()
 
 
 def is_cqloop(loop: asyncio.AbstractEventLoop) -> bool:

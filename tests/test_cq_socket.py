@@ -26,14 +26,6 @@ from cqloop import socket as cqsocket
 
 
 @pytest.fixture
-def pair():
-    a, b = cqsocket.pair()
-    yield a, b
-    a.close()
-    b.close()
-
-
-@pytest.fixture
 def raw_pair():
     """A cq socket and a plain non-blocking socket at the other end."""
     a, b = pysocket.socketpair()

@@ -17,14 +17,6 @@ import pytest
 from cqloop import socket as cqsocket
 
 
-@pytest.fixture
-def pair():
-    a, b = cqsocket.pair()
-    yield a, b
-    a.close()
-    b.close()
-
-
 async def _until_waiting(sock: cqsocket.Socket) -> None:
     # A new task's first step runs in the loop iteration after it is created; one more
     # lets a wait that it started settle.
