@@ -42,7 +42,7 @@ from collections.abc import AsyncIterator, Generator, Iterator
 from typing import Any
 
 from cqloop._core import osext
-from cqloop.pollable import cancel, poll
+from cqloop.pollable import FdPollable, poll
 
 __all__ = [
     "ALL",
@@ -144,13 +144,13 @@ def opendir(path: str | bytes | os.PathLike[Any], changes: int = ALL) -> Notifie
     return Notifier(path, changes)
 
 
-class Notifier:
+class Notifier(FdPollable):
     """Changes in one directory: `await get()` returns the next (flags, name)."""
 
+    _WHAT = "notifier"
+
     __slots__ = (
-        "__weakref__",
         "_changed",
-        "_fd",
         "_flags",
         "_path",
         "_stats",
@@ -175,18 +175,7 @@ class Notifier:
         self._fd = fd
         self._watching = True
 
-    # -- the pollable protocol --
-
-    def pollfd(self) -> int:
-        self._check_open()
-        return self._fd
-
-    def fileno(self) -> int:
-        """The inotify fd, for select()/poll() and loops that take fds."""
-        return self.pollfd()
-
-    def events(self) -> str:
-        return "r"
+    # -- the pollable protocol (the rest is FdPollable's) --
 
     def timeout(self) -> float | None:
         """0 while changes already read wait to be returned, else None."""
@@ -279,33 +268,18 @@ class Notifier:
         """Close the inotify fd (the kernel drops the watch with it). Waits in progress
         wake and raise ValueError (at once on this thread's loops, at their next iteration
         on other threads'). Idempotent."""
-        fd, self._fd = self._fd, -1
-        if fd < 0:
-            return
+        super().close()
+
+    def _on_close(self) -> None:
         self._changed.clear()
         self._watching = False
-        # Wake pollers before the fd goes: a registration must not outlive its fd.
-        cancel(fd)
-        os.close(fd)
-
-    def __enter__(self) -> Notifier:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_fd", -1) >= 0:
-            os.close(self._fd)
-            self._fd = -1
 
     def __repr__(self) -> str:
         state = "closed" if self._fd < 0 else f"fd={self._fd}"
         return f"<cqloop.notify.Notifier {self._path!r} {state}>"
 
-    # -- private --
+        # -- private --
 
-    def _check_open(self) -> None:
         if self._fd < 0:
             raise ValueError("the notifier is closed")
 

@@ -31,14 +31,16 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 
 from cqloop._core.kernel import Kernel
 
 __all__ = [
+    "FdPollable",
     "Pollable",
     "cancel",
     "poll",
@@ -545,3 +547,59 @@ def polled_fds(loop: asyncio.AbstractEventLoop) -> dict[str, int]:
     if registry is None:
         return {"readers": 0, "writers": 0}
     return {"readers": len(registry._readers), "writers": len(registry._writers)}
+
+
+class FdPollable:
+    """Base of the pollables that own one fd their pollers watch for reading (cqloop.signal's
+    Listener, cqloop.notify's Notifier): the pollable protocol on it, close() that wakes
+    the pollers before the fd goes, the context manager, and closing an fd left open when
+    the object is collected. A subclass sets `_fd` (-1 until it has one), names itself in
+    `_WHAT` for errors, and drops its own buffered state in `_on_close()`."""
+
+    __slots__ = ("__weakref__", "_fd")
+    _fd: int
+    _WHAT = "pollable"
+
+    def pollfd(self) -> int:
+        self._check_open()
+        return self._fd
+
+    def fileno(self) -> int:
+        """The fd, for select()/poll() and loops that take fds."""
+        return self.pollfd()
+
+    def events(self) -> str:
+        return "r"
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    def close(self) -> None:
+        """Close the fd. Waits in progress wake and raise ValueError (at once on this
+        thread's loops, at their next iteration on other threads'). Idempotent."""
+        fd, self._fd = self._fd, -1
+        if fd < 0:
+            return
+        self._on_close()
+        # Wake pollers before the fd goes: a registration must not outlive its fd.
+        cancel(fd)
+        os.close(fd)
+
+    def _on_close(self) -> None:
+        """Drop what the object buffered from its fd (close() calls it once)."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", -1) >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _check_open(self) -> None:
+        if self._fd < 0:
+            raise ValueError(f"the {self._WHAT} is closed")

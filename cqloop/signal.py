@@ -102,7 +102,7 @@ from types import FrameType, MappingProxyType
 from typing import Any
 
 from cqloop._core import osext
-from cqloop.pollable import cancel, poll
+from cqloop.pollable import FdPollable, poll
 
 __all__ = [
     "SIGABRT",
@@ -241,10 +241,11 @@ def listen(*signals: int) -> Listener:
     return Listener(*signals)
 
 
-class Listener:
+class Listener(FdPollable):
     """A signalfd for a set of signals. `await wait()` returns the next one."""
 
-    __slots__ = ("__weakref__", "_fd", "_interval", "_pending", "_signals", "_stats")
+    __slots__ = ("_interval", "_pending", "_signals", "_stats")
+    _WHAT = "signal listener"
 
     def __init__(self, *signals: int) -> None:
         self._fd = -1
@@ -265,18 +266,7 @@ class Listener:
         _signal.pthread_sigmask(_signal.SIG_BLOCK, checked)
         self._fd = osext.signalfd(-1, checked)
 
-    # -- the pollable protocol --
-
-    def pollfd(self) -> int:
-        self._check_open()
-        return self._fd
-
-    def fileno(self) -> int:
-        """The signalfd, for select()/poll() and loops that take fds."""
-        return self.pollfd()
-
-    def events(self) -> str:
-        return "r"
+    # -- the pollable protocol (the rest is FdPollable's) --
 
     def timeout(self) -> float | None:
         """0 while signals already read wait to be returned; otherwise the interval set
@@ -302,10 +292,6 @@ class Listener:
     def signals(self) -> frozenset[int]:
         """The signals this listener reports."""
         return self._signals
-
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0
 
     def get_nowait(self) -> int | None:
         """The next signal if one has arrived, else None; never waits (the non-blocking
@@ -350,33 +336,18 @@ class Listener:
         """Close the signalfd (the signals stay blocked: see the module docstring). Waits
         in progress wake and raise ValueError (at once on this thread's loops, at their
         next iteration on other threads'). Idempotent."""
-        fd, self._fd = self._fd, -1
-        if fd < 0:
-            return
+        super().close()
+
+    def _on_close(self) -> None:
         self._pending.clear()
-        # Wake pollers before the fd goes: a registration must not outlive its fd.
-        cancel(fd)
-        os.close(fd)
-
-    def __enter__(self) -> Listener:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_fd", -1) >= 0:
-            os.close(self._fd)
-            self._fd = -1
 
     def __repr__(self) -> str:
         state = "closed" if self._fd < 0 else f"fd={self._fd}"
         listened = ",".join(names.get(s, str(s)) for s in sorted(self._signals))
         return f"<cqloop.signal.Listener {listened} {state}>"
 
-    # -- private --
+        # -- private --
 
-    def _check_open(self) -> None:
         if self._fd < 0:
             raise ValueError("the signal listener is closed")
 
