@@ -345,13 +345,17 @@ class Loop(  # type: ignore[misc]
     ) -> asyncio.Task[Any]:
         """Schedule a coroutine; return its Task. Extra keyword arguments (eager_start on
         3.12+) go to the Task, or to the task factory when one is set."""
-        self._check_closed_py()
+        # (Inline checks: this runs once per task, and a Python call costs more than it.)
+        if self.is_closed():
+            raise RuntimeError("Event loop is closed")
         if self._task_factory is None:
             task = tasks.Task(coro, loop=self, name=name, context=context, **kwargs)
-            source_traceback = getattr(task, "_source_traceback", None)
-            if source_traceback:
-                # Drop this frame: the task was created by whoever called create_task.
-                del source_traceback[-1]
+            if self.get_debug():
+                # Only a debug-mode task records where it was created: drop this frame, the
+                # task was created by whoever called create_task.
+                source_traceback = getattr(task, "_source_traceback", None)
+                if source_traceback:
+                    del source_traceback[-1]
             return task
         if context is not None:
             kwargs["context"] = context
