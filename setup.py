@@ -21,6 +21,7 @@ CORE_MODULES = [
     "tls",
     "cqbuf",
     "cqsock",
+    "sockio",
 ]
 DEBUG = os.environ.get("CQLOOP_DEBUG_BUILD") == "1"
 

@@ -17,6 +17,9 @@ cdef class StreamTransport(FdWatcher):
     cdef object _protocol
     # The protocol is a BufferedProtocol: read with get_buffer/buffer_updated.
     cdef bint _buffered
+    # The last read was large: the next one receives straight into a new bytes object (see
+    # _read_data).
+    cdef bint _large_reads
     # Protocol callbacks run in this context: the one current when the transport was made.
     cdef readonly object _context
     cdef public dict _extra

@@ -3,7 +3,8 @@
 
 Owns one connected, non-blocking stream socket for its transport's life: the epoll interest
 for it (as a persistent FdWatcher in the kernel's table), the read path (recv into a shared
-buffer and data_received, or recv_into a BufferedProtocol's buffer), the write path (send at
+buffer, or straight into a bytes object once reads are large, and data_received; or
+recv_into a BufferedProtocol's buffer), the write path (send at
 once while nothing is queued; otherwise queue and send with sendmsg when the fd turns
 writable), write flow control, and the orderly and forced shutdowns that end in
 connection_lost. cqloop.transports.streams.SocketTransport subclasses it; loop methods there
@@ -31,10 +32,18 @@ from libc.string cimport strerror
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.object cimport PyObject
+from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc
 from libc.stdint cimport uint32_t
 
 from cqloop._core.handles cimport Handle
 from cqloop._core.includes.pyapi cimport PyContext_CopyCurrent, PyContext_Enter, PyContext_Exit
+from cqloop._core.includes.rawbytes cimport (
+    cq_bytes_data,
+    cq_bytes_new,
+    cq_bytes_resize,
+    cq_decref,
+)
 from cqloop._core.includes.sockets cimport (
     MSG_NOSIGNAL,
     SHUT_WR,
@@ -53,6 +62,9 @@ logger = logging.getLogger("asyncio")
 cdef enum:
     # asyncio reads at most this much per readiness event (selector_events' max_size).
     READ_BUFFER_SIZE = 256 * 1024
+    # A read of more than this many bytes makes the next read receive straight into a new
+    # bytes object instead of the shared buffer (see _read_data).
+    LARGE_READ_BYTES = 16 * 1024
     # sendmsg takes at most this many buffers (Linux's UIO_MAXIOV).
     MAX_IOV = 1024
 # asyncio's default write buffer high-water mark; the low one is a quarter of it.
@@ -60,6 +72,11 @@ cdef Py_ssize_t DEFAULT_HIGH_WATER = 64 * 1024
 # After the connection is lost, writes are dropped; this many are dropped silently before
 # each further one logs a warning (asyncio's constant).
 cdef int LOG_THRESHOLD_FOR_CONNLOST_WRITES = constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES
+
+# See _settle_heap: the size of the block whose release raises glibc's thresholds, so that
+# blocks up to this size come from the heap and up to twice it stays there when freed.
+cdef size_t SETTLED_HEAP_BYTES = 1024 * 1024
+cdef bint _heap_settled = False
 
 # One read buffer for every transport: recv fills it and data_received gets a bytes copy
 # before any Python code runs, so no two reads can be using it at once (the GIL is held from
@@ -89,6 +106,38 @@ def water_marks(high=None, low=None):
     if not high >= low >= 0:
         raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
     return high, low
+
+
+cdef int _settle_heap() except -1:
+    """Once per process, before the first transport: allocate and free one block of
+    SETTLED_HEAP_BYTES.
+
+    Why: a stream of large messages (the echo benchmark's 100 KiB) makes the read path and
+    the protocol above it (asyncio's StreamReader copies into a bytearray and slices it)
+    allocate and free blocks of tens to hundreds of KiB at every message. glibc's malloc
+    starts with a 128 KiB mmap threshold and a 128 KiB trim threshold: blocks above the
+    first are mmap'd and munmap'd one by one, and whenever more than the second is free at
+    the top of the heap, free() gives it back to the kernel, so the next message's
+    allocations fault fresh zeroed pages in again. Measured on the echo server with 10
+    connections of 100 KiB: 10 to 35 page faults per message and 1.5 to 2.5 times the
+    CPU time per message, against none once the thresholds have moved. glibc moves them
+    itself (to the size of any mmap'd block that is freed, and twice that) the first time
+    the program frees such a block, which is why the same server is sometimes fast and
+    sometimes slow depending on what ran before. This makes that first time happen here,
+    with a block no larger than one a busy server allocates anyway: the process then keeps
+    up to 2 MiB of free heap instead of 128 KiB. No effect on other allocators (musl,
+    jemalloc), which have no such thresholds or ignore the pattern.
+
+    PyMem_RawMalloc, not malloc: the compiler may drop a malloc/free pair it can see."""
+    global _heap_settled
+    cdef void *block
+    if _heap_settled:
+        return 0
+    _heap_settled = True
+    block = PyMem_RawMalloc(SETTLED_HEAP_BYTES)
+    if block != NULL:
+        PyMem_RawFree(block)
+    return 0
 
 
 cdef class _ReadyHandle(Handle):
@@ -159,6 +208,8 @@ cdef class StreamTransport(FdWatcher):
         self._set_protocol(protocol)
         self._read_handle = _ready_handle(self, False, self._read_ready)
         self._write_handle = _ready_handle(self, True, self._write_ready)
+        if not _heap_settled:
+            _settle_heap()
         loop._install_watcher(self)
 
     def __repr__(self):
@@ -415,16 +466,39 @@ cdef class StreamTransport(FdWatcher):
         return self._read_data()
 
     cdef int _read_data(self) except -1:
-        cdef Py_ssize_t n = recv(self.fd, _read_buffer, READ_BUFFER_SIZE, 0)
+        # Two ways to get the bytes data_received wants. Small reads (a request, a line)
+        # receive into the shared buffer and copy what came into a bytes object of that
+        # size: one small allocation. Once a read was large, the next ones receive into a
+        # new bytes object of READ_BUFFER_SIZE that is then shrunk to what came (realloc
+        # shrinks in place): no copy of what may be hundreds of KiB, which was a third of
+        # the user-space copying per message of a 100 KiB echo through asyncio's streams.
+        cdef Py_ssize_t n
         cdef int err
-        if n < 0:
+        cdef object data
+        cdef PyObject *raw = NULL
+        if self._large_reads:
+            raw = cq_bytes_new(NULL, READ_BUFFER_SIZE)
+            n = recv(self.fd, cq_bytes_data(raw), READ_BUFFER_SIZE, 0)
+        else:
+            n = recv(self.fd, _read_buffer, READ_BUFFER_SIZE, 0)
+        if n <= 0:
             err = errno
+            if raw != NULL:
+                cq_decref(raw)
+            if n == 0:
+                return self._read_eof()
             if not _would_block(err):
                 self._fatal_error(_os_error(err), "Fatal read error on socket transport")
             return 0
-        if n == 0:
-            return self._read_eof()
-        data = PyBytes_FromStringAndSize(_read_buffer, n)
+        if raw == NULL:
+            data = PyBytes_FromStringAndSize(_read_buffer, n)
+        else:
+            if n != READ_BUFFER_SIZE:
+                # Its sole reference: shrunk where it is (on failure it is released).
+                cq_bytes_resize(&raw, n)
+            data = <object>raw
+            cq_decref(raw)
+        self._large_reads = n > LARGE_READ_BYTES
         try:
             self._protocol.data_received(data)
         except (SystemExit, KeyboardInterrupt):

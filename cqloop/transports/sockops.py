@@ -1,6 +1,9 @@
 """cqloop.transports.sockops: the loop's sock_* methods, getaddrinfo and getnameinfo.
 
-SockOpsMixin is a base of cqloop.loop.Loop and is called only through it. Its methods keep
+SockOpsMixin is a base of cqloop.loop.Loop and is called only through it. Its three hot
+methods, sock_recv, sock_recv_into and sock_sendall, are compiled (cqloop/_core/sockio.pyx:
+the first system call on the fd and a receive's wait are made there; a partial sendall
+waits through _sendall_when_writable here). Its methods keep
 the behaviour, argument checks and error messages of asyncio's selector loop (3.11 to
 3.13): the non-blocking check in debug mode, SSL sockets refused, sock_connect resolving
 names as asyncio's _ensure_resolved does, sock_sendfile with os.sendfile and asyncio's
@@ -39,6 +42,7 @@ from collections.abc import Callable
 from operator import methodcaller
 from typing import IO, TYPE_CHECKING, Any, TypeVar, TypeVarTuple, Unpack
 
+from cqloop._core import sockio as _sockio
 from cqloop.transports.sockutil import refuse_ssl_socket
 
 if TYPE_CHECKING:
@@ -231,23 +235,14 @@ class SockOpsMixin:
 
     # -- receiving ------------------------------------------------------------------------
 
-    async def sock_recv(self, sock: socket.socket, n: int) -> bytes:
-        """Receive up to n bytes from a connected socket."""
-        self._check_sock(sock)
-        try:
-            return sock.recv(n)
-        except _NOT_READY:
-            pass
-        return await self._retry_when_readable(sock, methodcaller("recv", n), (sock,))
-
-    async def sock_recv_into(self, sock: socket.socket, buf: Any) -> int:
-        """Receive into the writable buffer buf; return the number of bytes received."""
-        self._check_sock(sock)
-        try:
-            return sock.recv_into(buf)
-        except _NOT_READY:
-            pass
-        return await self._retry_when_readable(sock, methodcaller("recv_into", buf), (sock,))
+    # sock_recv, sock_recv_into and sock_sendall are compiled (cqloop/_core/sockio.pyx):
+    # an echo server calls two of them per message. They check through _check_sock when
+    # there is anything to check, try the call first as the methods here do (with
+    # MSG_DONTWAIT: a blocking socket outside debug mode waits instead of blocking the
+    # loop), and a partial sendall waits through _sendall_when_writable.
+    sock_recv = _sockio.sock_recv
+    sock_recv_into = _sockio.sock_recv_into
+    sock_sendall = _sockio.sock_sendall
 
     async def sock_recvfrom(self, sock: socket.socket, bufsize: int) -> tuple[bytes, Any]:
         """Receive a datagram of up to bufsize bytes; return (data, address)."""
@@ -293,23 +288,6 @@ class SockOpsMixin:
             raise
 
     # -- sending --------------------------------------------------------------------------
-
-    async def sock_sendall(self, sock: socket.socket, data: Any) -> None:
-        """Send all of data on a connected socket, however many send() calls it takes.
-        On error there is no telling how much the peer received."""
-        self._check_sock(sock)
-        try:
-            sent = sock.send(data)
-        except _NOT_READY:
-            sent = 0
-        if sent == len(data):
-            return
-        fut = self.create_future()
-        fd = sock.fileno()
-        pending = _PendingSend(memoryview(data), sent)
-        handle = self._add_writer(fd, self._on_sendall_writable, (fut, sock, pending))
-        fut.add_done_callback(functools.partial(self._on_writer_done, fd, handle))
-        await fut
 
     async def sock_sendto(self, sock: socket.socket, data: Any, address: Any) -> int:
         """Send a datagram to address; return the number of bytes sent."""
@@ -448,6 +426,18 @@ class SockOpsMixin:
         # One-shot: most waits end after one wake-up, and then cost no EPOLL_CTL_DEL.
         handle = self._wait_readable(fd, self._on_ready, (fd, fut, op, args))
         fut.add_done_callback(functools.partial(self._on_reader_done, fd, handle))
+        return fut
+
+    def _sendall_when_writable(
+        self, sock: socket.socket, data: Any, sent: int
+    ) -> asyncio.Future[None]:
+        """A future for sending the rest of data (`sent` bytes of it went already), one
+        send() each time sock is writable."""
+        fut = self.create_future()
+        fd = sock.fileno()
+        pending = _PendingSend(memoryview(data), sent)
+        handle = self._add_writer(fd, self._on_sendall_writable, (fut, sock, pending))
+        fut.add_done_callback(functools.partial(self._on_writer_done, fd, handle))
         return fut
 
     def _retry_when_writable(

@@ -21,6 +21,7 @@ cdef extern from "<sys/socket.h>" nogil:
         int msg_flags
 
     enum:
+        MSG_DONTWAIT
         MSG_NOSIGNAL
         SHUT_WR
 

@@ -1,0 +1,259 @@
+# cython: binding=True
+"""The hot loop.sock_* coroutines: sock_recv, sock_recv_into and sock_sendall.
+
+cqloop.transports.sockops.SockOpsMixin binds these as its methods (they are compiled
+functions with method binding); everything else about the sock_* family stays there, in
+Python: the checks' wording, sock_sendall's wait for writability, and the other
+operations. Here is the path a busy connection takes at every message: the argument
+checks in the common case (a plain socket.socket, debug mode off: nothing to check), the
+system call tried at once on the fd, and its result returned without a future. They are
+compiled, and make the first call themselves, because a Python coroutine's frame, the
+method call that checks a socket and the socket module's call (argument parsing, a GIL
+release around a call that cannot block, a 64 KiB bytes object shrunk to what came) cost
+about as much as the two system calls an echo makes per message (benchmarks/echo, sock
+mode).
+
+The first call is made with MSG_DONTWAIT: it never blocks, whatever the socket's mode. A
+socket left blocking (or with a timeout) is a caller's error asyncio reports in debug mode
+only; outside it, asyncio's first recv() blocks the whole loop, ours waits for the fd as
+for a non-blocking socket. Errors are the socket module's: OSError from errno (so
+ConnectionResetError and the rest), and anything unusual about the arguments (a negative
+or non-int size, a read-only or non-contiguous buffer) goes to the socket method itself,
+which raises its own error.
+
+A receive that finds nothing waits here (a large-message stream waits at most
+messages): _ReadWait is its one-shot registration's callback and its future's done
+callback, with the invariant of sockops.py (the registration lives exactly as long as the
+future is pending, and is left alone if another operation replaced it). A sock_sendall
+that could not send everything awaits the future of SockOpsMixin._sendall_when_writable.
+Any other socket (an SSLSocket, a subclass) and debug mode go through its _check_sock.
+"""
+
+import socket
+
+from libc.string cimport strerror
+
+from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.object cimport PyObject
+
+from cqloop._core.handles cimport Handle
+from cqloop._core.includes.rawbytes cimport (
+    cq_bytes_data,
+    cq_bytes_new,
+    cq_bytes_resize,
+    cq_decref,
+)
+from cqloop._core.includes.sockets cimport MSG_DONTWAIT, recv, send
+from cqloop._core.includes.system cimport EAGAIN, EINTR, errno
+from cqloop._core.kernel cimport Kernel
+
+cdef enum:
+    # recv() lands here and the bytes come out as a copy of what arrived (no allocation of
+    # the requested size); the GIL is held from recv to copy, so one buffer serves all.
+    RECV_BUFFER_SIZE = 64 * 1024
+    # A receive of more than this many bytes makes the next ones receive straight into a
+    # bytes object of the requested size instead (copying it would cost more than the
+    # allocation saves).
+    LARGE_RECV_BYTES = 16 * 1024
+    # What _recv_into_nowait and _send_nowait return besides a byte count.
+    NOT_READY = -1  # EAGAIN or EINTR: wait for the fd
+    NOT_SIMPLE = -2  # an argument for the socket method to handle (and raise about)
+
+# The only type for which there is nothing to check (SSLSocket and other subclasses are
+# checked by SockOpsMixin._check_sock).
+cdef object _PLAIN_SOCKET = socket.socket
+# Errors that mean "not ready yet, try again when the fd is".
+cdef tuple _NOT_READY = (BlockingIOError, InterruptedError)
+
+cdef char _recv_buffer[RECV_BUFFER_SIZE]
+# The last receive (of any socket) was large: see LARGE_RECV_BYTES.
+cdef bint _large_recvs = False
+
+
+async def sock_recv(Kernel self, sock, n):
+    """Receive up to n bytes from a connected socket."""
+    if type(sock) is not _PLAIN_SOCKET or self._debug:
+        self._check_sock(sock)
+    if type(n) is int and n > 0:
+        data = _recv_nowait(sock.fileno(), n)
+        if data is not None:
+            return data
+    else:
+        try:
+            return sock.recv(n)
+        except _NOT_READY:
+            pass
+    return await _wait_readable(self, sock, n, False)
+
+
+async def sock_recv_into(Kernel self, sock, buf):
+    """Receive into the writable buffer buf; return the number of bytes received."""
+    cdef Py_ssize_t received
+    if type(sock) is not _PLAIN_SOCKET or self._debug:
+        self._check_sock(sock)
+    received = _recv_into_nowait(sock.fileno(), buf)
+    if received >= 0:
+        return received
+    if received == NOT_SIMPLE:
+        try:
+            return sock.recv_into(buf)
+        except _NOT_READY:
+            pass
+    return await _wait_readable(self, sock, buf, True)
+
+
+async def sock_sendall(Kernel self, sock, data):
+    """Send all of data on a connected socket, however many send() calls it takes.
+    On error there is no telling how much the peer received."""
+    cdef Py_ssize_t sent
+    if type(sock) is not _PLAIN_SOCKET or self._debug:
+        self._check_sock(sock)
+    sent = _send_nowait(sock.fileno(), data)
+    if sent == NOT_SIMPLE:
+        try:
+            sent = sock.send(data)
+        except _NOT_READY:
+            sent = 0
+    elif sent == NOT_READY:
+        sent = 0
+    if sent == len(data):
+        return
+    await self._sendall_when_writable(sock, data, sent)
+
+
+# -- one system call each, never blocking --------------------------------------------------
+
+cdef inline bint _not_ready(int err) noexcept:
+    # EWOULDBLOCK is EAGAIN on Linux.
+    return err == EAGAIN or err == EINTR
+
+
+cdef object _recv_nowait(int fd, Py_ssize_t n):
+    """recv(fd, n) as bytes; None when not ready; raises OSError for any other error."""
+    global _large_recvs
+    cdef Py_ssize_t got
+    cdef int err
+    cdef PyObject *raw
+    cdef object data
+    if _large_recvs or n > RECV_BUFFER_SIZE:
+        raw = cq_bytes_new(NULL, n)
+        got = recv(fd, cq_bytes_data(raw), n, MSG_DONTWAIT)
+        if got < 0:
+            err = errno
+            cq_decref(raw)
+            return _recv_failed(err)
+        if got != n:
+            # Its sole reference: shrunk where it is (on failure it is released).
+            cq_bytes_resize(&raw, got)
+        data = <object>raw
+        cq_decref(raw)
+    else:
+        got = recv(fd, _recv_buffer, n, MSG_DONTWAIT)
+        if got < 0:
+            return _recv_failed(errno)
+        data = PyBytes_FromStringAndSize(_recv_buffer, got)
+    _large_recvs = got > LARGE_RECV_BYTES
+    return data
+
+
+cdef object _recv_failed(int err):
+    if _not_ready(err):
+        return None
+    raise _os_error(err)
+
+
+cdef object _os_error(int err):
+    # What the socket module raises: OSError(errno, strerror), which picks the errno's
+    # subclass (ConnectionResetError, BrokenPipeError, ...).
+    return OSError(err, strerror(err).decode("utf-8", "replace"))
+
+
+cdef Py_ssize_t _recv_into_nowait(int fd, object buf) except -3:
+    cdef Py_buffer view
+    cdef Py_ssize_t got
+    cdef int err
+    try:
+        PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE | PyBUF_SIMPLE)
+    except (TypeError, BufferError):
+        return NOT_SIMPLE
+    got = recv(fd, view.buf, view.len, MSG_DONTWAIT)
+    err = errno
+    PyBuffer_Release(&view)
+    if got >= 0:
+        return got
+    if _not_ready(err):
+        return NOT_READY
+    raise _os_error(err)
+
+
+cdef Py_ssize_t _send_nowait(int fd, object data) except -3:
+    cdef Py_buffer view
+    cdef Py_ssize_t sent
+    cdef int err
+    try:
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    except (TypeError, BufferError):
+        return NOT_SIMPLE
+    sent = send(fd, view.buf, view.len, MSG_DONTWAIT)
+    err = errno
+    PyBuffer_Release(&view)
+    if sent >= 0:
+        return sent
+    if _not_ready(err):
+        return NOT_READY
+    raise _os_error(err)
+
+
+# -- waiting for the fd --------------------------------------------------------------------
+
+
+cdef class _ReadWait:
+    """One receive waiting for its socket: retried each time the fd is readable until the
+    call does not say "not ready" (a one-shot registration, re-armed after a spurious
+    wake-up); its future gets the result or the error."""
+
+    cdef Kernel loop
+    cdef object sock
+    cdef object fut
+    # recv's byte count, or recv_into's buffer.
+    cdef object arg
+    cdef bint into
+    cdef int fd
+    cdef Handle handle
+
+    def __call__(self):
+        # The registration's callback: the fd is readable.
+        if self.fut.done():
+            # Cancelled, with this call already queued: the done callback removed us.
+            return
+        try:
+            result = self.sock.recv_into(self.arg) if self.into else self.sock.recv(self.arg)
+        except _NOT_READY:
+            self.loop._rearm(self.fd)
+            return
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self.fut.set_exception(exc)
+        else:
+            self.fut.set_result(result)
+
+    def _on_done(self, fut):
+        # The future's done callback, the only place the registration goes.
+        if not self.handle._cancelled:
+            self.loop._remove_reader(self.fd)
+
+
+cdef object _wait_readable(Kernel loop, object sock, object arg, bint into):
+    """The future of a receive retried whenever sock is readable."""
+    cdef _ReadWait wait = _ReadWait.__new__(_ReadWait)
+    wait.loop = loop
+    wait.sock = sock
+    wait.arg = arg
+    wait.into = into
+    wait.fd = sock.fileno()
+    wait.fut = fut = loop.create_future()
+    wait.handle = loop._wait_readable(wait.fd, wait, ())
+    fut.add_done_callback(wait._on_done)
+    return fut
