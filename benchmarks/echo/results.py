@@ -159,8 +159,36 @@ def print_table(plan: Plan, table: Table) -> None:
             f"* the load generator was at least {GENERATOR_BUSY_FRACTION:.0%} busy: the figure "
             "may be the generator's limit, not the server's"
         )
+    for line in _line_echo_summary(plan, table):
+        print(_wrap(line, indent=2))
     for line in _cpu_summary(plan, table):
         print(_wrap(line, indent=2))
+
+
+def _line_echo_summary(plan: Plan, table: Table) -> list[str]:
+    """The line echo's own comparison (cq sockets against asyncio streams): the cqsocket
+    row on cqloop over the readline row on each fast peer. The table's ratios compare one
+    mode across loops, and cq sockets run compiled on every loop."""
+    if not {"readline", "cqsocket"} <= set(plan.modes):
+        return []
+    lines = []
+    for transport in plan.transports:
+        for size, conns in plan.loads:
+            cq = table[Row(transport, "cqsocket", size, conns)].get(micro.REFERENCE_LOOP)
+            streams = table[Row(transport, "readline", size, conns)]
+            if cq is None or cq.median is None:
+                continue
+            parts = []
+            for peer in micro.FAST_PEERS:
+                peer_median = streams[peer].median if peer in streams else None
+                if peer_median:
+                    parts.append(f"{cq.median / peer_median:.2f} over {peer}")
+            if parts:
+                lines.append(
+                    f"{transport} {format_load((size, conns))}: cq socket on cqloop against "
+                    f"readline (asyncio streams): {', '.join(parts)}"
+                )
+    return lines
 
 
 def _ratios(cells: dict[str, EchoCell]) -> dict[str, float | None]:
