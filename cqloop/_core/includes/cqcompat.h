@@ -97,8 +97,8 @@ cq_has_weakrefs(PyObject *op)
  * mapping instead, which costs a reference and no allocation, and makes the Context from it
  * when the callback runs or get_context() is called: same variables, same isolation (a set()
  * on either side after scheduling is not seen by the other), and the handle's own Context
- * object from then on. This reads the Context's layout, a CPython internal that has been the
- * same from 3.7 to 3.13 (Include/internal/pycore_context.h); on any other version the
+ * object from then on. This reads the Context's layout, a CPython internal, checked the same
+ * in 3.11, 3.12 and 3.13 (Include/internal/pycore_context.h); on any other version the
  * snapshot is an eager copy and making the Context returns it. */
 #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030E0000
 #define CQ_LAZY_CONTEXT 1
