@@ -14,7 +14,7 @@ an empty region resets to offset 0 and drops a block larger than IDLE_MAX_CAPACI
 A scan never looks past its window (maxline, or bufsiz + 2 + len(boundary)), so a peer
 that never sends an LF or a boundary costs a bounded scan per call.
 
-Size: about 900 lines, a third of them this docstring. Next to split out: OutputBuffer
+Size: past 1,000 lines, a third of them this docstring. Next to split out: OutputBuffer
 (with _parse_mode) into cqoutbuf.pyx, sharing the ByteRegion helpers through a .pxd.
 
 Read formats: InputBuffer.get(fmt, text=None)

@@ -31,7 +31,8 @@ cdef class TimerHandle(Handle):
 
 
 cdef Handle new_handle(object callback, tuple args, object loop, object context)
-# Fill a handle that reuse_ready() cleared, as new_handle fills a new one.
+# Fill the fields every handle has: a new one (new_handle, new_timer_handle) or one that
+# clear_for_reuse() cleared.
 cdef Handle refill_handle(Handle handle, object callback, tuple args, object loop,
                           object context)
 # Clear a plain Handle that ran and that nothing but the caller holds (no other reference,

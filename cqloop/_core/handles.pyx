@@ -208,15 +208,7 @@ cdef class TimerHandle(Handle):
 
 
 cdef Handle new_handle(object callback, tuple args, object loop, object context):
-    cdef Handle handle = Handle.__new__(Handle)
-    handle._callback = callback
-    handle._args = args
-    handle._loop = loop
-    if context is None:
-        handle._vars = cq_context_snapshot()
-    else:
-        handle._ctx = context
-    return handle
+    return refill_handle(Handle.__new__(Handle), callback, args, loop, context)
 
 
 cdef Handle refill_handle(Handle handle, object callback, tuple args, object loop,
@@ -252,13 +244,7 @@ cdef bint clear_for_reuse(Handle handle) except -1:
 cdef TimerHandle new_timer_handle(double when, object callback, tuple args, object loop,
                                   object context, unsigned long long seq):
     cdef TimerHandle handle = TimerHandle.__new__(TimerHandle)
-    handle._callback = callback
-    handle._args = args
-    handle._loop = loop
-    if context is None:
-        handle._vars = cq_context_snapshot()
-    else:
-        handle._ctx = context
+    refill_handle(handle, callback, args, loop, context)
     handle._when = when
     handle._seq = seq
     return handle

@@ -9,6 +9,11 @@ from cqloop._core.timerheap cimport TimerHeap
 from cqloop._core.watchers cimport FdWatcher
 
 
+cdef enum:
+    # Cleared handles kept for reuse: a burst of callbacks past this many frees the rest.
+    HANDLE_POOL_MAX = 256
+
+
 cdef class Kernel:
     # -- the kernel queue -------------------------------------------------------------
     cdef Poller _poller
@@ -31,8 +36,8 @@ cdef class Kernel:
     cdef list _ready_spare
     # Handles that ran and that nothing else held, cleared, for _call_soon to fill again
     # (see "The ready queue and the cyclic GC" in kernel.pyx).
-    # Owned references, _pool_len of them; HANDLE_POOL_MAX in kernel.pyx is the size.
-    cdef PyObject *_handle_pool[256]
+    # Owned references, _pool_len of them.
+    cdef PyObject *_handle_pool[HANDLE_POOL_MAX]
     cdef Py_ssize_t _pool_len
     cdef TimerHeap _timers
     # The last poll returned events: the callbacks they lead to run before the next poll.

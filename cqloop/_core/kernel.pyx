@@ -96,8 +96,6 @@ cdef double MAX_POLL_TIMEOUT_S = 24 * 3600.0
 cdef double CLOCK_RESOLUTION_S = 1e-9
 # Generations are 32 bits in epoll_data; 0 is reserved for the kernel's own fds.
 cdef uint32_t FIRST_GEN = 1
-# Cleared handles kept for reuse: a burst of callbacks past this many frees the rest.
-cdef Py_ssize_t HANDLE_POOL_MAX = 256
 cdef str FORKED_MESSAGE = (
     "this event loop was inherited across fork(): its kernel queue belongs to the parent "
     "process; call loop.reset() in the child first, or make a new loop")
