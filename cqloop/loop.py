@@ -335,35 +335,6 @@ class Loop(  # type: ignore[misc]
 
     # -- tasks and futures --------------------------------------------------------------
 
-    def create_task(
-        self,
-        coro: Any,
-        *,
-        name: str | None = None,
-        context: Any = None,
-        **kwargs: Any,
-    ) -> asyncio.Task[Any]:
-        """Schedule a coroutine; return its Task. Extra keyword arguments (eager_start on
-        3.12+) go to the Task, or to the task factory when one is set."""
-        # (Inline checks: this runs once per task, and a Python call costs more than it.)
-        if self.is_closed():
-            raise RuntimeError("Event loop is closed")
-        if self._task_factory is None:
-            task = tasks.Task(coro, loop=self, name=name, context=context, **kwargs)
-            if self.get_debug():
-                # Only a debug-mode task records where it was created: drop this frame, the
-                # task was created by whoever called create_task.
-                source_traceback = getattr(task, "_source_traceback", None)
-                if source_traceback:
-                    del source_traceback[-1]
-            return task
-        if context is not None:
-            kwargs["context"] = context
-        task = self._task_factory(self, coro, **kwargs)
-        if name is not None:
-            task.set_name(name)
-        return task
-
     def set_task_factory(self, factory: Callable[..., Any] | None) -> None:
         if factory is not None and not callable(factory):
             raise TypeError("task factory must be a callable or None")

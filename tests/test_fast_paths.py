@@ -1,7 +1,8 @@
 """Regression tests for the compiled fast paths of the echo benchmark's sock and streams
 modes: the compiled sock_recv / sock_recv_into / sock_sendall (cqloop/_core/sockio.pyx) and
 the stream transport's large-read path, which receives straight into a bytes object once
-a read was large (cqloop/_core/stream.pyx, _read_data).
+a read was large (cqloop/_core/stream.pyx, _read_data), and reads again at once while a
+BufferedProtocol's buffer comes back full (_read_into_buffer).
 
 Each async test runs on cqloop, stock asyncio (the oracle) and uvloop (see conftest.py).
 Loopback only; no sleeps: waiting is on futures and on the peer's data.
@@ -10,7 +11,11 @@ Loopback only; no sleeps: waiting is on futures and on the peer's data.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import struct
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 import pytest
 
@@ -26,6 +31,23 @@ def nonblocking_socketpair() -> tuple[socket.socket, socket.socket]:
     a.setblocking(False)
     b.setblocking(False)
     return a, b
+
+
+_P = TypeVar("_P", bound=asyncio.BaseProtocol)
+
+
+@contextlib.asynccontextmanager
+async def transport_on(
+    sock: socket.socket, factory: Callable[[], _P]
+) -> AsyncIterator[tuple[asyncio.Transport, _P]]:
+    """A stream transport over an accepted socket, closed (and its close run) on exit."""
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.connect_accepted_socket(factory, sock)
+    try:
+        yield transport, protocol
+    finally:
+        transport.close()
+        await asyncio.sleep(0)
 
 
 def pattern(size: int, seed: int) -> bytes:
@@ -138,8 +160,7 @@ async def test_large_then_small_reads_deliver_every_byte_once() -> None:
     payload = b"".join(chunks)
     a, b = nonblocking_socketpair()
     with a:
-        transport, protocol = await loop.connect_accepted_socket(lambda: Collect(len(payload)), b)
-        try:
+        async with transport_on(b, lambda: Collect(len(payload))) as (_, protocol):
             for chunk in chunks:
                 await asyncio.wait_for(loop.sock_sendall(a, chunk), SAFETY_TIMEOUT_S)
                 # Let the transport read this chunk on its own before the next comes.
@@ -147,21 +168,122 @@ async def test_large_then_small_reads_deliver_every_byte_once() -> None:
                     await asyncio.sleep(0)
             await asyncio.wait_for(protocol.done, SAFETY_TIMEOUT_S)
             assert b"".join(protocol.chunks) == payload
-        finally:
-            transport.close()
-            await asyncio.sleep(0)
 
 
 async def test_eof_right_after_a_large_read_is_seen() -> None:
     loop = asyncio.get_running_loop()
     payload = pattern(LARGE_CHUNK_BYTES, 7)
     a, b = nonblocking_socketpair()
-    transport, protocol = await loop.connect_accepted_socket(lambda: Collect(10**9), b)
-    try:
+    async with transport_on(b, lambda: Collect(10**9)) as (_, protocol):
         with a:
             await asyncio.wait_for(loop.sock_sendall(a, payload), SAFETY_TIMEOUT_S)
         await asyncio.wait_for(protocol.done, SAFETY_TIMEOUT_S)
         assert b"".join(protocol.chunks) == payload
-    finally:
-        transport.close()
-        await asyncio.sleep(0)
+
+
+# -- a BufferedProtocol whose buffer each read fills ---------------------------------------
+
+
+class SmallBuffer(asyncio.BufferedProtocol):
+    """Reads through a buffer far smaller than what arrives; can pause itself once."""
+
+    def __init__(self, expected: int, buffer_size: int, pause_after: int = 0) -> None:
+        self.expected = expected
+        self.buffer = bytearray(buffer_size)
+        self.received = bytearray()
+        self.pause_after = pause_after
+        self.calls_while_paused = 0
+        self.paused = False
+        self.transport: asyncio.Transport | None = None
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.reached_pause: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.paused:
+            self.calls_while_paused += 1
+        self.received += self.buffer[:nbytes]
+        if self.pause_after and len(self.received) >= self.pause_after and not self.paused:
+            self.paused = True
+            assert self.transport is not None
+            self.transport.pause_reading()
+            self.reached_pause.set_result(None)
+        if len(self.received) >= self.expected and not self.done.done():
+            self.done.set_result(None)
+
+
+async def test_a_small_buffered_protocol_buffer_gets_every_byte_in_order() -> None:
+    loop = asyncio.get_running_loop()
+    payload = pattern(LARGE_CHUNK_BYTES, 3)
+    a, b = nonblocking_socketpair()
+    with a:
+        async with transport_on(b, lambda: SmallBuffer(len(payload), 1000)) as (_, protocol):
+            await asyncio.wait_for(loop.sock_sendall(a, payload), SAFETY_TIMEOUT_S)
+            await asyncio.wait_for(protocol.done, SAFETY_TIMEOUT_S)
+            assert bytes(protocol.received) == payload
+
+
+async def test_pause_reading_in_buffer_updated_stops_the_reads_at_once() -> None:
+    loop = asyncio.get_running_loop()
+    payload = pattern(LARGE_CHUNK_BYTES, 5)
+    a, b = nonblocking_socketpair()
+    with a:
+        pausing = lambda: SmallBuffer(len(payload), 1000, pause_after=5000)  # noqa: E731
+        async with transport_on(b, pausing) as (transport, protocol):
+            sending = asyncio.ensure_future(loop.sock_sendall(a, payload))
+            await asyncio.wait_for(protocol.reached_pause, SAFETY_TIMEOUT_S)
+            # Several loop iterations with data waiting: nothing more may arrive.
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert protocol.calls_while_paused == 0
+            assert len(protocol.received) == 5000
+            transport.resume_reading()
+            await asyncio.wait_for(protocol.done, SAFETY_TIMEOUT_S)
+            await asyncio.wait_for(sending, SAFETY_TIMEOUT_S)
+            assert bytes(protocol.received) == payload
+
+
+# -- a large read takes what arrived since, and keeps an error it meets ---------------------
+
+
+class Record(asyncio.Protocol):
+    """Records data, end of file and the connection_lost exception."""
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.eof = False
+        self.lost: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data
+
+    def eof_received(self) -> None:
+        self.eof = True
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost.set_result(exc)
+
+
+async def test_a_reset_after_a_large_write_is_reported_after_its_data() -> None:
+    # The peer's data and its reset are both waiting before the transport reads: the read
+    # takes the data (large: the transport reads again at once, and meets the reset), and
+    # the reset must still come through as connection_lost(ConnectionResetError), not as
+    # an end of file.
+    payload = pattern(40 * 1024, 9)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        peer = socket.create_connection(listener.getsockname())
+        server_side, _ = listener.accept()
+    with peer:
+        peer.sendall(payload)
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    server_side.setblocking(False)
+    async with transport_on(server_side, Record) as (_, protocol):
+        exc = await asyncio.wait_for(protocol.lost, SAFETY_TIMEOUT_S)
+        assert bytes(protocol.received) == payload
+        assert isinstance(exc, ConnectionResetError)
+        assert not protocol.eof

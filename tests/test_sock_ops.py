@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import errno
 import gc
 import io
@@ -25,6 +26,7 @@ import select
 import socket
 import ssl
 import warnings
+from collections.abc import AsyncIterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -1088,8 +1090,12 @@ async def test_a_reader_added_after_a_finished_wait_fires_while_the_fd_stays_rea
         b.close()
 
 
-async def test_a_reused_fd_number_is_watched_afresh_after_a_finished_wait() -> None:
-    loop = asyncio.get_running_loop()
+@contextlib.asynccontextmanager
+async def _fd_number_reused_after_a_wait(
+    loop: asyncio.AbstractEventLoop,
+) -> AsyncIterator[tuple[socket.socket, socket.socket]]:
+    """A sock_recv wait finishes on a socket that is then closed; yields (reused, other):
+    a new connected pair whose `reused` end has the closed socket's fd number."""
     a, b = socket.socketpair()
     a.setblocking(False)
     await _recv_after_waiting(loop, a, b)
@@ -1101,22 +1107,45 @@ async def test_a_reused_fd_number_is_watched_afresh_after_a_finished_wait() -> N
         reused = c if c.fileno() == number else d if d.fileno() == number else None
         if reused is None:
             pytest.skip("the fd number was not reused")
-        other = d if reused is c else c
-        fired = loop.create_future()
-        loop.add_reader(number, lambda: fired.done() or fired.set_result(reused.recv(10)))
-        other.send(b"new")
-        assert await within(fired) == b"new"
-        loop.remove_reader(number)
+        reused.setblocking(False)
+        yield reused, (d if reused is c else c)
     finally:
         c.close()
         d.close()
 
 
+async def test_a_reused_fd_number_is_watched_afresh_after_a_finished_wait() -> None:
+    loop = asyncio.get_running_loop()
+    async with _fd_number_reused_after_a_wait(loop) as (reused, other):
+        fired = loop.create_future()
+        number = reused.fileno()
+        loop.add_reader(number, lambda: fired.done() or fired.set_result(reused.recv(10)))
+        other.send(b"new")
+        assert await within(fired) == b"new"
+        loop.remove_reader(number)
+
+
+def _loop_fd_readable(loop: asyncio.AbstractEventLoop) -> bool:
+    readable, _, _ = select.select([loop.fileno()], [], [], 0)  # type: ignore[attr-defined]
+    return bool(readable)
+
+
+async def _until_loop_fd_idle(loop: asyncio.AbstractEventLoop) -> None:
+    """Let the loop poll (a bounded number of iterations) until its epoll fd reports
+    nothing; fail if it stays readable (a registration that spins)."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+        if not _loop_fd_readable(loop):
+            return
+    raise AssertionError("the loop's epoll fd stays readable")
+
+
 @pytest.mark.cqloop_only
-async def test_a_finished_wait_leaves_nothing_that_wakes_the_loop_even_through_a_dup() -> None:
+async def test_a_finished_wait_leaves_nothing_that_spins_the_loop_even_through_a_dup() -> None:
     # The classic epoll trap: a registration outlives its fd number when a dup keeps the
-    # file open. A finished one-shot wait's registration is disarmed, so the loop's epoll
-    # fd must not turn readable however readable the dup'd file gets.
+    # file open, and a level-triggered one would then make the loop spin. A finished
+    # sock_* wait's registration is edge-triggered (Kernel._wait_sock): data arriving on
+    # the dup'd file wakes the loop once per arrival, and nothing runs.
     loop = asyncio.get_running_loop()
     a, b = socket.socketpair()
     a.setblocking(False)
@@ -1125,9 +1154,47 @@ async def test_a_finished_wait_leaves_nothing_that_wakes_the_loop_even_through_a
     try:
         a.close()
         b.send(b"data nobody waits for")
-        readable, _, _ = select.select([loop.fileno()], [], [], 0)
-        assert readable == []
+        await _until_loop_fd_idle(loop)
         assert loop._kernel_statistics()["fds"] == 0
     finally:
         os.close(dup)
         b.close()
+
+
+@pytest.mark.cqloop_only
+async def test_data_with_nobody_waiting_drops_a_finished_waits_registration() -> None:
+    # The idle registration a sock_* wait leaves wakes the loop at most once: the first
+    # arrival with nobody waiting drops it, and the next wait registers afresh.
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    with a, b:
+        await _recv_after_waiting(loop, a, b)
+        b.send(b"first")
+        await _until_loop_fd_idle(loop)
+        b.send(b"second")
+        assert not _loop_fd_readable(loop)
+        assert await loop.sock_recv(a, 100) == b"firstsecond"
+        await _recv_after_waiting(loop, a, b)
+
+
+async def test_waits_on_one_socket_in_a_row_each_see_their_data() -> None:
+    # Consecutive waits on the same socket reuse its registration: each must still wake.
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    with a, b:
+        for i in range(20):
+            task = await started(loop.sock_recv(a, 100))
+            b.send(b"%d" % i)
+            assert await within(task) == b"%d" % i
+
+
+async def test_a_wait_on_a_new_socket_with_a_reused_fd_number_wakes() -> None:
+    # The fast path must not take the registration of a closed socket's file for the
+    # new one's: same fd number, another file.
+    loop = asyncio.get_running_loop()
+    async with _fd_number_reused_after_a_wait(loop) as (reused, other):
+        task = await started(loop.sock_recv(reused, 100))
+        other.send(b"new")
+        assert await within(task) == b"new"

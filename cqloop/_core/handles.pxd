@@ -40,3 +40,12 @@ cdef Handle refill_handle(Handle handle, object callback, tuple args, object loo
 cdef bint clear_for_reuse(Handle handle) except -1
 cdef TimerHandle new_timer_handle(double when, object callback, tuple args, object loop,
                                   object context, unsigned long long seq)
+
+
+# What a handle asks of a cqloop loop, as C calls (kernel.pyx installs them at import:
+# handles.pyx cannot cimport the kernel, which cimports it). A handle whose loop is of
+# another type calls asyncio's methods (get_debug, _timer_handle_cancelled) instead.
+ctypedef bint (*LoopDebugHook)(object loop) noexcept
+ctypedef int (*TimerCancelledHook)(object loop, TimerHandle timer) except -1
+cdef int set_kernel_hooks(type kernel_type, LoopDebugHook debug,
+                          TimerCancelledHook timer_cancelled) except -1

@@ -32,6 +32,26 @@ cdef object _extract_stack = format_helpers.extract_stack
 cdef object _format_callback_source = format_helpers._format_callback_source
 cdef object _getframe = sys._getframe
 
+# See set_kernel_hooks.
+cdef type _kernel_type = None
+cdef LoopDebugHook _kernel_debug = NULL
+cdef TimerCancelledHook _kernel_timer_cancelled = NULL
+
+
+cdef int set_kernel_hooks(type kernel_type, LoopDebugHook debug,
+                          TimerCancelledHook timer_cancelled) except -1:
+    global _kernel_type, _kernel_debug, _kernel_timer_cancelled
+    _kernel_type = kernel_type
+    _kernel_debug = debug
+    _kernel_timer_cancelled = timer_cancelled
+    return 0
+
+
+cdef inline bint _loop_debug(object loop) except -1:
+    if _kernel_type is not None and isinstance(loop, _kernel_type):
+        return _kernel_debug(loop)
+    return bool(loop.get_debug())
+
 
 # Handles are created and dropped at the rate callbacks run: keep freed ones for reuse.
 @cython.freelist(256)
@@ -48,7 +68,7 @@ cdef class Handle:
         self._cancelled = False
         self._repr = None
         self._source_traceback = None
-        if loop.get_debug():
+        if _loop_debug(loop):
             self._source_traceback = _extract_stack(_getframe(1))
 
     # -- public API ------------------------------------------------------------------
@@ -70,7 +90,7 @@ cdef class Handle:
     def cancel(self):
         if not self._cancelled:
             self._cancelled = True
-            if self._loop is not None and self._loop.get_debug():
+            if self._loop is not None and _loop_debug(self._loop):
                 # Keep a representation so that a debug message can still name the callback.
                 self._repr = repr(self)
             self._callback = None
@@ -165,7 +185,10 @@ cdef class TimerHandle(Handle):
 
     def cancel(self):
         if not self._cancelled and self._loop is not None:
-            self._loop._timer_handle_cancelled(self)
+            if _kernel_type is not None and isinstance(self._loop, _kernel_type):
+                _kernel_timer_cancelled(self._loop, self)
+            else:
+                self._loop._timer_handle_cancelled(self)
         Handle.cancel(self)
 
     def __hash__(self):

@@ -35,7 +35,7 @@ cdef class Kernel:
     # The list _ready is swapped with at each iteration (two lists, no deque pops).
     cdef list _ready_spare
     # Handles that ran and that nothing else held, cleared, for _call_soon to fill again
-    # (see "The ready queue and the cyclic GC" in kernel.pyx).
+    # (see "The ready queue, the timer heap and the cyclic GC" in kernel.pyx).
     # Owned references, _pool_len of them.
     cdef PyObject *_handle_pool[HANDLE_POOL_MAX]
     cdef Py_ssize_t _pool_len
@@ -62,10 +62,15 @@ cdef class Kernel:
     # Set in a forked child (cqloop.loop's at-fork hook): the epoll fd, eventfd and timerfd
     # are shared with the parent, so nothing here may touch them until _reset_kernel().
     cdef public bint _forked
+    # {"loop": self}, made once (see _loop_kwargs).
+    cdef dict _future_kwargs
+    # set_task_factory's factory, or None (create_task reads it here).
+    cdef public object _task_factory
 
     # -- methods ----------------------------------------------------------------------
     cdef double _now(self) noexcept
     cdef int _check_closed(self) except -1
+    cdef dict _loop_kwargs(self)
     cdef int _debug_checks(self, object callback, str method) except -1
     cdef Handle _call_soon(self, object callback, tuple args, object context)
     cdef TimerHandle _schedule_at(self, double when, object callback, tuple args,
@@ -86,3 +91,7 @@ cdef class Kernel:
     cdef int _update_watcher(self, FdWatcher watcher, bint removing) except -1
     cdef int _install_watcher(self, FdWatcher watcher) except -1
     cdef int _remove_watcher(self, FdWatcher watcher) except -1
+    cdef Handle _register_handle(self, int fd, object callback, tuple args, bint reading,
+                                 int mode)
+    cdef Handle _wait_sock(self, object sock, int fd, object callback, tuple args)
+    cdef bint _unregister_handle(self, int fd, bint reading) except -1

@@ -29,9 +29,10 @@ one of its fds is ready:
 Readability may be spurious (a timer cancelled after the timerfd was armed): an outside
 poller then runs a step that finds nothing to do, which is harmless.
 
-Size: past 800 lines. Next to split out: the fd watcher table (_add_handle, _update_watcher,
-_install/_remove_watcher and the generation bookkeeping) into its own cimported module,
-fdtable.pyx, leaving this file the queue, the timers and the run-once step.
+Size: past 800 lines. Next to split out: the fd watcher table (_register_handle, _wait_sock,
+_update_watcher, _install/_remove_watcher and the generation bookkeeping) into its own
+cimported module, fdtable.pyx, leaving this file the queue, the timers and the run-once
+step.
 """
 
 import threading
@@ -40,10 +41,12 @@ from libc.math cimport ceil
 from libc.stdint cimport uint32_t, uint64_t
 
 from asyncio import Future
+from asyncio import tasks as _tasks
 
-from cpython.object cimport PyObject
+from cpython.object cimport PyObject, PyObject_Call
 from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport Py_DECREF, Py_INCREF, Py_REFCNT, Py_XDECREF, _Py_REFCNT
+from cpython.weakref cimport PyWeakref_NewRef
 
 from cqloop._core.handles cimport (
     Handle,
@@ -52,17 +55,23 @@ from cqloop._core.handles cimport (
     new_handle,
     new_timer_handle,
     refill_handle,
+    set_kernel_hooks,
 )
 from cqloop._core.includes.callsoon cimport cq_install_call_soon
 from cqloop._core.includes.gchook cimport (
-    PyObject_GC_Track,
     PyObject_GC_UnTrack,
     cq_call_base_traverse,
     cq_gc_is_tracked,
+    cq_gc_retrack,
     cq_install_traverse,
     cq_visitproc,
 )
-from cqloop._core.includes.pyapi cimport cq_list_clear_keep, cq_list_items, cq_list_take
+from cqloop._core.includes.pyapi cimport (
+    cq_list_clear_keep,
+    cq_list_items,
+    cq_list_take,
+    cq_weakref_is,
+)
 from cqloop._core.includes.system cimport (
     CLOCK_MONOTONIC,
     EBADF,
@@ -70,6 +79,7 @@ from cqloop._core.includes.system cimport (
     EFD_CLOEXEC,
     EFD_NONBLOCK,
     ENOENT,
+    EPOLLET,
     EPOLLIN,
     TFD_CLOEXEC,
     TFD_NONBLOCK,
@@ -87,10 +97,18 @@ from cqloop._core.includes.system cimport (
 )
 from cqloop._core.poller cimport Poller
 from cqloop._core.timerheap cimport TimerHeap
-from cqloop._core.watchers cimport FdWatcher, HandleWatcher
+from cqloop._core.watchers cimport (
+    WAIT_EDGE,
+    WAIT_LEVEL,
+    WAIT_ONESHOT,
+    FdWatcher,
+    HandleWatcher,
+)
 
 # asyncio caps one select at a day; so do we (and it fits epoll_wait's int milliseconds).
 cdef double MAX_POLL_TIMEOUT_S = 24 * 3600.0
+# An edge-triggered read registration's mask (see Kernel._wait_sock).
+cdef uint32_t EDGE_READ = EPOLLIN | EPOLLET
 # A timer is due when its deadline is within the clock's resolution of now (asyncio's rule;
 # CLOCK_MONOTONIC counts nanoseconds on Linux).
 cdef double CLOCK_RESOLUTION_S = 1e-9
@@ -237,16 +255,42 @@ cdef class Kernel:
         return timer
 
     def _timer_handle_cancelled(self, TimerHandle handle):
-        # Called by TimerHandle.cancel (asyncio's name for the same notification).
-        if handle._scheduled:
-            self._timers.cancelled += 1
+        # asyncio's name for the notification; TimerHandle.cancel calls _timer_cancelled.
+        _timer_cancelled(self, handle)
+
+    def create_task(self, coro, *, name=None, context=None, **kwargs):
+        """Schedule a coroutine; return its Task. Extra keyword arguments (eager_start on
+        3.12+) go to the Task, or to the task factory when one is set."""
+        # Compiled: a Python method with **kwargs cost a frame and a dict per task. asyncio's
+        # Task is looked up at each call, as asyncio's loop does (instrumentation replaces
+        # it). A debug-mode Task records the stack from its caller's frame, which here is
+        # create_task's caller already (a compiled function has no frame).
+        if self._closed:
+            self._check_closed()
+        if self._task_factory is None:
+            if name is None and context is None and not kwargs:
+                return PyObject_Call(_tasks.Task, (coro,), self._loop_kwargs())
+            return _tasks.Task(coro, loop=self, name=name, context=context, **kwargs)
+        if context is not None:
+            kwargs["context"] = context
+        task = self._task_factory(self, coro, **kwargs)
+        if name is not None:
+            task.set_name(name)
+        return task
+
+    cdef dict _loop_kwargs(self):
+        """{"loop": self}, made once: the keyword arguments of every Future and Task this
+        loop makes, passed as they are (their constructors only read them): building one
+        per call was a fifth of what a future cost."""
+        if self._future_kwargs is None:
+            self._future_kwargs = {"loop": self}
+        return self._future_kwargs
 
     def create_future(self):
         """A new asyncio.Future bound to this loop."""
         # Always with loop=: a Future made without it asks get_running_loop(), which in
-        # CPython 3.11 checks getpid() (a system call) on every call; CPython's keyword dict
-        # for loop= is far cheaper.
-        return _Future(loop=self)
+        # CPython 3.11 checks getpid() (a system call) on every call.
+        return PyObject_Call(_Future, (), self._loop_kwargs())
 
     # -- debug --------------------------------------------------------------------------
 
@@ -411,6 +455,8 @@ cdef class Kernel:
         cdef int nevents
         cdef TimerHeap timers = self._timers
 
+        if timers._nfresh:
+            timers.settle()
         if timers._heap:
             timers.drop_cancelled_head()
 
@@ -542,6 +588,7 @@ cdef class Kernel:
         cdef int fd
         cdef uint64_t data
         cdef uint32_t events
+        cdef int changed
         cdef object found
         cdef FdWatcher watcher
         cdef list ready = self._ready
@@ -563,8 +610,11 @@ cdef class Kernel:
             if watcher.gen != <uint32_t>(data >> 32):
                 # A registration that outlived its fd number (see poller.pyx): not ours.
                 continue
-            if watcher._on_events(events, ready):
+            changed = watcher._on_events(events, ready)
+            if changed == 1:
                 self._update_watcher(watcher, True)
+            elif changed == 2:
+                self._remove_watcher(watcher)
         return 0
 
     cdef uint32_t _new_gen(self) noexcept:
@@ -612,7 +662,7 @@ cdef class Kernel:
                 del self._watchers[fd]
             return 0
         if wanted == 0:
-            if watcher.disarmed and not watcher.persistent:
+            if (watcher.disarmed or watcher.registered & EPOLLET) and not watcher.persistent:
                 # A one-shot wait that fired and is done: leave the disarmed registration
                 # (and the watcher) in place, inert, so that the next wait on the fd is one
                 # EPOLL_CTL_MOD instead of a DEL now and an ADD then. Inert is the point: a
@@ -620,6 +670,12 @@ cdef class Kernel:
                 # dup keeps its file open (the trap that makes a lazily deferred DEL of a
                 # level-triggered registration unsafe). A closed fd's registration goes
                 # with its file; a reused number is caught by the MOD (ENOENT) below.
+                # An edge-triggered wait's registration stays too (see _wait_sock), armed
+                # but nearly as inert: it never spins, and the first arrival of data with
+                # nobody waiting drops it (HandleWatcher._on_events). Where the fd was
+                # closed meanwhile and a dup keeps the file open, that drop cannot reach
+                # the registration: each arrival on the file then wakes the loop once
+                # (and is ignored) until the file's last fd is closed.
                 return 0
             if watcher.registered:
                 self._poller.unregister(fd)
@@ -655,16 +711,58 @@ cdef class Kernel:
         return 0
 
     def _add_reader(self, int fd, callback, tuple args):
-        return self._add_handle(fd, callback, args, True)
+        return self._register_handle(fd, callback, args, True, WAIT_LEVEL)
 
     def _add_writer(self, int fd, callback, tuple args):
-        return self._add_handle(fd, callback, args, False)
+        return self._register_handle(fd, callback, args, False, WAIT_LEVEL)
 
     def _wait_readable(self, int fd, callback, tuple args):
-        """add_reader for one wait (the loop's sock_* operations): the registration is
+        """add_reader for one wait (pollables' readability waits): the registration is
         one-shot, so the wait's end costs no EPOLL_CTL_DEL. After a wake-up that finds the
         fd not ready after all, call _rearm(fd)."""
-        return self._add_handle(fd, callback, args, True, True)
+        return self._register_handle(fd, callback, args, True, WAIT_ONESHOT)
+
+    def _wait_sock_readable(self, sock, int fd, callback, tuple args):
+        """_wait_sock for the Python half (sockops.py)."""
+        return self._wait_sock(sock, fd, callback, args)
+
+    cdef Handle _wait_sock(self, object sock, int fd, object callback, tuple args):
+        """add_reader for one wait of a sock_* operation whose call on `sock` (fd `fd`)
+        just said "not ready". Such a wait may be edge-triggered: its operation has tried
+        first, so any data it waits for arrives after the registration, and an edge comes.
+        The registration stays, idle, when the wait ends, and a busy connection's next wait
+        costs no system call at all (a one-shot registration costs a re-arm per wait; the
+        echo benchmark's sock mode waits at every message). Skipping the system call needs
+        proof that the registration is still for this fd's file: a registration lives as
+        long as its file is open, the fd number may have been closed and reused since, and
+        a registration re-issued on the fd (as every other add does) is how epoll says so.
+        The proof is the socket object: the same one as at the last registration (held
+        weakly), still open with the same fd, owns the same open file. A wake-up that
+        finds nothing to read needs no re-arm: the next data brings the next edge."""
+        cdef HandleWatcher watcher
+        cdef Handle handle
+        cdef object found = self._watchers.get(fd)
+        if found is not None and type(found) is HandleWatcher:
+            watcher = <HandleWatcher>found
+            if (
+                watcher.reader is None
+                and watcher.writer is None
+                and watcher.registered == EDGE_READ
+                and watcher.sock_ref is not None
+            ):
+                # (A closed loop's table is empty: no check for that here.)
+                if cq_weakref_is(watcher.sock_ref, sock):
+                    handle = new_handle(callback, args, self, None)
+                    watcher.reader = handle
+                    return handle
+        handle = self._register_handle(fd, callback, args, True, WAIT_EDGE)
+        watcher = <HandleWatcher>self._watchers[fd]
+        if watcher.registered == EDGE_READ:
+            try:
+                watcher.sock_ref = PyWeakref_NewRef(sock, None)
+            except TypeError:
+                pass  # no weak references: every wait re-issues the registration
+        return handle
 
     def _rearm(self, int fd):
         """Re-arm a one-shot registration that fired while its wait goes on."""
@@ -675,7 +773,8 @@ cdef class Kernel:
             if watcher.disarmed and watcher.wanted():
                 self._update_watcher(watcher, True)
 
-    def _add_handle(self, int fd, callback, tuple args, bint reading, bint oneshot=False):
+    cdef Handle _register_handle(self, int fd, object callback, tuple args, bint reading,
+                                 int mode):
         cdef HandleWatcher watcher
         cdef Handle handle
         cdef Handle old
@@ -684,7 +783,7 @@ cdef class Kernel:
         found = self._watchers.get(fd)
         if found is None:
             watcher = HandleWatcher(fd)
-            watcher.oneshot = oneshot
+            watcher.mode = mode
             if reading:
                 watcher.reader = handle
             else:
@@ -695,10 +794,13 @@ cdef class Kernel:
             # Every other watcher is a transport's (asyncio's wording).
             raise RuntimeError(f"File descriptor {fd!r} is used by transport {found!r}")
         watcher = <HandleWatcher>found
-        if not oneshot:
-            watcher.oneshot = False
-        elif watcher.reader is None and watcher.writer is None:
-            watcher.oneshot = True
+        # One mode per registration: level-triggered as soon as a plain add_reader or
+        # add_writer shares it; a wait's own mode when it is alone (a wait replacing one
+        # in the same direction keeps the mode it finds). Adding always re-issues the
+        # registration below, which makes epoll report an fd that is ready already.
+        if mode == WAIT_LEVEL or (watcher.reader is None and watcher.writer is None):
+            watcher.mode = mode
+        watcher.sock_ref = None
         if reading:
             old = watcher.reader
             watcher.reader = handle
@@ -718,12 +820,14 @@ cdef class Kernel:
         return handle
 
     def _remove_reader(self, int fd):
-        return self._remove_handle(fd, True)
+        return self._unregister_handle(fd, True)
 
     def _remove_writer(self, int fd):
-        return self._remove_handle(fd, False)
+        return self._unregister_handle(fd, False)
 
-    def _remove_handle(self, int fd, bint reading):
+    cdef bint _unregister_handle(self, int fd, bint reading) except -1:
+        """remove_reader/remove_writer; also how a compiled sock_* wait ends (sockio.pyx),
+        once per message in a busy connection: a C call, not a method lookup."""
         cdef HandleWatcher watcher
         cdef Handle handle
         if self._closed:
@@ -898,7 +1002,7 @@ def _strerror(int err):
 # call_soon, so the type gets a METH_FASTCALL entry (cqcompat.h) that reads the one keyword
 # call_soon takes directly, then calls Kernel._call_soon.
 
-# The ready queue and the cyclic GC.
+# The ready queue, the timer heap and the cyclic GC.
 #
 # The collector counts allocations net of frees and runs when the young generation grows;
 # each run walks every young tracked object. A loop running tens of thousands of tasks has
@@ -906,20 +1010,23 @@ def _strerror(int err):
 # method and a Context, and walking them was most of what separated cqloop's tasks
 # benchmark from rloop's (whose handles the GC does not see). So a handle that _call_soon
 # queues leaves the GC's lists (PyObject_GC_UnTrack) while it waits, and _run_ready puts
-# it back if anything still holds it after it ran (most are freed there and then).
+# it back if anything still holds it after it ran (most are freed there and then). Timers
+# do the same in the heap (timerheap.pyx's docstring): untracked when pushed, back in the
+# GC's lists at the next iteration if the caller kept the handle, and when they leave the
+# heap cancelled; a due timer moves to the ready queue untracked.
 #
 # An untracked object's references look external to the collector, which would make a loop
-# dropped without close() uncollectable while callbacks are queued (asyncio collects it,
-# with a ResourceWarning). So the kernel's traversal takes over for the queued handles it
-# alone holds (reference count 1: the ready list's): it visits their callback, arguments,
-# Context and loop as if they were its own fields, which, for an object nothing else can
-# reach, is exactly the reference structure. A queued handle someone else also holds is
-# not visited (its references stay external: a leak in the rare case of such a handle in
-# a dropped, unclosed loop, never a premature free). Timer handles are not untracked.
+# dropped without close() uncollectable while callbacks are queued or timers pending
+# (asyncio collects it, with a ResourceWarning). So the kernel's traversal takes over for
+# the queued handles and heap timers it alone holds (reference count 1: the ready list's or
+# the heap's; no handle is in both): it visits their callback, arguments, Context and loop
+# as if they were its own fields, which, for an object nothing else can reach, is exactly
+# the reference structure. An untracked handle someone else also holds is not visited (its
+# references stay external: a leak in the rare case of such a handle in a dropped, unclosed
+# loop, never a premature free).
 
 cdef inline void _track(Handle handle) noexcept:
-    if not cq_gc_is_tracked(<PyObject *>handle):
-        PyObject_GC_Track(handle)
+    cq_gc_retrack(<PyObject *>handle)
 
 
 cdef int _track_all(list handles) except -1:
@@ -935,19 +1042,16 @@ cdef inline int _visit(object field, cq_visitproc visit, void *arg) noexcept:
     return visit(<PyObject *>field, arg)
 
 
-cdef int _kernel_traverse(PyObject *obj, cq_visitproc visit, void *arg) noexcept:
-    cdef int err = cq_call_base_traverse(obj, visit, arg)
-    cdef object ready
+cdef int _visit_owned(object handles, cq_visitproc visit, void *arg) noexcept:
+    """Visit the fields of the untracked handles in `handles` (a list) held by it alone."""
     cdef PyObject **items
     cdef Py_ssize_t i
     cdef Handle handle
-    if err:
-        return err
-    ready = (<Kernel>obj)._ready
-    if ready is None:
+    cdef int err
+    if handles is None:
         return 0
-    items = cq_list_items(ready)
-    for i in range(len(<list>ready)):
+    items = cq_list_items(handles)
+    for i in range(len(<list>handles)):
         # Judged on the raw pointer, before any reference of ours is taken.
         if items[i] is NULL or _Py_REFCNT(items[i]) != 1 or cq_gc_is_tracked(items[i]):
             continue
@@ -965,7 +1069,34 @@ cdef int _kernel_traverse(PyObject *obj, cq_visitproc visit, void *arg) noexcept
     return 0
 
 
+cdef int _kernel_traverse(PyObject *obj, cq_visitproc visit, void *arg) noexcept:
+    cdef int err = cq_call_base_traverse(obj, visit, arg)
+    cdef TimerHeap timers
+    if err:
+        return err
+    err = _visit_owned((<Kernel>obj)._ready, visit, arg)
+    if err:
+        return err
+    timers = (<Kernel>obj)._timers
+    if timers is None:
+        return 0
+    return _visit_owned(timers._heap, visit, arg)
+
+
 cq_install_traverse(Kernel, _kernel_traverse)
+
+
+cdef bint _kernel_debug(object kernel) noexcept:
+    return (<Kernel>kernel)._debug
+
+
+cdef int _timer_cancelled(object kernel, TimerHandle timer) except -1:
+    if timer._scheduled:
+        (<Kernel>kernel)._timers.cancelled += 1
+    return 0
+
+
+set_kernel_hooks(Kernel, _kernel_debug, _timer_cancelled)
 
 
 cdef object _call_soon_entry(object self, object callback, object args, object context):

@@ -22,9 +22,13 @@ or non-int size, a read-only or non-contiguous buffer) goes to the socket method
 which raises its own error.
 
 A receive that finds nothing waits here (a large-message stream waits at most
-messages): _ReadWait is its one-shot registration's callback and its future's done
-callback, with the invariant of sockops.py (the registration lives exactly as long as the
-future is pending, and is left alone if another operation replaced it). A sock_sendall
+messages): _ReadWait is its registration's callback, and the waiting coroutine
+removes the registration when it resumes, in a `finally` (whether the future got a result
+or an error, or was cancelled with its task, or the coroutine was closed), unless another
+operation replaced it meanwhile. That keeps sockops.py's invariant as far as anyone can
+observe (a registration whose future is done is never acted on: the callback checks), at
+the cost of no done callback: a done callback is one more handle through the ready queue
+per message. A sock_sendall
 that could not send everything awaits the future of SockOpsMixin._sendall_when_writable.
 Any other socket (an SSLSocket, a subclass) and debug mode go through its _check_sock.
 """
@@ -84,7 +88,11 @@ async def sock_recv(Kernel self, sock, n):
             return sock.recv(n)
         except _NOT_READY:
             pass
-    return await _wait_readable(self, sock, n, False)
+    wait = _start_wait(self, sock, n, False)
+    try:
+        return await wait.fut
+    finally:
+        wait.finish()
 
 
 async def sock_recv_into(Kernel self, sock, buf):
@@ -100,7 +108,11 @@ async def sock_recv_into(Kernel self, sock, buf):
             return sock.recv_into(buf)
         except _NOT_READY:
             pass
-    return await _wait_readable(self, sock, buf, True)
+    wait = _start_wait(self, sock, buf, True)
+    try:
+        return await wait.fut
+    finally:
+        wait.finish()
 
 
 async def sock_sendall(Kernel self, sock, data):
@@ -210,8 +222,8 @@ cdef Py_ssize_t _send_nowait(int fd, object data) except -3:
 
 cdef class _ReadWait:
     """One receive waiting for its socket: retried each time the fd is readable until the
-    call does not say "not ready" (a one-shot registration, re-armed after a spurious
-    wake-up); its future gets the result or the error."""
+    call does not say "not ready" (an edge-triggered registration, Kernel._wait_sock); its
+    future gets the result or the error."""
 
     cdef Kernel loop
     cdef object sock
@@ -219,41 +231,65 @@ cdef class _ReadWait:
     # recv's byte count, or recv_into's buffer.
     cdef object arg
     cdef bint into
+    # A plain socket.socket: the retry is the compiled call, not the socket's method.
+    cdef bint plain
     cdef int fd
     cdef Handle handle
 
     def __call__(self):
         # The registration's callback: the fd is readable.
         if self.fut.done():
-            # Cancelled, with this call already queued: the done callback removed us.
+            # Cancelled, with this call already queued: finish() removes the registration.
             return
         try:
-            result = self.sock.recv_into(self.arg) if self.into else self.sock.recv(self.arg)
-        except _NOT_READY:
-            self.loop._rearm(self.fd)
-            return
+            result = self._retry()
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
             self.fut.set_exception(exc)
-        else:
-            self.fut.set_result(result)
+            return
+        if result is None:
+            # Not ready after all: wait on. An edge-triggered registration needs nothing
+            # (the next data brings the next edge); a one-shot one (the wait took over a
+            # pollable's on the same fd, and its mode) must be re-armed.
+            self.loop._rearm(self.fd)
+            return
+        self.fut.set_result(result)
 
-    def _on_done(self, fut):
-        # The future's done callback, the only place the registration goes.
+    cdef object _retry(self):
+        """The receive again: its result, or None when the fd is not ready after all."""
+        cdef Py_ssize_t got
+        if self.plain:
+            if not self.into:
+                return _recv_nowait(self.fd, self.arg)
+            got = _recv_into_nowait(self.fd, self.arg)
+            if got >= 0:
+                return got
+            if got == NOT_READY:
+                return None
+        try:
+            return self.sock.recv_into(self.arg) if self.into else self.sock.recv(self.arg)
+        except _NOT_READY:
+            return None
+
+    cdef int finish(self) except -1:
+        # The waiting coroutine resumed: the only place the registration goes, and not if
+        # another operation replaced it (the kernel cancelled our handle then).
         if not self.handle._cancelled:
-            self.loop._remove_reader(self.fd)
+            self.loop._unregister_handle(self.fd, True)
+        return 0
 
 
-cdef object _wait_readable(Kernel loop, object sock, object arg, bint into):
-    """The future of a receive retried whenever sock is readable."""
+cdef _ReadWait _start_wait(Kernel loop, object sock, object arg, bint into):
+    """Register a receive retried whenever sock is readable; await its .fut, then finish()."""
     cdef _ReadWait wait = _ReadWait.__new__(_ReadWait)
     wait.loop = loop
     wait.sock = sock
     wait.arg = arg
     wait.into = into
+    # sock_recv's compiled first try took the same path (a positive int size).
+    wait.plain = type(sock) is _PLAIN_SOCKET and (into or (type(arg) is int and arg > 0))
     wait.fd = sock.fileno()
-    wait.fut = fut = loop.create_future()
-    wait.handle = loop._wait_readable(wait.fd, wait, ())
-    fut.add_done_callback(wait._on_done)
-    return fut
+    wait.fut = loop.create_future()
+    wait.handle = loop._wait_sock(sock, wait.fd, wait, ())
+    return wait

@@ -61,6 +61,7 @@ cdef class StreamTransport(FdWatcher):
     cdef int _on_writable(self) except -1
     cdef int _read_data(self) except -1
     cdef int _read_into_buffer(self) except -1
+    cdef bint _read_into_buffer_once(self) except -1
     cdef int _read_eof(self) except -1
     cdef Py_ssize_t _send_buffered(self) except -2
     cdef int _consume(self, Py_ssize_t sent) except -1

@@ -17,15 +17,18 @@ count, so no handle is touched at all.
 """
 
 from cpython.object cimport PyObject
-from cpython.ref cimport Py_XDECREF
+from cpython.ref cimport Py_XDECREF, _Py_REFCNT
 from libc.stdlib cimport free, realloc
 
 from cqloop._core.handles cimport TimerHandle
+from cqloop._core.includes.gchook cimport PyObject_GC_UnTrack, cq_gc_is_tracked, cq_gc_retrack
 from cqloop._core.includes.pyapi cimport cq_list_items, cq_list_set_size
 
 # Below this many timers a rebuild costs more than skipping cancelled ones at the head.
 cdef Py_ssize_t MIN_COMPACT_SIZE = 100
 cdef Py_ssize_t MIN_CAPACITY = 64
+# settle() frees a fresh-timer array grown past this many entries.
+cdef Py_ssize_t MAX_IDLE_FRESH = 4096
 
 
 cdef inline bint _before(TimerKey a, TimerKey b) noexcept nogil:
@@ -38,11 +41,26 @@ cdef class TimerHeap:
         self._keys = NULL
         self._capacity = 0
         self.cancelled = 0
+        self._fresh = NULL
+        self._nfresh = 0
+        self._fresh_capacity = 0
 
     def __dealloc__(self):
+        cdef Py_ssize_t i
+        cdef PyObject *timer
+        if self._heap is not None:
+            # Dropped without clear() (a loop never closed): whatever outlives the heap goes
+            # back under the GC's eye.
+            for i in range(len(self._heap)):
+                timer = cq_list_items(self._heap)[i]
+                if _Py_REFCNT(timer) > 1:
+                    cq_gc_retrack(timer)
         if self._keys is not NULL:
             free(self._keys)
             self._keys = NULL
+        if self._fresh is not NULL:
+            free(self._fresh)
+            self._fresh = NULL
 
     def __len__(self):
         return len(self._heap)
@@ -87,6 +105,40 @@ cdef class TimerHeap:
         items[pos] = <PyObject *>timer
         keys[pos] = key
         timer._scheduled = True
+        if cq_gc_is_tracked(<PyObject *>timer):
+            self._add_fresh(timer)
+        return 0
+
+    cdef int _add_fresh(self, TimerHandle timer) except -1:
+        cdef Py_ssize_t capacity
+        cdef PyObject **fresh
+        if self._nfresh == self._fresh_capacity:
+            capacity = 2 * self._fresh_capacity if self._fresh_capacity else MIN_CAPACITY
+            fresh = <PyObject **>realloc(self._fresh, capacity * sizeof(PyObject *))
+            if fresh is NULL:
+                return 0  # it stays tracked: correct, only slower
+            self._fresh = fresh
+            self._fresh_capacity = capacity
+        PyObject_GC_UnTrack(timer)
+        self._fresh[self._nfresh] = <PyObject *>timer
+        self._nfresh += 1
+        return 0
+
+    cdef int settle(self) except -1:
+        """Put the timers pushed since the last call that something besides the heap holds
+        back in the GC's lists (see the module docstring)."""
+        cdef Py_ssize_t i
+        cdef PyObject *timer
+        for i in range(self._nfresh):
+            timer = self._fresh[i]
+            if _Py_REFCNT(timer) > 1:
+                cq_gc_retrack(timer)
+        self._nfresh = 0
+        if self._fresh_capacity > MAX_IDLE_FRESH:
+            # A burst of timers grew it: give the memory back.
+            free(self._fresh)
+            self._fresh = NULL
+            self._fresh_capacity = 0
         return 0
 
     cdef TimerHandle peek(self):
@@ -112,6 +164,8 @@ cdef class TimerHeap:
         cdef TimerHandle timer
         if n == 0:
             return None
+        if self._nfresh:
+            self.settle()
         items = cq_list_items(heap)
         top = items[0]
         last = items[n - 1]
@@ -140,6 +194,7 @@ cdef class TimerHeap:
         timer._scheduled = False
         if timer._cancelled:
             self.cancelled -= 1
+            cq_gc_retrack(top)
         return timer
 
     cdef int drop_cancelled_head(self) except -1:
@@ -155,9 +210,12 @@ cdef class TimerHeap:
         cdef list keep = []
         cdef TimerHandle timer
         cdef Py_ssize_t i
+        if self._nfresh:
+            self.settle()
         for timer in self._heap:
             if timer._cancelled:
                 timer._scheduled = False
+                cq_gc_retrack(<PyObject *>timer)
             else:
                 keep.append(timer)
         keep.sort(key=_sort_key)
@@ -173,8 +231,10 @@ cdef class TimerHeap:
 
     cdef int clear(self) except -1:
         cdef TimerHandle timer
+        self._nfresh = 0
         for timer in self._heap:
             timer._scheduled = False
+            cq_gc_retrack(<PyObject *>timer)
         self._heap = []
         self.cancelled = 0
         return 0

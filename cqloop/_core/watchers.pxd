@@ -25,10 +25,23 @@ cdef class FdWatcher:
     cdef int _on_events(self, uint32_t events, list ready) except -1
 
 
+# How a HandleWatcher's registration is made (Kernel._register_handle): level-triggered
+# (asyncio's add_reader/add_writer), one-shot (pollables' readability waits: EPOLLONESHOT,
+# so a finished wait costs no EPOLL_CTL_DEL), or edge-triggered (the waits of sock_*
+# operations, which try their call first: EPOLLET, left registered and idle after the
+# wait, so that the next wait on the same socket costs no system call; Kernel._wait_sock).
+cdef enum:
+    WAIT_LEVEL = 0
+    WAIT_ONESHOT = 1
+    WAIT_EDGE = 2
+
+
 cdef class HandleWatcher(FdWatcher):
     # asyncio's add_reader/add_writer: a handle per direction, queued when the fd is ready.
     cdef public Handle reader
     cdef public Handle writer
-    # Serving only one-shot waits (the loop's sock_* operations): registered with
-    # EPOLLONESHOT, so that a finished wait costs no EPOLL_CTL_DEL (see kernel.pyx).
-    cdef bint oneshot
+    # WAIT_LEVEL, or the mode of the waits it alone serves (see the enum above).
+    cdef int mode
+    # A weak reference to the socket whose file the edge-triggered registration is for,
+    # or None: the proof that the next wait is on the same open file (see _wait_sock).
+    cdef object sock_ref

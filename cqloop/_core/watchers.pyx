@@ -10,7 +10,7 @@ would. Transports (cqloop.transports) subclass FdWatcher to act on events direct
 from libc.stdint cimport uint32_t
 
 from cqloop._core.handles cimport Handle
-from cqloop._core.includes.system cimport EPOLLIN, EPOLLONESHOT, EPOLLOUT
+from cqloop._core.includes.system cimport EPOLLET, EPOLLIN, EPOLLONESHOT, EPOLLOUT
 
 
 cdef class FdWatcher:
@@ -28,7 +28,8 @@ cdef class FdWatcher:
 
     cdef int _on_events(self, uint32_t events, list ready) except -1:
         """React to `events`; return 1 when wanted() changed and the kernel must update the
-        epoll registration, else 0."""
+        epoll registration, 2 when the watcher is idle and the kernel should drop it and
+        its registration, else 0."""
         return 0
 
 
@@ -42,8 +43,10 @@ cdef class HandleWatcher(FdWatcher):
             mask |= EPOLLIN
         if self.writer is not None:
             mask |= EPOLLOUT
-        if mask and self.oneshot:
+        if mask and self.mode == WAIT_ONESHOT:
             mask |= EPOLLONESHOT
+        elif mask and self.mode == WAIT_EDGE:
+            mask |= EPOLLET
         return mask
 
     cdef int _on_events(self, uint32_t events, list ready) except -1:
@@ -73,4 +76,14 @@ cdef class HandleWatcher(FdWatcher):
                     changed = 1
                 else:
                     ready.append(handle)
+        if (
+            changed == 0
+            and self.reader is None
+            and self.writer is None
+            and self.registered & EPOLLET
+        ):
+            # An edge-triggered wait's registration, left idle (kernel.pyx, _wait_sock), saw
+            # data arrive with nobody waiting: drop it rather than be woken at every arrival
+            # (the next wait registers afresh).
+            return 2
         return changed

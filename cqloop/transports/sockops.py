@@ -220,8 +220,12 @@ class SockOpsMixin:
         def _add_writer(
             self, fd: int, callback: Callable[..., object], args: tuple[Any, ...]
         ) -> Handle: ...
-        def _wait_readable(
-            self, fd: int, callback: Callable[..., object], args: tuple[Any, ...]
+        def _wait_sock_readable(
+            self,
+            sock: socket.socket,
+            fd: int,
+            callback: Callable[..., object],
+            args: tuple[Any, ...],
         ) -> Handle: ...
         def _rearm(self, fd: int) -> None: ...
         def _remove_reader(self, fd: int) -> bool: ...
@@ -423,8 +427,9 @@ class SockOpsMixin:
         """A future for op(*args), retried each time sock is readable until it is ready."""
         fut = self.create_future()
         fd = sock.fileno()
-        # One-shot: most waits end after one wake-up, and then cost no EPOLL_CTL_DEL.
-        handle = self._wait_readable(fd, self._on_ready, (fd, fut, op, args))
+        # Edge-triggered and left in place when the wait ends (the call was tried first):
+        # the next wait on the same socket costs no system call (Kernel._wait_sock).
+        handle = self._wait_sock_readable(sock, fd, self._on_ready, (fd, fut, op, args))
         fut.add_done_callback(functools.partial(self._on_reader_done, fd, handle))
         return fut
 
@@ -569,7 +574,9 @@ class SockOpsMixin:
         try:
             result = op(*args)
         except _NOT_READY:
-            # A spurious wake-up: wait on. A one-shot registration must be re-armed.
+            # A spurious wake-up: wait on. An edge-triggered registration needs nothing (the
+            # next data brings the next edge); a one-shot one (the wait took over a
+            # pollable's on the same fd, and its mode) must be re-armed.
             self._rearm(fd)
             return
         except (SystemExit, KeyboardInterrupt):

@@ -194,4 +194,23 @@ cq_context_recycle(PyObject *handle, PyObject *ctx)
 #endif
 }
 
+/* Whether the weak reference `ref` refers to `obj`, which the caller holds (so a match
+ * means alive): Kernel._wait_sock's proof that a registration is for the same socket.
+ * PyWeakref_GetObject is deprecated from 3.13, where PyWeakref_GetRef replaces it. */
+static inline int
+cq_weakref_is(PyObject *ref, PyObject *obj)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *target = NULL;
+    if (PyWeakref_GetRef(ref, &target) < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    Py_XDECREF(target);
+    return target == obj;
+#else
+    return PyWeakref_GET_OBJECT(ref) == obj;
+#endif
+}
+
 #endif

@@ -1,4 +1,4 @@
-# The kernel's hook into the cyclic GC (cqgc.h); cimported by kernel.pyx only.
+# The kernel's hooks into the cyclic GC (cqgc.h); cimported by kernel.pyx and timerheap.pyx.
 
 from cpython.object cimport PyObject
 
@@ -10,5 +10,6 @@ cdef extern from "cqgc.h":
     # Make `traverse` the type's tp_traverse; it must call cq_call_base_traverse first.
     int cq_install_traverse(type tp, cq_traverseproc traverse) except -1
     int cq_gc_is_tracked(PyObject *op) noexcept
+    void cq_gc_retrack(PyObject *op) noexcept
     void PyObject_GC_Track(object op)
     void PyObject_GC_UnTrack(object op)

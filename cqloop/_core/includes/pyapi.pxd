@@ -14,6 +14,8 @@ cdef extern from "Python.h":
 
 
 cdef extern from "cqcompat.h":
+    # Whether weak reference `ref` refers to `obj` (held by the caller).
+    bint cq_weakref_is(object ref, object obj) noexcept
     # Call callback(*args) with vectorcall; args must be a tuple. Returns NULL with an
     # exception set on failure (the caller decides what to do with it).
     PyObject *cq_call_tuple(object callback, object args)
