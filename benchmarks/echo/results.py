@@ -60,6 +60,16 @@ class EchoCell(micro.Cell):
     def generator_busy(self) -> bool:
         return _median_or_zero(self.generator_cpu) >= GENERATOR_BUSY_FRACTION
 
+    def per_server_cpu(self) -> EchoCell:
+        """Echoes per second of the server's CPU time, per round, as a cell of their own:
+        what the server could answer with a whole CPU to itself. Where the generator is the
+        limit every server's rate is the generator's, and this is the server's own figure.
+        No figures unless every round has both its rate and the server's CPU share."""
+        cell = EchoCell(error=self.error, unavailable=self.unavailable)
+        if len(self.server_cpu) == len(self.rates) and all(self.server_cpu):
+            cell.rates = [rate / cpu for rate, cpu in zip(self.rates, self.server_cpu, strict=True)]
+        return cell
+
 
 Table = dict[Row, dict[str, EchoCell]]
 
@@ -129,13 +139,52 @@ def _median_or_zero(values: list[float]) -> float:
 
 
 def print_table(plan: Plan, table: Table) -> None:
+    notes: dict[str, int] = {}  # numbered across both tables
+    _print_rows(plan, table, "echo (msg/s)", notes)
+    busy = {row: cells for row, cells in table.items() if _generator_bound(cells)}
+    if busy:
+        print(
+            _wrap(
+                "Where the generator was the limit (rows with a `*`), each server's echoes "
+                "per second of its own CPU time, the ratios as above (higher is better):",
+                indent=0,
+            )
+        )
+        print()
+        per_cpu = {
+            row: {name: cell.per_server_cpu() for name, cell in cells.items()}
+            for row, cells in busy.items()
+        }
+        _print_rows(plan, per_cpu, "echo (msg/CPU-s)", notes, marks=False)
+    for line in _line_echo_summary(plan, table):
+        print(_wrap(line, indent=2))
+    for line in _cpu_summary(plan, table):
+        print(_wrap(line, indent=2))
+
+
+def _generator_bound(cells: dict[str, EchoCell]) -> bool:
+    """A row in which the generator was busy for some loop: its rates may all be the
+    generator's."""
+    return any(cell.generator_busy for name, cell in cells.items() if name != CEILING)
+
+
+def _print_rows(
+    plan: Plan,
+    table: Table,
+    title: str,
+    notes: dict[str, int] | None = None,
+    marks: bool = True,
+) -> None:
+    """One table: a line per row, medians and ratios, then its notes (numbered across
+    tables through `notes`). `marks`: flag cells whose generator was busy."""
     columns, ratio_names = plan.columns, _ratio_names(plan)
-    header = f"{'echo (msg/s)':<{ROW_WIDTH}}"
+    header = f"{title:<{ROW_WIDTH}}"
     header += "".join(f"{name:>{micro.CELL_WIDTH}}" for name in columns)
     header += "".join(f"{'cq/' + name:>{micro.RATIO_WIDTH}}" for name in ratio_names)
     print(header)
     print("-" * len(header))
-    notes: dict[str, int] = {}
+    notes = {} if notes is None else notes
+    shown = len(notes)
     previous: Row | None = None
     for row in table:  # in the plan's order: transport, mode, size, connections
         if previous is not None and row.transport != previous.transport:
@@ -144,7 +193,7 @@ def print_table(plan: Plan, table: Table) -> None:
         cells = table[row]
         line = f"{row.name:<{ROW_WIDTH}}"
         line += "".join(
-            f"{_cell_text(name, cells[name], notes):>{micro.CELL_WIDTH}}" for name in columns
+            f"{_cell_text(name, cells[name], notes, marks):>{micro.CELL_WIDTH}}" for name in columns
         )
         ratios = _ratios(cells)
         for name in ratio_names:
@@ -152,17 +201,13 @@ def print_table(plan: Plan, table: Table) -> None:
             line += f"{'-' if value is None else f'{value:.2f}':>{micro.RATIO_WIDTH}}"
         print(line)
     print()
-    for note, number in notes.items():
+    for note, number in list(notes.items())[shown:]:
         print(_wrap(f"[{number}] {note}", indent=len(f"[{number}] ")))
-    if any(cell.generator_busy for cells in table.values() for cell in cells.values()):
+    if marks and any(cell.generator_busy for cells in table.values() for cell in cells.values()):
         print(
             f"* the load generator was at least {GENERATOR_BUSY_FRACTION:.0%} busy: the figure "
             "may be the generator's limit, not the server's"
         )
-    for line in _line_echo_summary(plan, table):
-        print(_wrap(line, indent=2))
-    for line in _cpu_summary(plan, table):
-        print(_wrap(line, indent=2))
 
 
 def _line_echo_summary(plan: Plan, table: Table) -> list[str]:
@@ -206,7 +251,7 @@ def _ratio_names(plan: Plan) -> list[str]:
     return names
 
 
-def _cell_text(name: str, cell: EchoCell, notes: dict[str, int]) -> str:
+def _cell_text(name: str, cell: EchoCell, notes: dict[str, int], marks: bool = True) -> str:
     """A cell of the table; the reason for an n/a or a failure becomes a numbered note."""
     if cell.error is not None:
         number = notes.setdefault(f"{name}: {cell.error}", len(notes) + 1)
@@ -214,7 +259,7 @@ def _cell_text(name: str, cell: EchoCell, notes: dict[str, int]) -> str:
     if not cell.rates:
         return "-"
     text = micro._format_rate(cell.median, cell.spread)
-    return text + "*" if cell.generator_busy else text
+    return text + "*" if marks and cell.generator_busy else text
 
 
 def _cpu_summary(plan: Plan, table: Table) -> list[str]:
