@@ -33,7 +33,6 @@ from libc.string cimport strerror
 from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.object cimport PyObject
-from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc
 from libc.stdint cimport uint32_t
 
 from cqloop._core.handles cimport Handle
@@ -77,11 +76,6 @@ cdef Py_ssize_t DEFAULT_HIGH_WATER = 64 * 1024
 # each further one logs a warning (asyncio's constant).
 cdef int LOG_THRESHOLD_FOR_CONNLOST_WRITES = constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES
 
-# See _settle_heap: the size of the block whose release raises glibc's thresholds, so that
-# blocks up to this size come from the heap and up to twice it stays there when freed.
-cdef size_t SETTLED_HEAP_BYTES = 1024 * 1024
-cdef bint _heap_settled = False
-
 # One read buffer for every transport: recv fills it and data_received gets a bytes copy
 # before any Python code runs, so no two reads can be using it at once (the GIL is held from
 # recv to copy).
@@ -110,38 +104,6 @@ def water_marks(high=None, low=None):
     if not high >= low >= 0:
         raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
     return high, low
-
-
-cdef int _settle_heap() except -1:
-    """Once per process, before the first transport: allocate and free one block of
-    SETTLED_HEAP_BYTES.
-
-    Why: a stream of large messages (the echo benchmark's 100 KiB) makes the read path and
-    the protocol above it (asyncio's StreamReader copies into a bytearray and slices it)
-    allocate and free blocks of tens to hundreds of KiB at every message. glibc's malloc
-    starts with a 128 KiB mmap threshold and a 128 KiB trim threshold: blocks above the
-    first are mmap'd and munmap'd one by one, and whenever more than the second is free at
-    the top of the heap, free() gives it back to the kernel, so the next message's
-    allocations fault fresh zeroed pages in again. Measured on the echo server with 10
-    connections of 100 KiB: 10 to 35 page faults per message and 1.5 to 2.5 times the
-    CPU time per message, against none once the thresholds have moved. glibc moves them
-    itself (to the size of any mmap'd block that is freed, and twice that) the first time
-    the program frees such a block, which is why the same server is sometimes fast and
-    sometimes slow depending on what ran before. This makes that first time happen here,
-    with a block no larger than one a busy server allocates anyway: the process then keeps
-    up to 2 MiB of free heap instead of 128 KiB. No effect on other allocators (musl,
-    jemalloc), which have no such thresholds or ignore the pattern.
-
-    PyMem_RawMalloc, not malloc: the compiler may drop a malloc/free pair it can see."""
-    global _heap_settled
-    cdef void *block
-    if _heap_settled:
-        return 0
-    _heap_settled = True
-    block = PyMem_RawMalloc(SETTLED_HEAP_BYTES)
-    if block != NULL:
-        PyMem_RawFree(block)
-    return 0
 
 
 cdef class _ReadyHandle(Handle):
@@ -212,8 +174,6 @@ cdef class StreamTransport(FdWatcher):
         self._set_protocol(protocol)
         self._read_handle = _ready_handle(self, False, self._read_ready)
         self._write_handle = _ready_handle(self, True, self._write_ready)
-        if not _heap_settled:
-            _settle_heap()
         loop._install_watcher(self)
 
     def __repr__(self):
