@@ -20,6 +20,8 @@ cdef class StreamTransport(FdWatcher):
     # The last read was large: the next one receives straight into a new bytes object (see
     # _read_data).
     cdef bint _large_reads
+    # Large reads since a second read last found data (see _read_data's re-read).
+    cdef unsigned int _reread_misses
     # Protocol callbacks run in this context: the one current when the transport was made.
     cdef readonly object _context
     cdef public dict _extra
@@ -60,6 +62,7 @@ cdef class StreamTransport(FdWatcher):
     cdef int _on_readable(self) except -1
     cdef int _on_writable(self) except -1
     cdef int _read_data(self) except -1
+    cdef bint _want_reread(self) noexcept
     cdef int _read_into_buffer(self) except -1
     cdef bint _read_into_buffer_once(self) except -1
     cdef int _read_eof(self) except -1

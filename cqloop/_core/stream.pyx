@@ -70,6 +70,10 @@ cdef enum:
     # A BufferedProtocol's reads per readiness event while each fills its buffer (libuv
     # makes up to 32): bounds what one busy connection takes before others get a turn.
     MAX_READS_PER_EVENT = 16
+    # _read_data's second read: made after every large read while one of the last
+    # REREAD_MISSES_MAX found data, else after one large read in REREAD_PROBE_EVERY.
+    REREAD_MISSES_MAX = 4
+    REREAD_PROBE_EVERY = 16
 # asyncio's default write buffer high-water mark; the low one is a quarter of it.
 cdef Py_ssize_t DEFAULT_HIGH_WATER = 64 * 1024
 # After the connection is lost, writes are dropped; this many are dropped silently before
@@ -449,7 +453,7 @@ cdef class StreamTransport(FdWatcher):
         else:
             buffer = _read_buffer
         n = recv(self.fd, buffer, READ_BUFFER_SIZE, 0)
-        if n > LARGE_READ_BYTES and n < READ_BUFFER_SIZE:
+        if n > LARGE_READ_BYTES and n < READ_BUFFER_SIZE and self._want_reread():
             # A large read that did not fill the buffer is often the first part of a bulk
             # write still arriving (loopback TCP hands a 100 KiB write over as a 64 KiB
             # segment and the rest moments later): one more read takes what came since, so
@@ -459,9 +463,14 @@ cdef class StreamTransport(FdWatcher):
             # An end of file it meets stays to be read next time; an error it meets is
             # consumed by the kernel (the next recv would say end of file instead), so it
             # is reported once the data before it was delivered.
+            # When whole messages arrive at once the second read finds nothing: after
+            # REREAD_MISSES_MAX such reads in a row it is made only as a probe, once in
+            # REREAD_PROBE_EVERY large reads, until one finds data again (an echo of 100
+            # KiB over loopback TCP, delivered whole, made 2.0 recv calls per message).
             more = recv(self.fd, buffer + n, READ_BUFFER_SIZE - n, MSG_DONTWAIT)
             if more > 0:
                 n += more
+                self._reread_misses = 0
             elif more < 0 and not _would_block(errno):
                 more_err = errno
         if n <= 0:
@@ -492,6 +501,12 @@ cdef class StreamTransport(FdWatcher):
         if more_err and not self._conn_lost:
             self._fatal_error(_os_error(more_err), "Fatal read error on socket transport")
         return 0
+
+    cdef bint _want_reread(self) noexcept:
+        """Whether to follow this large read with a second (see _read_data); counts it."""
+        cdef unsigned int misses = self._reread_misses
+        self._reread_misses = REREAD_MISSES_MAX + 1 if misses == 0xFFFFFFFF else misses + 1
+        return misses < REREAD_MISSES_MAX or misses % REREAD_PROBE_EVERY == 0
 
     cdef int _read_into_buffer(self) except -1:
         # A read that fills the protocol's buffer leaves more to read, as likely as not:
