@@ -135,11 +135,11 @@ cdef int _settle_heap() except -1:
     Why: a stream of large messages (the echo benchmark's 100 KiB) makes the read paths
     (a transport's reads, sock_recv's bytes objects) and the code above them (asyncio's
     StreamReader copies into a bytearray and slices it) allocate and free blocks of tens to
-    hundreds of KiB at every message. glibc's malloc
-    starts with a 128 KiB mmap threshold and a 128 KiB trim threshold: blocks above the
-    first are mmap'd and munmap'd one by one, and whenever more than the second is free at
-    the top of the heap, free() gives it back to the kernel, so the next message's
-    allocations fault fresh zeroed pages in again. Measured on the echo server with 10
+    hundreds of KiB at every message. glibc's malloc starts with a 128 KiB mmap threshold
+    and a 128 KiB trim threshold: blocks above the first are mmap'd and munmap'd one by
+    one, and whenever more than the second is free at the top of the heap, free() gives it
+    back to the kernel, so the next message's allocations fault fresh zeroed pages in
+    again. Measured on the echo server with 10
     connections of 100 KiB: 10 to 35 page faults per message and 1.5 to 2.5 times the
     CPU time per message, against none once the thresholds have moved. glibc moves them
     itself (to the size of any mmap'd block that is freed, and twice that) the first time
@@ -187,8 +187,7 @@ cdef class Kernel:
         self._last_gen = FIRST_GEN
         self.slow_callback_duration = 0.1
         self._thread_id = None
-        if not _heap_settled:
-            _settle_heap()
+        _settle_heap()
 
     def __dealloc__(self):
         self._drain_pool()

@@ -504,8 +504,9 @@ cdef class StreamTransport(FdWatcher):
 
     cdef bint _want_reread(self) noexcept:
         """Whether to follow this large read with a second (see _read_data); counts it."""
+        # Unsigned: wrapping round to 0 after 2**32 large reads only starts a new run.
         cdef unsigned int misses = self._reread_misses
-        self._reread_misses = REREAD_MISSES_MAX + 1 if misses == 0xFFFFFFFF else misses + 1
+        self._reread_misses = misses + 1
         return misses < REREAD_MISSES_MAX or misses % REREAD_PROBE_EVERY == 0
 
     cdef int _read_into_buffer(self) except -1:
