@@ -76,3 +76,31 @@ def test_only_rows_where_the_generator_was_the_limit_get_the_per_cpu_table(
     # 50k / 0.8 and 50k / 1.0 echoes per CPU-second; cq/uvloop and cq/best are 1.25.
     assert "62.5k" in per_cpu and "50.0k" in per_cpu and "*" not in per_cpu
     assert per_cpu.split()[-1] == "1.25"
+
+
+def printed_row(cq: list[float], uv: list[float], capsys: pytest.CaptureFixture[str]) -> str:
+    """The printed line of a 1 KiB row with these rounds' rates for cqloop and uvloop."""
+    plan = make_plan()
+    table = plan.new_table()
+    row = Row("tcp", "protocol", 1024, 10)
+    table[row]["cqloop"] = cell(cq, [0.9] * len(cq), 0.5)
+    table[row]["uvloop"] = cell(uv, [0.9] * len(uv), 0.5)
+    print_table(plan, table)
+    return next(line for line in capsys.readouterr().out.splitlines() if line.startswith("tcp"))
+
+
+def test_the_paired_ratio_is_the_median_of_each_rounds_ratio_to_the_best_peer(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Medians 200k over 190k (1.05), but cqloop lost two rounds of three: 100/110, 200/190,
+    # 300/330, whose median is 0.91.
+    line = printed_row([100e3, 200e3, 300e3], [110e3, 190e3, 330e3], capsys)
+    # cq/uvloop, cq/ceiling (no figures), cq/best, cq/paired
+    assert line.split()[-4:] == ["1.05", "-", "1.05", "0.91"]
+
+
+def test_no_paired_ratio_unless_every_server_has_every_round(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    line = printed_row([100e3, 200e3, 300e3], [110e3, 190e3], capsys)
+    assert line.split()[-1] == "-"

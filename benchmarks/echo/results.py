@@ -6,7 +6,8 @@ row an EchoCell per loop and one for the C ceiling. The ceiling does not depend 
 so the rows of one transport, size and connection count share one ceiling cell.
 
 The table is printed in micro.py's format, with its helpers: medians with their spread, then
-ratios of cqloop to each other column and to the best of uvloop and rloop. run.py fills the
+ratios of cqloop to each other column and to the best of uvloop and rloop, the last also
+taken round by round (cq/paired). run.py fills the
 cells and calls print_table() and write_json(); nothing else calls into this module.
 """
 
@@ -24,6 +25,7 @@ from typing import Any
 from .. import micro
 
 CEILING = "ceiling"  # the C echo server's column
+PAIRED = "paired"  # the ratio to the best fast peer taken round by round: see _paired_best
 GENERATOR_BUSY_FRACTION = 0.9  # generator CPU from which a figure is marked `*`
 LATENCY_BOUND_FRACTION = 0.8  # server and generator both less busy: see _cpu_summary
 KIB = 1024
@@ -203,6 +205,15 @@ def _print_rows(
     print()
     for note, number in list(notes.items())[shown:]:
         print(_wrap(f"[{number}] {note}", indent=len(f"[{number}] ")))
+    if marks and PAIRED in ratio_names:
+        print(
+            _wrap(
+                f"cq/{PAIRED}: the median of the rounds' ratios of cqloop to the best of "
+                f"{' and '.join(micro.FAST_PEERS)} in the same round, which a burst of "
+                "outside load upsets less than a ratio of medians",
+                indent=2,
+            )
+        )
     if marks and any(cell.generator_busy for cells in table.values() for cell in cells.values()):
         print(
             f"* the load generator was at least {GENERATOR_BUSY_FRACTION:.0%} busy: the figure "
@@ -237,9 +248,31 @@ def _line_echo_summary(plan: Plan, table: Table) -> list[str]:
 
 
 def _ratios(cells: dict[str, EchoCell]) -> dict[str, float | None]:
-    """micro's ratios: cqloop's median over each other column's, and over `best`."""
+    """micro's ratios (cqloop's median over each other column's, and over `best`), and
+    the PAIRED one."""
     as_cells: dict[str, micro.Cell] = dict(cells)
-    return micro.ratios_for(as_cells)
+    ratios = micro.ratios_for(as_cells)
+    if "best" in ratios:
+        ratios[PAIRED] = _paired_best(cells)
+    return ratios
+
+
+def _paired_best(cells: dict[str, EchoCell]) -> float | None:
+    """The median over rounds of cqloop's rate over the best fast peer's rate in the same
+    round. A round runs the servers of one mode next to each other, so a burst of outside
+    load weighs on both sides of each of these ratios, which it does not on a ratio of
+    medians taken over all rounds. None unless every server has a rate for every round."""
+    ref = cells.get(micro.REFERENCE_LOOP)
+    peers = [cells[name] for name in micro.FAST_PEERS if name in cells]
+    peers = [peer for peer in peers if peer.median is not None]
+    if ref is None or ref.median is None or not peers:
+        return None
+    rounds = len(ref.rates)
+    if any(len(peer.rates) != rounds for peer in peers):
+        return None
+    return statistics.median(
+        rate / max(peer.rates[i] for peer in peers) for i, rate in enumerate(ref.rates)
+    )
 
 
 def _ratio_names(plan: Plan) -> list[str]:
@@ -247,7 +280,7 @@ def _ratio_names(plan: Plan) -> list[str]:
         return []
     names = [name for name in plan.columns if name != micro.REFERENCE_LOOP]
     if any(lp.name in micro.FAST_PEERS for lp in plan.loops):
-        names.append("best")
+        names += ["best", PAIRED]
     return names
 
 

@@ -8,7 +8,9 @@ What is measured
 An echo server (server.py) runs on each loop in each of four modes (protocol, buffered,
 streams, sock; see server.py) on TCP over loopback and on a Unix socket. A load generator
 in C (loadgen.c) opens `--conns` connections to it and plays ping-pong on each: send a
-message of `--sizes` bytes, wait for the whole echo, check it, send the next. The figure is
+message of `--sizes` bytes, wait for the whole echo, check it, send the next (messages up
+to 16 KiB are compared whole; of larger ones, the ends of each and one in eight whole, the
+rest of the bytes received without being copied out over TCP: see loadgen.c). The figure is
 echoes completed per second. A minimal epoll echo server in C (ceiling.c) serves the same
 load once per transport and size: its column is the ceiling, roughly what the machine and
 the generator allow at all, and `cq/ceiling` says how much of it cqloop reaches.
@@ -43,7 +45,8 @@ Reading the output
 ------------------
 As in micro.py: the loop columns give the median echoes per second and, after the `±`, the
 median absolute deviation of the rounds as a percentage of the median. The ratio columns
-divide cqloop's median by the other column's; `best` is the faster of uvloop and rloop. A
+divide cqloop's median by the other column's; `best` is the faster of uvloop and rloop, and
+`paired` the median of the rounds' own ratios to the faster of the two in that round. A
 `*` marks a figure taken while the generator was at least 90% busy: it may be the
 generator's limit rather than the server's. Under the table, how busy the servers and the
 generator were; when neither was busy, the figures are bound by the latency of waking a
