@@ -72,7 +72,6 @@ _Static_assert(WHOLE_CHECK_MAX_BYTES >= 2 * CHECK_BYTES, "the checked ends must 
 
 struct conn {
     int fd;
-    int discards;        /* a TCP socket: MSG_TRUNC discards received bytes */
     int watching_output; /* EPOLLOUT is registered: part of the message is unsent */
     size_t sent;         /* bytes of the current message written */
     size_t received;     /* bytes of its echo read */
@@ -85,6 +84,7 @@ struct conn {
 static int epfd;
 static size_t message_bytes;
 static int lines; /* -l: messages are CRLF-terminated text lines */
+static int discards; /* TCP: recv(MSG_TRUNC) drops received bytes without copying them */
 static uint64_t completed; /* echoes completed on all connections */
 static unsigned char scratch[SCRATCH_BYTES];
 
@@ -216,21 +216,19 @@ static int checked_whole(const struct conn *c)
     return message_bytes <= WHOLE_CHECK_MAX_BYTES || c->seq % FULL_CHECK_EVERY == 0;
 }
 
-/* Receive up to `want` bytes of the echo at offset c->received: kept in c->in, or, inside a
- * span that is not kept, discarded. */
+/* Receive more of the echo, up to the end of the span c->received is in: kept in c->in (the
+ * whole message if it is compared whole, else its first and last CHECK_BYTES), or received
+ * and dropped (the bytes between). */
 static ssize_t receive(struct conn *c, int whole)
 {
-    size_t at = c->received, want = message_bytes - at;
-    size_t tail = message_bytes - CHECK_BYTES;
-    if (whole || at < CHECK_BYTES || at >= tail) {
-        if (!whole && at < CHECK_BYTES)
-            want = CHECK_BYTES - at;
-        return recv(c->fd, c->in + at, want, 0);
-    }
-    want = tail - at;
-    if (c->discards)
-        return recv(c->fd, NULL, want, MSG_TRUNC);
-    return recv(c->fd, scratch, want < SCRATCH_BYTES ? want : SCRATCH_BYTES, 0);
+    size_t at = c->received, tail = message_bytes - CHECK_BYTES;
+    if (whole || at >= tail)
+        return recv(c->fd, c->in + at, message_bytes - at, 0);
+    if (at < CHECK_BYTES)
+        return recv(c->fd, c->in + at, CHECK_BYTES - at, 0);
+    if (discards)
+        return recv(c->fd, NULL, tail - at, MSG_TRUNC);
+    return recv(c->fd, scratch, tail - at < SCRATCH_BYTES ? tail - at : SCRATCH_BYTES, 0);
 }
 
 static void on_readable(struct conn *c)
@@ -286,6 +284,7 @@ int main(int argc, char **argv)
         || duration_s <= 0 || (lines && size < 3))
         fail("usage", "loadgen -a ADDRESS -c CONNS -s SIZE -w WARMUP -d DURATION [-p CPU] [-l]");
     message_bytes = (size_t)size;
+    discards = strncmp(address, "tcp:", 4) == 0;
 
     /* The harness may die without killing us (SIGKILL): go with it. */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -318,7 +317,6 @@ int main(int argc, char **argv)
             c->out[message_bytes - 1] = '\n';
         }
         c->fd = connect_to(address);
-        c->discards = strncmp(address, "tcp:", 4) == 0;
         watch(c, EPOLL_CTL_ADD, 0);
     }
     for (long i = 0; i < conns; i++)

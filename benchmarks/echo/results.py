@@ -7,8 +7,8 @@ so the rows of one transport, size and connection count share one ceiling cell.
 
 The table is printed in micro.py's format, with its helpers: medians with their spread, then
 ratios of cqloop to each other column and to the best of uvloop and rloop, the last also
-taken round by round (cq/paired). run.py fills the
-cells and calls print_table() and write_json(); nothing else calls into this module.
+taken round by round (cq/paired). run.py fills the cells and calls print_table() and
+write_json(); nothing else calls into this module.
 """
 
 from __future__ import annotations
@@ -143,6 +143,15 @@ def _median_or_zero(values: list[float]) -> float:
 def print_table(plan: Plan, table: Table) -> None:
     notes: dict[str, int] = {}  # numbered across both tables
     _print_rows(plan, table, "echo (msg/s)", notes)
+    if PAIRED in _ratio_names(plan):
+        print(
+            _wrap(
+                f"cq/{PAIRED}: the median of the rounds' ratios of cqloop to the best of "
+                f"{' and '.join(micro.FAST_PEERS)} in the same round, which a burst of "
+                "outside load upsets less than a ratio of medians",
+                indent=2,
+            )
+        )
     busy = {row: cells for row, cells in table.items() if _generator_bound(cells)}
     if busy:
         print(
@@ -174,7 +183,7 @@ def _print_rows(
     plan: Plan,
     table: Table,
     title: str,
-    notes: dict[str, int] | None = None,
+    notes: dict[str, int],
     marks: bool = True,
 ) -> None:
     """One table: a line per row, medians and ratios, then its notes (numbered across
@@ -185,7 +194,6 @@ def _print_rows(
     header += "".join(f"{'cq/' + name:>{micro.RATIO_WIDTH}}" for name in ratio_names)
     print(header)
     print("-" * len(header))
-    notes = {} if notes is None else notes
     shown = len(notes)
     previous: Row | None = None
     for row in table:  # in the plan's order: transport, mode, size, connections
@@ -205,15 +213,6 @@ def _print_rows(
     print()
     for note, number in list(notes.items())[shown:]:
         print(_wrap(f"[{number}] {note}", indent=len(f"[{number}] ")))
-    if marks and PAIRED in ratio_names:
-        print(
-            _wrap(
-                f"cq/{PAIRED}: the median of the rounds' ratios of cqloop to the best of "
-                f"{' and '.join(micro.FAST_PEERS)} in the same round, which a burst of "
-                "outside load upsets less than a ratio of medians",
-                indent=2,
-            )
-        )
     if marks and any(cell.generator_busy for cells in table.values() for cell in cells.values()):
         print(
             f"* the load generator was at least {GENERATOR_BUSY_FRACTION:.0%} busy: the figure "
@@ -263,8 +262,7 @@ def _paired_best(cells: dict[str, EchoCell]) -> float | None:
     load weighs on both sides of each of these ratios, which it does not on a ratio of
     medians taken over all rounds. None unless every server has a rate for every round."""
     ref = cells.get(micro.REFERENCE_LOOP)
-    peers = [cells[name] for name in micro.FAST_PEERS if name in cells]
-    peers = [peer for peer in peers if peer.median is not None]
+    peers = [cells[n] for n in micro.FAST_PEERS if n in cells and cells[n].median is not None]
     if ref is None or ref.median is None or not peers:
         return None
     rounds = len(ref.rates)
