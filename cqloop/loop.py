@@ -5,9 +5,6 @@ tasks and the task factory, executors, async generator hooks, the exception hand
 debug-mode formatting, and nesting (step, nest_in, the pollable trio). The hot half
 (scheduling, timers, fd registrations, the run-once step) is the compiled Kernel this class
 extends; see cqloop/_core/kernel.pyx and docs/design.md.
-
-Methods that later work adds (networking, TLS, pipes, subprocesses, signals) raise
-NotImplementedError naming what is missing; `_NOT_YET` lists them.
 """
 
 from __future__ import annotations
@@ -595,56 +592,3 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-# -- what later work adds ---------------------------------------------------------------
-
-_NETWORKING = "issue 3 (networking: sockets, transports, servers, name resolution)"
-_TLS_ETC = "issue 4 (TLS, subprocesses, pipes, signals)"
-
-_NOT_YET: dict[str, tuple[str, bool]] = {
-    # name: (the work that adds it, whether asyncio's method is a coroutine)
-    "create_connection": (_NETWORKING, True),
-    "create_server": (_NETWORKING, True),
-    "create_unix_connection": (_NETWORKING, True),
-    "create_unix_server": (_NETWORKING, True),
-    "create_datagram_endpoint": (_NETWORKING, True),
-    "connect_accepted_socket": (_NETWORKING, True),
-    "getaddrinfo": (_NETWORKING, True),
-    "getnameinfo": (_NETWORKING, True),
-    "sendfile": (_NETWORKING, True),
-    "sock_recv": (_NETWORKING, True),
-    "sock_recv_into": (_NETWORKING, True),
-    "sock_recvfrom": (_NETWORKING, True),
-    "sock_recvfrom_into": (_NETWORKING, True),
-    "sock_sendall": (_NETWORKING, True),
-    "sock_sendto": (_NETWORKING, True),
-    "sock_connect": (_NETWORKING, True),
-    "sock_accept": (_NETWORKING, True),
-    "sock_sendfile": (_NETWORKING, True),
-    "start_tls": (_TLS_ETC, True),
-}
-
-
-def _not_yet(name: str, work: str, is_coroutine: bool) -> Callable[..., Any]:
-    message = f"cqloop does not implement loop.{name}() yet; {work} adds it"
-    if is_coroutine:
-
-        async def method(self: Loop, *args: Any, **kwargs: Any) -> Any:
-            raise NotImplementedError(message)
-
-    else:
-
-        def method(self: Loop, *args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
-            raise NotImplementedError(message)
-
-    method.__name__ = method.__qualname__ = name
-    method.__doc__ = f"Not implemented yet: {work}."
-    return method
-
-
-for _name, (_work, _is_coroutine) in _NOT_YET.items():
-    # A method one of Loop's transport mixins already provides is done.
-    if getattr(Loop, _name) is getattr(asyncio.AbstractEventLoop, _name):
-        setattr(Loop, _name, _not_yet(_name, _work, _is_coroutine))
-del _name, _work, _is_coroutine

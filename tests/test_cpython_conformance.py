@@ -11,17 +11,12 @@ together the way CPython's test_events.py puts them together for its selector lo
   Linux flavour (its EPollEventLoopTests). UnixEventLoopTestsMixin adds no test of its own:
   it reruns the same tests with a set-up that attaches an `asyncio.SafeChildWatcher` to the
   loop, and attaching one calls `loop.add_signal_handler(SIGCHLD, ...)` (cqloop's own
-  subprocesses do not use the watcher; they are watched with pidfds). `SETUP_XFAIL` is
-  where a class whose set-up needs a missing feature would be listed.
+  subprocesses do not use the watcher; they are watched with pidfds).
 - Elsewhere: `SubprocessTestsMixin` (and test_subprocess's SubprocessMixin) run in
   test_cpython_conformance_proc.py.
 
 How the lists are kept: every test of the mixins runs and must pass, except those named in
 the tables below, which are applied to the test classes when this module is imported:
-- `XFAIL_ISSUE_3` / `XFAIL_ISSUE_4`: name -> what the test needs that cqloop does not have
-  yet. They are marked `xfail(strict=True, raises=NotImplementedError)`: they fail only
-  because cqloop raises NotImplementedError for the missing method; any other failure, or an
-  unexpected pass, is reported. When an issue lands, its tests XPASS: delete their entries.
 - `SKIP_PRIVATE`: tests that reach into private attributes of asyncio's own loop classes
   (selector internals, `_run_once`, mocks of `asyncio.base_events`). A different loop cannot
   pass them without faking those internals, so they are skipped with the reason.
@@ -31,10 +26,7 @@ the tables below, which are applied to the test classes when this module is impo
 - A name only gets its mark on the Python versions whose test_events has that test;
   `ADDED_IN` records the tests that appeared after 3.11, and
   `test_tables_name_cpython_tests` checks every table entry against the running version.
-- `LEAKS_FDS_WHEN_ABORTED`: expected failures exempt from conftest's fd leak check (see
-  there why); nothing else is.
-A test that needs none of sockets, TLS, pipes, subprocesses or signals must never go into
-these tables: if it fails, that is a cqloop bug to fix.
+Any other failure is a cqloop bug to fix, never an entry to add.
 """
 
 from __future__ import annotations
@@ -44,7 +36,7 @@ import functools
 import sys
 import unittest
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
 
@@ -57,28 +49,12 @@ from test.test_asyncio import utils as test_utils
 
 import cqloop
 
-ISSUE_3 = "issue 3 (networking)"
-ISSUE_4 = "issue 4 (TLS, subprocesses, pipes, signals)"
-
-# -- expected to fail until issue 3: sockets, servers, unix sockets, datagrams ---------------
-
-# Empty since issue 3's streams, servers, unix sockets and datagrams landed; kept for the
-# next test_events that needs something of it.
-XFAIL_ISSUE_3: dict[str, str] = {}
-
-# -- expected to fail until issue 4: TLS, pipes and ptys, signals ------------------------------
-
-XFAIL_ISSUE_4: dict[str, str] = {}
-
-# Not listed, and passing: test_close, which expects add_signal_handler() on a closed loop to
-# raise RuntimeError (cqloop's checks for a closed loop before anything else).
-
 # -- skipped: reach into private attributes of asyncio's selector loop --------------------------
 
 SKIP_PRIVATE: dict[str, str] = {
     # name -> the private attributes it uses
     "test_timeout_rounding": "_run_once (it wraps it to count iterations) and _selector",
-    "test_prompt_cancellation": "_stop_serving (also needs sock_recv: issue 3)",
+    "test_prompt_cancellation": "_stop_serving",
     "test_create_server_multiple_hosts_ipv4": (
         "_start_serving and _stop_serving (mocked; it also patches asyncio.base_events.socket)"
     ),
@@ -88,81 +64,39 @@ SKIP_PRIVATE: dict[str, str] = {
 }
 
 # Tests that appeared in test_events after 3.11: name -> first version that has them.
-ADDED_IN: dict[str, tuple[int, int]] = {
-    "test_create_server_trsock": (3, 12),
-    "test_datagram_send_to_non_listening_address": (3, 13),
-}
-
-# Expected failures that leave fds open once they stop at cqloop's NotImplementedError: the
-# CPython test makes raw fds (os.pipe(), os.openpty()) and closes them only at its end,
-# which it does not reach, and no addCleanup closes them. That is CPython's test, not
-# cqloop, so these (and only these) skip the fd leak check while they are expected to fail;
-# the mark goes with the xfail, so a test that passes again is checked again.
-LEAKS_FDS_WHEN_ABORTED: frozenset[str] = frozenset()
-
-# Test classes whose set-up needs a missing feature: every test of the class is expected to
-# fail until it lands.
-SETUP_XFAIL: dict[str, str] = {}
+ADDED_IN: dict[str, tuple[int, int]] = {}
 
 
-def _xfail_reason(name: str) -> str | None:
-    if name in XFAIL_ISSUE_3:
-        return f"{ISSUE_3}: needs {XFAIL_ISSUE_3[name]}"
-    if name in XFAIL_ISSUE_4:
-        return f"{ISSUE_4}: needs {XFAIL_ISSUE_4[name]}"
-    return None
+def skip_tests(cls: type[unittest.TestCase], reasons: dict[str, str]) -> None:
+    """Skip the tests of `cls` named in `reasons` (name -> why); only names the running
+    version has."""
+    for name in unittest.TestLoader().getTestCaseNames(cls):
+        if name in reasons:
+            setattr(cls, name, _skipped(getattr(cls, name), reasons[name]))
 
 
-def _with_marks(func: Callable[..., Any], *marks: pytest.MarkDecorator) -> Callable[..., Any]:
+def _skipped(func: Callable[..., Any], reason: str) -> Callable[..., Any]:
     # Mark a wrapper, never the mixin's own function: pytest stores marks on the function
     # object, which both test classes (and test_events' own classes) share.
     @functools.wraps(func)
     def test(self: unittest.TestCase, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(self, *args, **kwargs)
-        except NotImplementedError as exc:
-            _raise_without_traceback(exc)
+        return func(self, *args, **kwargs)
 
-    for mark in marks:
-        test = mark(test)
-    return test
+    return pytest.mark.skip(reason=reason)(test)
 
 
-def _raise_without_traceback(exc: NotImplementedError) -> NoReturn:
-    # An expected failure's traceback is never shown, yet pytest formats it, re-parsing the
-    # 3000-line test_events.py for every frame: about 0.1 s a test, two thirds of this
-    # module's run time. cqloop's message names the missing method, which is all an xfail
-    # report needs. Dropping the frames also frees the objects the test held (sockets, pipe
-    # files) now rather than when pytest drops the report. Other exceptions keep theirs.
-    raise exc.with_traceback(None) from None
-
-
-def _apply_tables(cls: type[unittest.TestCase]) -> type[unittest.TestCase]:
-    """Mark the tests of `cls` from the tables; only names the running version has."""
-    setup_reason = SETUP_XFAIL.get(cls.__name__)
-    for name in unittest.TestLoader().getTestCaseNames(cls):
-        marks: list[pytest.MarkDecorator] = []
-        reason = _xfail_reason(name)
-        if name in SKIP_PRIVATE:
-            marks.append(
-                pytest.mark.skip(
-                    reason="reaches into asyncio selector-loop private attribute "
-                    + SKIP_PRIVATE[name]
-                )
-            )
-        elif setup_reason is not None or reason is not None:
-            full_reason = "; then ".join(r for r in (setup_reason, reason) if r is not None)
-            marks.append(
-                pytest.mark.xfail(reason=full_reason, raises=NotImplementedError, strict=True)
-            )
-            if reason is not None and name in LEAKS_FDS_WHEN_ABORTED:
-                marks.append(pytest.mark.allow_fd_leak)
-        if marks:
-            setattr(cls, name, _with_marks(getattr(cls, name), *marks))
+def _skip_private(cls: type[unittest.TestCase]) -> type[unittest.TestCase]:
+    skip_tests(
+        cls,
+        {
+            name: "reaches into asyncio selector-loop private attribute " + attributes
+            for name, attributes in SKIP_PRIVATE.items()
+        },
+    )
     return cls
 
 
-@_apply_tables
+@_skip_private
 class CqloopEventLoopTests(test_events.EventLoopTestsMixin, test_utils.TestCase):
     def create_event_loop(self) -> asyncio.AbstractEventLoop:
         return cqloop.new_event_loop()
@@ -170,19 +104,10 @@ class CqloopEventLoopTests(test_events.EventLoopTestsMixin, test_utils.TestCase)
 
 if hasattr(test_events, "UnixEventLoopTestsMixin"):
 
-    @_apply_tables
+    @_skip_private
     class CqloopUnixEventLoopTests(test_events.UnixEventLoopTestsMixin, test_utils.TestCase):
         def create_event_loop(self) -> asyncio.AbstractEventLoop:
             return cqloop.new_event_loop()
-
-        def setUp(self) -> None:
-            # CPython's set-up, unchanged; only the traceback of the expected failure goes.
-            try:
-                super().setUp()
-            except NotImplementedError as exc:
-                if type(self).__name__ not in SETUP_XFAIL:
-                    raise
-                _raise_without_traceback(exc)
 
 
 def tearDownModule() -> None:
@@ -195,21 +120,11 @@ def tearDownModule() -> None:
 
 def test_tables_name_cpython_tests() -> None:
     """Every table entry names a test of the running version's test_events (or one added
-    in a later version), and no test is in two tables."""
+    in a later version)."""
     available = set(unittest.TestLoader().getTestCaseNames(CqloopEventLoopTests))
-    tables = {
-        "XFAIL_ISSUE_3": set(XFAIL_ISSUE_3),
-        "XFAIL_ISSUE_4": set(XFAIL_ISSUE_4),
-        "SKIP_PRIVATE": set(SKIP_PRIVATE),
-    }
-    for table, names in tables.items():
-        for other, other_names in tables.items():
-            if table < other:
-                assert not names & other_names, f"in both {table} and {other}"
-        for name in names:
-            added = ADDED_IN.get(name, (3, 11))
-            if sys.version_info >= added:
-                assert name in available, f"{table}[{name!r}]: no such test in test_events"
-            else:
-                assert name not in available, f"{name} is older than ADDED_IN says"
-    assert set(LEAKS_FDS_WHEN_ABORTED) <= set(XFAIL_ISSUE_3) | set(XFAIL_ISSUE_4)
+    for name in SKIP_PRIVATE:
+        added = ADDED_IN.get(name, (3, 11))
+        if sys.version_info >= added:
+            assert name in available, f"SKIP_PRIVATE[{name!r}]: no such test in test_events"
+        else:
+            assert name not in available, f"{name} is older than ADDED_IN says"

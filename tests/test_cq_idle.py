@@ -1,5 +1,5 @@
 """No busy-waiting: an idle cqloop loop holding a signal listener, a directory notifier and
-a sleeping coroutine uses (almost) no CPU (issue 5's must-hold 4).
+a sleeping coroutine uses (almost) no CPU.
 
 Measured with resource.getrusage over 2.5 seconds of idle time, in a subprocess: the listener
 blocks its signals in the calling thread (see cqloop.signal), which must not leak into the

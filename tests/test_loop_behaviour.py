@@ -1116,17 +1116,3 @@ def test_debug_mode_refuses_non_threadsafe_call_from_another_thread(loop):
     loop.run_until_complete(run_thread())
     assert len(errors) == 1
     assert "Non-thread-safe operation" in str(errors[0])
-
-
-# -- what is not there yet says so ----------------------------------------------------------
-
-
-@pytest.mark.cqloop_only
-def test_unimplemented_methods_name_the_work_that_adds_them(loop):
-    # Every asyncio method has landed (issue 4 added the last: pipes, subprocesses, signals
-    # and TLS); the placeholder a future method would get still names its work.
-    from cqloop.loop import _not_yet
-
-    placeholder = _not_yet("frobnicate", "issue 99 (frobnication)", False)
-    with pytest.raises(NotImplementedError, match=r"loop\.frobnicate\(\) yet; issue 99"):
-        placeholder(loop)

@@ -8,21 +8,11 @@ loop factories (async tests); see conftest.py. Everything stays on loopback (127
 ::1, Unix sockets), every wait is bounded by `TIMEOUT_S`, and conftest's fd leak check runs
 after each test; tests that open many fds also count them themselves.
 
-cqloop's networking lands piece by piece (issue 3). A test declares with `@needs(...)` the
-loop methods it uses (a test parametrised over `family` needs that family's methods,
-FAMILY_NEEDS, and each method needs what asyncio builds it on, BUILT_ON); on cqloop, while
-any of them is still the placeholder that raises NotImplementedError, the test is a strict
-expected failure (`raises=NotImplementedError`). Once they all land the mark goes by
-itself and the test must pass: nothing here needs editing as features arrive. A test that
-fails on cqloop with NotImplementedError although its needs say it should run is missing a
-name in `needs`. test_cpython_conformance_net.py uses `cqloop_lacks` the same way.
-
 Where uvloop knowingly differs from asyncio, the test names the difference and skips
 uvloop (`skip_where_uvloop_differs`).
 
-Past 800 lines: the helpers (the `needs` machinery, Recorder and Flooder, `serving`, the fd
-accounting) are what would move out next, to a tests/netutil.py shared with
-test_cpython_conformance_net.py.
+Past 800 lines: the helpers (Recorder and Flooder, `serving`, the fd accounting) are what
+would move out next, to a tests/netutil.py.
 """
 
 from __future__ import annotations
@@ -39,15 +29,13 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
-import cqloop
-import cqloop.loop
-from tests.conftest import LOOP_FACTORIES, is_cqloop, is_uvloop, skip_where_uvloop_differs
+from tests.conftest import is_cqloop, is_uvloop, skip_where_uvloop_differs
 
 # Every wait in this file is bounded by this; a test that reaches it has failed.
 TIMEOUT_S = 10.0
@@ -62,102 +50,12 @@ MAX_ITERATIONS = 100_000
 # watching the listening socket and retries after constants.ACCEPT_RETRY_DELAY (1 s).
 ACCEPT_OUT_OF_RESOURCES = "socket.accept() out of system resource"
 
-# The stream families a test may run over (pytest.mark.parametrize("family", ...)), and the
-# loop methods each one needs.
+# The stream families a test may run over (pytest.mark.parametrize("family", ...)).
 TCP, TCP6, UNIX = "tcp", "tcp6", "unix"
-FAMILY_NEEDS: dict[str, tuple[str, ...]] = {
-    TCP: ("create_server", "create_connection"),
-    TCP6: ("create_server", "create_connection"),
-    UNIX: ("create_unix_server", "create_unix_connection"),
-}
 
-F = TypeVar("F", bound=Callable[..., Any])
 _P = TypeVar("_P", bound=asyncio.BaseProtocol)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-# -- tests that wait for cqloop's networking ----------------------------------------------
-
-
-def _placeholder_codes() -> frozenset[Any]:
-    # cqloop.loop gives each asyncio method it does not have yet a placeholder made by
-    # `_not_yet`, which raises NotImplementedError naming the issue that adds it. All
-    # placeholders share one of two code objects (coroutine method or plain method), so a
-    # method is still missing exactly when its code is one of them. When the last piece
-    # lands and `_not_yet` goes, nothing is missing.
-    make_placeholder = getattr(cqloop.loop, "_not_yet", None)
-    if make_placeholder is None:
-        return frozenset()
-    return frozenset(
-        make_placeholder("probe", "", is_coroutine).__code__ for is_coroutine in (True, False)
-    )
-
-
-_PLACEHOLDER_CODES = _placeholder_codes()
-
-
-# The loop methods asyncio builds each of these on. cqloop's are built the same way, so a
-# method works only once these have landed too (create_connection landed before the
-# getaddrinfo and sock_connect it calls).
-BUILT_ON: dict[str, tuple[str, ...]] = {
-    "create_connection": ("getaddrinfo", "sock_connect"),
-    "create_server": ("getaddrinfo",),
-    "create_unix_connection": ("sock_connect",),
-    "create_datagram_endpoint": ("getaddrinfo",),
-}
-
-
-def cqloop_lacks(method: str) -> bool:
-    """True while cqloop.Loop.<method> is still the placeholder raising NotImplementedError."""
-    return getattr(getattr(cqloop.Loop, method), "__code__", None) in _PLACEHOLDER_CODES
-
-
-def cqloop_lacks_any(methods: Iterable[str]) -> list[str]:
-    """Which of `methods`, or of what they are built on, cqloop lacks (in order, once)."""
-    wanted = [m for method in methods for m in (method, *BUILT_ON.get(method, ()))]
-    return [m for m in dict.fromkeys(wanted) if cqloop_lacks(m)]
-
-
-def needs(*methods: str) -> Callable[[F], F]:
-    """Declare the loop methods a test uses that cqloop is still gaining (see the module
-    docstring). List each method the test calls directly or through streams
-    (asyncio.open_connection is create_connection, and so on). A test parametrised over
-    `family` also needs that family's server and connection methods (FAMILY_NEEDS)."""
-    unknown = [name for name in methods if not hasattr(asyncio.AbstractEventLoop, name)]
-    assert not unknown, f"not asyncio loop methods: {unknown}"
-
-    def declare(func: F) -> F:
-        func.loop_methods_needed = methods  # type: ignore[attr-defined]
-        return func
-
-    return declare
-
-
-def _runs_on_cqloop(item: pytest.Item) -> bool:
-    # Both parametrisations (conftest's `loop_factory` and pytest-asyncio's loop
-    # factories) pass the factory itself as the parameter value.
-    callspec = getattr(item, "callspec", None)
-    if callspec is None:
-        return False
-    return any(value is LOOP_FACTORIES["cqloop"] for value in callspec.params.values())
-
-
-@pytest.fixture(autouse=True)
-def _xfail_on_cqloop_until_it_has_what_the_test_needs(request: pytest.FixtureRequest) -> None:
-    methods: tuple[str, ...] = getattr(request.function, "loop_methods_needed", ())
-    callspec = getattr(request.node, "callspec", None)
-    if callspec is not None and "family" in callspec.params:
-        methods += FAMILY_NEEDS[callspec.params["family"]]
-    missing = cqloop_lacks_any(methods)
-    if missing and _runs_on_cqloop(request.node):
-        request.applymarker(
-            pytest.mark.xfail(
-                reason="issue 3 (networking): cqloop lacks " + ", ".join(missing),
-                raises=NotImplementedError,
-                strict=True,
-            )
-        )
 
 
 # -- helpers -----------------------------------------------------------------------------
@@ -303,8 +201,7 @@ async def iterate_until(condition: Callable[[], bool], what: str, task: asyncio.
 
 
 def assert_still_waiting(task: asyncio.Task[Any]) -> None:
-    """`task` has not finished; if it has, its own exception (such as cqloop's
-    NotImplementedError) is the failure."""
+    """`task` has not finished; if it has, its own exception is the failure."""
     if task.done():
         result = task.result()
         raise AssertionError(f"{task!r} finished instead of waiting: {result!r}")
@@ -398,7 +295,6 @@ def reset_on_close(sock: socket.socket) -> None:
 # -- a peer that resets while we write ---------------------------------------------------
 
 
-@needs("create_server")
 async def test_peer_reset_mid_write_reaches_connection_lost_as_a_connection_error():
     loop = asyncio.get_running_loop()
     reported = collecting_exception_handler(loop)
@@ -419,7 +315,6 @@ async def test_peer_reset_mid_write_reaches_connection_lost_as_a_connection_erro
     assert reported == []
 
 
-@needs("create_server", "create_connection")
 async def test_peer_reset_while_reading_reaches_connection_lost_once():
     # The same reset, seen by a transport with nothing to write: the read path reports it.
     loop = asyncio.get_running_loop()
@@ -530,7 +425,6 @@ async def test_eof_received_returning_true_keeps_the_transport_open(family: str)
 # -- connections refused ---------------------------------------------------------------
 
 
-@needs("create_connection")
 @pytest.mark.parametrize("host", ["127.0.0.1", pytest.param("::1", marks=IPV6)])
 async def test_create_connection_to_a_closed_port_is_refused(host: str):
     loop = asyncio.get_running_loop()
@@ -544,14 +438,12 @@ async def test_create_connection_to_a_closed_port_is_refused(host: str):
             await loop.create_connection(asyncio.Protocol, host, port)
 
 
-@needs("create_unix_connection")
 async def test_create_unix_connection_to_a_missing_path_is_file_not_found(tmp_path: Path):
     loop = asyncio.get_running_loop()
     with pytest.raises(FileNotFoundError):
         await loop.create_unix_connection(asyncio.Protocol, str(tmp_path / "missing.sock"))
 
 
-@needs("create_unix_connection")
 async def test_create_unix_connection_to_a_socket_no_one_listens_on_is_refused(tmp_path: Path):
     loop = asyncio.get_running_loop()
     path = str(tmp_path / "stale.sock")
@@ -564,7 +456,6 @@ async def test_create_unix_connection_to_a_socket_no_one_listens_on_is_refused(t
 # -- cancellation while waiting ------------------------------------------------------------
 
 
-@needs("create_connection")
 async def test_create_connection_cancelled_at_its_first_wait_leaves_no_socket(
     unanswered_listener: tuple[str, int],
 ):
@@ -580,7 +471,6 @@ async def test_create_connection_cancelled_at_its_first_wait_leaves_no_socket(
     assert sockets_in_use() == before
 
 
-@needs("create_connection")
 async def test_create_connection_cancelled_while_connecting_closes_its_socket(
     unanswered_listener: tuple[str, int],
 ):
@@ -597,7 +487,6 @@ async def test_create_connection_cancelled_while_connecting_closes_its_socket(
     await assert_fd_number_watches_afresh(fd)
 
 
-@needs("sock_connect")
 async def test_sock_connect_cancelled_while_connecting_leaves_no_registration(
     unanswered_listener: tuple[str, int],
 ):
@@ -616,7 +505,6 @@ async def test_sock_connect_cancelled_while_connecting_leaves_no_registration(
     await assert_fd_number_watches_afresh(fd)
 
 
-@needs("sock_accept", "sock_connect")
 async def test_sock_accept_cancelled_while_waiting_leaves_the_next_connection_queued():
     loop = asyncio.get_running_loop()
     with socket.socket() as listener, socket.socket() as client:
@@ -642,7 +530,6 @@ async def test_sock_accept_cancelled_while_waiting_leaves_the_next_connection_qu
             assert loop.remove_reader(listener) is False
 
 
-@needs("sock_recv", "sock_sendall")
 async def test_sock_recv_cancelled_while_waiting_loses_no_data():
     loop = asyncio.get_running_loop()
     rsock, wsock = socket.socketpair()
@@ -760,8 +647,7 @@ async def test_close_with_pending_writes_flushes_them_before_connection_lost(fam
 # -- running out of fds while accepting -------------------------------------------------
 
 # The child process: argv is the loop kind, ACCEPT_OUT_OF_RESOURCES and ACCEPT_BACKLOG. It
-# prints one JSON object: what the clients got back, what the "asyncio" logger logged, or
-# {"not_implemented": message} when the loop lacks what it needs.
+# prints one JSON object: what the clients got back and what the "asyncio" logger logged.
 _ACCEPT_WITHOUT_FDS_CHILD = textwrap.dedent(
     """
     import asyncio, json, logging, os, resource, socket, sys, threading
@@ -853,17 +739,13 @@ _ACCEPT_WITHOUT_FDS_CHILD = textwrap.dedent(
         "asyncio": asyncio.new_event_loop,
         "uvloop": uvloop.new_event_loop,
     }
-    try:
-        with asyncio.Runner(loop_factory=factories[KIND]) as runner:
-            runner.run(main())
-    except NotImplementedError as exc:
-        print(json.dumps({"not_implemented": str(exc)}))
+    with asyncio.Runner(loop_factory=factories[KIND]) as runner:
+        runner.run(main())
     """
 )
 ACCEPT_BACKLOG = 64
 
 
-@needs("create_server", "create_connection")
 def test_accept_without_fds_logs_once_and_keeps_serving(loop: asyncio.AbstractEventLoop):
     # RLIMIT_NOFILE is lowered in a child process, so this one keeps its fds; `loop` only
     # says which kind of loop the child runs.
@@ -890,8 +772,6 @@ def test_accept_without_fds_logs_once_and_keeps_serving(loop: asyncio.AbstractEv
     )
     assert proc.returncode == 0, proc.stderr
     outcome = json.loads(proc.stdout)
-    if "not_implemented" in outcome:
-        raise NotImplementedError(outcome["not_implemented"])
     assert outcome["errno"] == errno.EMFILE
     # The "asyncio" logger got the accept error, and (on cqloop) nothing else. Stock
     # asyncio, the oracle, may log something more on a loaded machine (seen once on 3.13);
@@ -921,7 +801,6 @@ CONNECTIONS_AT_ONCE = 500  # 1,000 fds at a time: client and server ends
 MANY_CONNECTIONS_TIMEOUT_S = 120.0
 
 
-@needs("create_server", "create_connection")
 async def test_ten_thousand_connections_opened_and_closed_leave_no_fd_behind():
     async def echo_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(await reader.readline())
