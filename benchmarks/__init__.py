@@ -12,6 +12,11 @@ Suites:
                    on each loop (echo/ with its line modes)
     tls            TLS echo, 1 KiB, 10 connections (tls_echo.py)
     worker_events  deliveries per second across 4 worker processes (worker_events.py)
+
+Run only when named (not part of the full run):
+    soak           a fault soak per loop: resets, cancellations, EMFILE, subprocesses and
+                   cross-thread wake-ups for --duration seconds, then an fd, byte and log
+                   account (soak.py)
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ import os
 from collections.abc import Callable
 
 SUITES = ("micro", "echo", "lines", "tls", "worker_events")
+NAMED_ONLY = ("soak",)
 
 
 def main(argv: list[str]) -> int:
-    if argv and argv[0] in SUITES:
+    if argv and argv[0] in SUITES + NAMED_ONLY:
         return _suite(argv[0])(argv[1:])
     args = _parse_shared(argv)
     status = 0
@@ -48,6 +54,10 @@ def _suite(name: str) -> Callable[[list[str]], int]:
         from cqloop._bench import tls_echo
 
         return tls_echo.main
+    if name == "soak":
+        from cqloop._bench import soak
+
+        return soak.main
     if name == "worker_events":
         from cqloop._bench import worker_events
 
