@@ -291,19 +291,12 @@ def _open_fds() -> set[int]:
 
 
 def _loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop]:
-    if kind == "cqloop":
-        import cqloop
+    from cqloop._bench.micro import _find_loop
 
-        return cqloop.new_event_loop
-    if kind == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop
-    if kind == "rloop":
-        import rloop
-
-        return rloop.new_event_loop
-    return asyncio.new_event_loop
+    found = _find_loop(kind)
+    if isinstance(found, str):
+        raise ImportError(found)
+    return found.factory
 
 
 def run_child(kind: str, seed: int, duration: float, cert: tuple[str, str]) -> dict[str, Any]:

@@ -41,9 +41,7 @@ def test_fault_soak_leaks_nothing_loses_nothing_logs_nothing_new(
 ) -> None:
     result = soak.soak_in_child(kind, seed=7, duration=DURATION_S, cert=certificate, timeout=120)
     assert soak.findings(result) == []
-    echo_outcomes = {
-        name.split(":", 1)[1] for name in result["counts"] if name.startswith("echo_")
-    }
+    echo_outcomes = {name.split(":", 1)[1] for name in result["counts"] if name.startswith("echo_")}
     assert echo_outcomes <= ECHO_OUTCOMES
     # The soak did what it says: echoes went through, the fd limit was reached.
     assert result["bytes_echoed"] > 0
