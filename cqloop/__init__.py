@@ -16,6 +16,9 @@ if not sys.platform.startswith("linux"):
         f"this is {sys.platform!r}"
     )
 
+# First: an unbuilt source tree fails here, saying so (see _built.py).
+from cqloop import _built  # noqa: F401  # isort: skip
+
 from cqloop import auxlib, condition, errno, notify, promise, signal, thread
 from cqloop.condition import Condition
 from cqloop.controller import CoroutineError, monotime, new, running

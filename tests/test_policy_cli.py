@@ -1,5 +1,6 @@
 """The ways a program gets a cqloop loop: cqloop.run (asyncio.run's contract),
-new_event_loop as a loop factory, EventLoopPolicy/install, and `python -m cqloop run`."""
+new_event_loop as a loop factory, EventLoopPolicy/install. (`python -m cqloop run`:
+test_cli.py.)"""
 
 from __future__ import annotations
 
@@ -122,33 +123,3 @@ def test_install_makes_asyncio_run_use_cqloop():
     proc = run_python("-W", "ignore::DeprecationWarning", "-c", script)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "Loop"
-
-
-def test_cli_run_runs_the_script_as_main_on_cqloop(tmp_path):
-    script = tmp_path / "app.py"
-    script.write_text(
-        textwrap.dedent(
-            """
-            import asyncio, sys
-            async def main():
-                loop = asyncio.get_running_loop()
-                return f"{type(loop).__module__}.{type(loop).__name__}"
-            if __name__ == "__main__":
-                print(asyncio.run(main()), sys.argv[1:], sys.argv[0].endswith("app.py"))
-            """
-        )
-    )
-    proc = run_python("-W", "ignore::DeprecationWarning", "-m", "cqloop", "run", str(script), "a")
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "cqloop.loop.Loop ['a'] True"
-
-
-def test_cli_without_a_command_prints_usage_and_fails():
-    proc = run_python("-m", "cqloop")
-    assert proc.returncode == 2
-    assert "usage" in proc.stderr.lower()
-
-
-def test_cli_run_without_a_script_fails():
-    proc = run_python("-m", "cqloop", "run")
-    assert proc.returncode == 2
