@@ -71,19 +71,29 @@ def program(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def same_report(
+    plain: subprocess.CompletedProcess[str], ours: subprocess.CompletedProcess[str]
+) -> dict[str, object]:
+    """The program's reports under python and under cqloop agree but for the loop; returns
+    cqloop's."""
+    assert plain.returncode == ours.returncode == 0, (plain.stderr, ours.stderr)
+    expected, got = json.loads(plain.stdout), json.loads(ours.stdout)
+    assert expected.pop("loop") == "asyncio.unix_events"
+    assert got.pop("loop") == "cqloop.loop"
+    assert got == expected
+    return got
+
+
 def write_program(folder: Path, body: str) -> str:
     (folder / "prog.py").write_text(textwrap.dedent(body))
     return "prog.py"
 
 
 def test_run_script_sees_what_python_script_sees(program: Path):
-    plain = python("app/main.py", "a", "--help", cwd=program)
-    ours = cqloop_run("app/main.py", "a", "--help", cwd=program)
-    assert plain.returncode == ours.returncode == 0, (plain.stderr, ours.stderr)
-    expected, got = json.loads(plain.stdout), json.loads(ours.stdout)
-    assert expected.pop("loop") == "asyncio.unix_events"
-    assert got.pop("loop") == "cqloop.loop"
-    assert got == expected
+    got = same_report(
+        python("app/main.py", "a", "--help", cwd=program),
+        cqloop_run("app/main.py", "a", "--help", cwd=program),
+    )
     assert got["path0"] == str((program / "app").resolve())
     assert got["argv"] == ["app/main.py", "a", "--help"]
 
@@ -92,13 +102,7 @@ def test_run_module_sees_what_python_m_sees(program: Path):
     # `python -m app.main` puts the current folder first, so the sibling import needs the
     # package's folder too: run it as python would, from inside app/.
     app = program / "app"
-    plain = python("-m", "main", "x", cwd=app)
-    ours = cqloop_run("-m", "main", "x", cwd=app)
-    assert plain.returncode == ours.returncode == 0, (plain.stderr, ours.stderr)
-    expected, got = json.loads(plain.stdout), json.loads(ours.stdout)
-    assert expected.pop("loop") == "asyncio.unix_events"
-    assert got.pop("loop") == "cqloop.loop"
-    assert got == expected
+    got = same_report(python("-m", "main", "x", cwd=app), cqloop_run("-m", "main", "x", cwd=app))
     assert got["spec"] == "main"
 
 
