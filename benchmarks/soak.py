@@ -344,8 +344,9 @@ def _describe_fd(fd: int) -> str:
 def findings(result: dict[str, Any]) -> list[str]:
     """What breaks the soak's contract in one loop's books."""
     found = []
-    if result["leaked_fds"]:
-        found.append(f"fds left open: {result['leaked_fds']}")
+    leaked = result["leaked_fds"]
+    if leaked:
+        found.append(f"{len(leaked)} fds left open: {leaked[:10]}")
     if result["bytes_lost"]:
         found.append(f"{result['bytes_lost']} bytes lost")
     if result["wakeups_run"] != result["wakeups_posted"]:
