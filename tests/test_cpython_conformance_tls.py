@@ -31,12 +31,11 @@ import asyncio
 import sys
 import unittest
 
-import pytest
 from test.test_asyncio import test_ssl as cpython_ssl
 from test.test_asyncio import test_sslproto as cpython_sslproto
 
 import cqloop
-from tests.test_cpython_conformance import _with_marks
+from tests.test_cpython_conformance import skip_tests
 
 # -- private names cqloop provides on purpose ------------------------------------------------
 
@@ -64,12 +63,10 @@ ADDED_IN: dict[str, tuple[int, int]] = {}
 
 
 def _apply_tables(cls: type[unittest.TestCase]) -> type[unittest.TestCase]:
-    for name in unittest.TestLoader().getTestCaseNames(cls):
-        if name in SKIP_PRIVATE:
-            mark = pytest.mark.skip(
-                reason="reaches into asyncio's private code: " + SKIP_PRIVATE[name]
-            )
-            setattr(cls, name, _with_marks(getattr(cls, name), mark))
+    skip_tests(
+        cls,
+        {name: "reaches into asyncio's private code: " + why for name, why in SKIP_PRIVATE.items()},
+    )
     return cls
 
 
