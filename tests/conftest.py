@@ -2,8 +2,10 @@
 
 One parametrisation runs each behavioural test on cqloop, on stock asyncio (the oracle) and
 on uvloop when it is installed:
-- async tests: pytest-asyncio's `pytest_asyncio_loop_factories` hook below;
-- sync tests: the `loop` fixture (a fresh loop of each kind, closed afterwards).
+- async tests: cqloop's own pytest plugin (cqloop/pytest_plugin.py, told by pyproject.toml's
+  `cqloop_loops` which loops), through pytest-asyncio's loop-factory hook;
+- sync tests: the `loop` fixture (a fresh loop of each kind, closed afterwards), over the
+  same loops.
 Tests of cqloop-only features (nesting, controllers) carry `@pytest.mark.cqloop_only` and
 run on cqloop alone.
 
@@ -23,6 +25,7 @@ import pytest
 
 import cqloop
 from cqloop import socket as cqsocket
+from cqloop.pytest_plugin import factories_for
 
 try:
     import uvloop
@@ -39,10 +42,10 @@ if uvloop is not None:
     LOOP_FACTORIES["uvloop"] = uvloop.new_event_loop
 
 
-def _factories_for(item: pytest.Item) -> dict[str, LoopFactory]:
-    if item.get_closest_marker("cqloop_only") is not None:
-        return {"cqloop": LOOP_FACTORIES["cqloop"]}
-    return dict(LOOP_FACTORIES)
+def _factories_for(config: pytest.Config, item: pytest.Item) -> dict[str, LoopFactory]:
+    # The loops cqloop's pytest plugin was told to use (pyproject.toml's cqloop_loops, or
+    # --cqloop-loops), cqloop alone for a cqloop_only test.
+    return factories_for(config, item) or dict(LOOP_FACTORIES)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -54,13 +57,9 @@ def pytest_configure(config: pytest.Config) -> None:
         warm.close()
 
 
-def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item):
-    return _factories_for(item)
-
-
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "loop_factory" in metafunc.fixturenames:
-        factories = _factories_for(metafunc.definition)
+        factories = _factories_for(metafunc.config, metafunc.definition)
         metafunc.parametrize("loop_factory", list(factories.values()), ids=list(factories.keys()))
 
 
