@@ -15,7 +15,10 @@ sock=listener), asyncio.start_server(..., sock=listener)) until it is cancelled,
 how a worker is stopped (SIGTERM or SIGINT to the worker, sent by the supervisor on its own
 SIGTERM/SIGINT and during rolling restarts); cancellation should close the server, which
 `async with server` does. An app that returns or raises ends its worker, and the
-supervisor starts another (with a growing delay if workers keep dying young).
+supervisor starts another (with a growing delay if workers keep dying young); after
+`max_boot_failures` young deaths of one worker in a row it stops the rest and serve()
+returns EXIT_BOOT_FAILED. serve() refuses an `app` that is not an async function before it
+forks anything.
 cqloop.worker_events is connected in every worker before `app` starts.
 
 Owns the supervisor: the listening socket, forking and reaping workers, restarts, signal
@@ -56,6 +59,9 @@ Signals to the supervisor: SIGTERM or SIGINT stops every worker (the broker post
 second SIGTERM/SIGINT kills at once. SIGHUP restarts the workers one at a time: a new
 worker, then (once its worker_events client has connected) the old one is stopped.
 
+Size: past 800 lines. Next to split out: the listening socket (_Listener) and the worker's
+side (_worker_main and the child set-up) into a module of their own.
+
 Who calls in: user code, `serve()` from the main thread of a process with no running
 event loop and no other threads (fork with threads is unsafe, and Python 3.12 warns).
 """
@@ -65,6 +71,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import gc
 import inspect
 import logging
@@ -102,6 +109,11 @@ RESTART_DELAY_MIN_S = 0.1
 RESTART_DELAY_MAX_S = 5.0
 # Exit status of a worker whose set-up (before app) failed.
 EXIT_WORKER_SETUP_FAILED = 70
+# How many times in a row a worker may die young (before MIN_HEALTHY_UPTIME_S) before the
+# supervisor gives up, stops the others and exits with EXIT_BOOT_FAILED (gunicorn's status
+# for a worker that failed to boot).
+DEFAULT_MAX_BOOT_FAILURES = 5
+EXIT_BOOT_FAILED = 3
 SPAWN_TASK_NAME = "cqloop.workers spawn"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 SUPERVISOR_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -281,8 +293,10 @@ class _Supervisor:
         codec: Codec,
         limits: Limits,
         worker_loop_factory: Callable[[], asyncio.AbstractEventLoop],
+        max_boot_failures: int | None,
     ) -> None:
         self.app = app
+        self.max_boot_failures = max_boot_failures
         self.worker_loop_factory = worker_loop_factory
         self.count = count
         self.listener = listener
@@ -294,6 +308,8 @@ class _Supervisor:
         self.slots: list[_Worker | None] = [None] * count
         self.generations = [0] * count
         self.restart_delays = [0.0] * count
+        self.boot_failures = [0] * count  # young deaths in a row, per slot
+        self.exit_status = 0
         self.workers: dict[int, _Worker] = {}  # every live worker by pid, retiring ones too
         self.broker: Broker | None = None
         self.signals: SignalReader | None = None
@@ -315,7 +331,7 @@ class _Supervisor:
                 if request is None:
                     break
                 self._fork(request)
-            return 0
+            return self.exit_status
         finally:
             self._close()
 
@@ -482,6 +498,19 @@ class _Supervisor:
             return
         uptime = self.loop.time() - worker.started_at
         how = f"signal {-code}" if code < 0 else f"status {code}"
+        if self._boot_failed(worker.index, uptime):
+            logger.error(
+                "cqloop.workers: worker %d (pid %d) failed to boot %d times in a row "
+                "(the last exited with %s after %.1f s); stopping",
+                worker.index,
+                worker.pid,
+                self.boot_failures[worker.index],
+                how,
+                uptime,
+            )
+            self.exit_status = EXIT_BOOT_FAILED
+            await self._shutdown("boot failures")
+            return
         delay = self._next_delay(worker.index, uptime)
         logger.warning(
             "cqloop.workers: worker %d (pid %d) exited with %s after %.1f s; restarting it%s",
@@ -492,6 +521,15 @@ class _Supervisor:
             f" in {delay:.1f} s" if delay else "",
         )
         self._spawn_soon(worker.index, delay)
+
+    def _boot_failed(self, index: int, uptime: float) -> bool:
+        """Count a young death of slot `index`; True once there were too many in a row."""
+        if uptime >= MIN_HEALTHY_UPTIME_S:
+            self.boot_failures[index] = 0
+            return False
+        self.boot_failures[index] += 1
+        limit = self.max_boot_failures
+        return limit is not None and self.boot_failures[index] >= limit
 
     def _next_delay(self, index: int, uptime: float) -> float:
         if uptime >= MIN_HEALTHY_UPTIME_S:
@@ -539,7 +577,8 @@ class _Supervisor:
                     self._kill(worker)
                 return
             if self.state is not SupervisorState.STOPPED:
-                self._track(self.loop.create_task(self._shutdown(signum)))
+                reason = signal.Signals(signum).name
+                self._track(self.loop.create_task(self._shutdown(reason)))
         elif signum == signal.SIGHUP:
             if self.state is SupervisorState.RUNNING:
                 self.rolling = self.loop.create_task(self._rolling_restart())
@@ -547,12 +586,14 @@ class _Supervisor:
             else:
                 logger.warning("cqloop.workers: SIGHUP ignored while %s", self.state.value)
 
-    async def _shutdown(self, signum: int) -> None:
+    async def _shutdown(self, reason: str) -> None:
         assert self.stopped is not None and self.broker is not None
+        if self.state in (SupervisorState.STOPPING, SupervisorState.STOPPED):
+            return
         self.state = SupervisorState.STOPPING
         logger.info(
             "cqloop.workers: %s: stopping %d workers (grace period %.1f s)",
-            signal.Signals(signum).name,
+            reason,
             len(self.workers),
             self.grace_period,
         )
@@ -725,15 +766,28 @@ def serve(
     codec: Codec | str = Codec.JSON,
     limits: Limits | None = None,
     worker_loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+    max_boot_failures: int | None = DEFAULT_MAX_BOOT_FAILURES,
 ) -> int:
     """Run `app` in `workers` processes (default: one per CPU) on one listening address
     (exactly one of port [with host], sock or path) until SIGTERM or SIGINT; returns the
     exit status (0). See the module docstring for the contract of `app`, the socket modes
     and the signals. `codec` and `limits` configure cqloop.worker_events between them.
     `worker_loop_factory` (default cqloop.new_event_loop) makes the workers' loops; it is
-    there so that benchmarks can compare loops, and the supervisor's loop is cqloop's."""
-    if not callable(app):
+    there so that benchmarks can compare loops, and the supervisor's loop is cqloop's.
+
+    A worker that dies within MIN_HEALTHY_UPTIME_S of its start `max_boot_failures` times
+    in a row (None: never give up) stops the supervisor: the other workers are stopped and
+    serve() returns EXIT_BOOT_FAILED (3), after logging why."""
+    if not _is_async_function(app):
         raise TypeError(f"app must be an async function of the listener, not {app!r}")
+    if max_boot_failures is not None and (
+        isinstance(max_boot_failures, bool)
+        or not isinstance(max_boot_failures, int)
+        or max_boot_failures < 1
+    ):
+        raise ValueError(
+            f"max_boot_failures must be an int >= 1 or None, not {max_boot_failures!r}"
+        )
     count = os.cpu_count() or 1 if workers is None else workers
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"workers must be an int >= 1, not {workers!r}")
@@ -754,8 +808,18 @@ def serve(
             codec=codec,
             limits=limits if limits is not None else Limits(),
             worker_loop_factory=worker_loop_factory or cqloop.new_event_loop,
+            max_boot_failures=max_boot_failures,
         )
     except BaseException:
         listener.close()
         raise
     return supervisor.run()
+
+
+def _is_async_function(app: object) -> bool:
+    """An async function, a functools.partial of one, or an object whose __call__ is one."""
+    while isinstance(app, functools.partial):
+        app = app.func
+    return inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(
+        getattr(app, "__call__", None)  # noqa: B004
+    )

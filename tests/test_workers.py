@@ -9,6 +9,7 @@ only its pipes to the subprocess and its client sockets, and closes them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -172,6 +173,18 @@ def test_a_crashing_app_is_restarted_with_a_growing_delay(tmp_path: Path) -> Non
         assert len(sup.started()) >= 3
 
 
+def test_a_worker_that_keeps_failing_to_boot_stops_the_supervisor(tmp_path: Path) -> None:
+    with supervisor(tmp_path, "crash", "--workers", "2", "--max-boot-failures", "3") as sup:
+        code = sup.process.wait(60)
+        stderr = sup.stderr()
+    assert code == cqloop.workers.EXIT_BOOT_FAILED, stderr
+    assert "failed to boot 3 times in a row" in stderr
+    assert "RuntimeError: this app fails at once" in stderr
+    # It gave up on the third young death of one slot: no fourth restart of that slot.
+    assert "restarting it in 0.4 s" not in stderr
+    assert not any(pid_alive(report["pid"]) for report in sup.started())
+
+
 def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path) -> None:
     with supervisor(tmp_path, "http", "--workers", "2") as sup:
         pids = [r["pid"] for r in sup.wait_started(2)]
@@ -220,6 +233,39 @@ def test_workers_hear_started_stopping_and_exited_in_order(tmp_path: Path) -> No
 def test_serve_refuses_bad_arguments_before_forking(kwargs: dict, error: str) -> None:
     with pytest.raises(ValueError, match=error):
         cqloop.workers.serve(_app, **kwargs)
+
+
+class _AsyncCallable:
+    async def __call__(self, listener: socket.socket) -> None:
+        """Never run."""
+
+
+def _not_async(listener: socket.socket) -> None:
+    """Never run."""
+
+
+@pytest.mark.parametrize(
+    "app",
+    [_not_async, lambda listener: _app(listener), print, "app", None],
+    ids=["function", "lambda", "builtin", "str", "None"],
+)
+def test_serve_refuses_an_app_that_is_not_an_async_function(app: object) -> None:
+    with pytest.raises(TypeError, match="app must be an async function of the listener"):
+        cqloop.workers.serve(app, port=0)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "max_boot_failures", [0, -1, 1.5, True, "3"], ids=["0", "-1", "1.5", "True", "str"]
+)
+def test_serve_refuses_a_bad_max_boot_failures(max_boot_failures: object) -> None:
+    with pytest.raises(ValueError, match="max_boot_failures must be an int >= 1 or None"):
+        cqloop.workers.serve(_app, port=0, max_boot_failures=max_boot_failures)  # type: ignore[arg-type]
+
+
+def test_async_callables_and_partials_count_as_async_functions() -> None:
+    assert cqloop.workers._is_async_function(_AsyncCallable())
+    assert cqloop.workers._is_async_function(functools.partial(_app))
+    assert not cqloop.workers._is_async_function(functools.partial(_not_async))
 
 
 def test_serve_refuses_a_running_loop() -> None:

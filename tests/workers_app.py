@@ -266,6 +266,7 @@ def main() -> int:
     parser.add_argument("--unix", action="store_true", help="serve on OUTDIR/sock")
     parser.add_argument("--limits", default="{}", help="Limits(**json)")
     parser.add_argument("--codec", default="json")
+    parser.add_argument("--max-boot-failures", type=int, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(process)d %(name)s %(levelname)s %(message)s")
     with open(os.path.join(args.outdir, "supervisor.pid"), "w") as f:
@@ -308,6 +309,7 @@ def main() -> int:
         grace_period=args.grace,
         codec=args.codec,
         limits=Limits(**json.loads(args.limits)),
+        max_boot_failures=args.max_boot_failures,
         **where,
     )
 
