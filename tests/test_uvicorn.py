@@ -8,24 +8,22 @@ loopback which loop served the request, and stops uvicorn with SIGINT, bounded b
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.serving import DEADLINE_S, ask, wait_for
+
 uvicorn = pytest.importorskip("uvicorn")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEADLINE_S = 30.0
 
 APP = textwrap.dedent(
     """
@@ -51,32 +49,6 @@ APP = textwrap.dedent(
 
 def write_app(folder: Path, mark: str) -> None:
     (folder / "app.py").write_text(APP.format(mark=mark))
-
-
-def ask(port: int) -> dict[str, object] | None:
-    """One GET /; None while nothing answers."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        connection.request("GET", "/")
-        response = connection.getresponse()
-        result: dict[str, object] = json.loads(response.read())
-        return result
-    except (OSError, http.client.HTTPException, ValueError):
-        return None
-    finally:
-        connection.close()
-
-
-def wait_for(check: Callable[[], object], what: str, proc: subprocess.Popen[str]) -> object:
-    deadline = time.monotonic() + DEADLINE_S
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        if proc.poll() is not None:
-            raise AssertionError(f"uvicorn exited ({proc.returncode}) before {what}")
-        time.sleep(0.05)
-    raise AssertionError(f"no {what} within {DEADLINE_S} s")
 
 
 @pytest.fixture
@@ -143,8 +115,8 @@ def test_uvicorn_workers_each_serve_on_cqloop(tmp_path: Path, listener, start_uv
     log = tmp_path / "uvicorn.log"
     wait_for(lambda: log.read_text().count("Application startup complete") >= 2, "2 workers", proc)
     answers = [wait_for(lambda: ask(port), "an answer", proc) for _ in range(10)]
-    assert {answer["loop"] for answer in answers} == {"cqloop.loop.Loop"}  # type: ignore[index]
-    assert all(answer["pid"] != proc.pid for answer in answers)  # type: ignore[index]
+    assert {answer["loop"] for answer in answers} == {"cqloop.loop.Loop"}
+    assert all(answer["pid"] != proc.pid for answer in answers)
     assert stop(proc) == 0
 
 
@@ -153,8 +125,8 @@ def test_uvicorn_reload_restarts_the_app_on_cqloop(tmp_path: Path, listener, sta
     proc = start_uvicorn("--reload", "--reload-dir", str(tmp_path))
     port = listener.getsockname()[1]
     first = wait_for(lambda: ask(port), "an answer", proc)
-    assert first["loop"] == "cqloop.loop.Loop"  # type: ignore[index]
-    assert first["mark"] == "before"  # type: ignore[index]
+    assert first["loop"] == "cqloop.loop.Loop"
+    assert first["mark"] == "before"
     write_app(tmp_path, "after")
 
     def reloaded() -> dict[str, object] | None:
@@ -162,6 +134,6 @@ def test_uvicorn_reload_restarts_the_app_on_cqloop(tmp_path: Path, listener, sta
         return answer if answer is not None and answer["mark"] == "after" else None
 
     second = wait_for(reloaded, "the reloaded app", proc)
-    assert second["loop"] == "cqloop.loop.Loop"  # type: ignore[index]
-    assert second["pid"] != first["pid"]  # type: ignore[index]
+    assert second["loop"] == "cqloop.loop.Loop"
+    assert second["pid"] != first["pid"]
     assert stop(proc) == 0
