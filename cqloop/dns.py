@@ -58,12 +58,12 @@ from typing import Any, NamedTuple, TypeAlias
 
 try:
     import pycares
-except ImportError as exc:  # pragma: no cover - aiodns (and so pycares) is a dependency
-    raise ImportError("cqloop.dns needs aiodns 4 (and pycares 5): pip install 'aiodns>=4'") from exc
+except ImportError as exc:  # pragma: no cover - pycares is a dependency
+    raise ImportError("cqloop.dns needs pycares 5: pip install 'pycares>=5'") from exc
 
 if int(pycares.__version__.split(".")[0]) < 5:  # pragma: no cover
     raise ImportError(
-        f"cqloop.dns needs pycares 5 or later (aiodns 4); this is pycares {pycares.__version__}"
+        f"cqloop.dns needs pycares 5 or later; this is pycares {pycares.__version__}"
     )
 
 __all__ = [
