@@ -62,9 +62,7 @@ except ImportError as exc:  # pragma: no cover - pycares is a dependency
     raise ImportError("cqloop.dns needs pycares 5: pip install 'pycares>=5'") from exc
 
 if int(pycares.__version__.split(".")[0]) < 5:  # pragma: no cover
-    raise ImportError(
-        f"cqloop.dns needs pycares 5 or later; this is pycares {pycares.__version__}"
-    )
+    raise ImportError(f"cqloop.dns needs pycares 5 or later; this is pycares {pycares.__version__}")
 
 __all__ = [
     "AAAA",

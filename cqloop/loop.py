@@ -26,6 +26,7 @@ from typing import Any, TypeVar, TypeVarTuple, Unpack
 
 from cqloop._core.kernel import Kernel
 from cqloop.controller import ControllerMixin
+from cqloop.nesting import NestingMixin
 from cqloop.transports.datagram import DatagramMixin
 from cqloop.transports.flow import set_result_unless_cancelled
 from cqloop.transports.pipes import PipesMixin
@@ -87,6 +88,7 @@ def _run_until_complete_cb(fut: asyncio.Future[Any]) -> None:
 class Loop(  # type: ignore[misc]
     Kernel,
     ControllerMixin,
+    NestingMixin,
     StreamsMixin,
     DatagramMixin,
     SockOpsMixin,
