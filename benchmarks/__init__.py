@@ -11,6 +11,8 @@ Suites:
     lines          line echo: cq sockets' read("*l") against asyncio streams' readline()
                    on each loop (echo/ with its line modes)
     tls            TLS echo, 1 KiB, 10 connections (tls_echo.py)
+    http           HTTP servers (a bare Protocol with httptools, uvicorn with httptools and
+                   with h11, aiohttp.web) driven by wrk (http.py)
     worker_events  deliveries per second across 4 worker processes (worker_events.py)
 
 Run only when named (not part of the full run):
@@ -25,7 +27,7 @@ import argparse
 import os
 from collections.abc import Callable
 
-SUITES = ("micro", "echo", "lines", "tls", "worker_events")
+SUITES = ("micro", "echo", "lines", "tls", "http", "worker_events")
 NAMED_ONLY = ("soak",)
 
 
@@ -54,6 +56,10 @@ def _suite(name: str) -> Callable[[list[str]], int]:
         from cqloop._bench import tls_echo
 
         return tls_echo.main
+    if name == "http":
+        from cqloop._bench import http
+
+        return http.main
     if name == "soak":
         from cqloop._bench import soak
 
