@@ -13,6 +13,9 @@ Suites:
     tls            TLS echo, 1 KiB, 10 connections (tls_echo.py)
     http           HTTP servers (a bare Protocol with httptools, uvicorn with httptools and
                    with h11, aiohttp.web) driven by wrk (http.py)
+    scale          costs as they grow: memory per idle connection and echoes per second at
+                   10 to 10,000 connections, memory and cost per timer up to 1,000,000
+                   pending timers (scale.py)
     worker_events  deliveries per second across 4 worker processes (worker_events.py)
 
 Run only when named (not part of the full run):
@@ -27,7 +30,7 @@ import argparse
 import os
 from collections.abc import Callable
 
-SUITES = ("micro", "echo", "lines", "tls", "http", "worker_events")
+SUITES = ("micro", "echo", "lines", "tls", "http", "scale", "worker_events")
 NAMED_ONLY = ("soak",)
 
 
@@ -60,6 +63,10 @@ def _suite(name: str) -> Callable[[list[str]], int]:
         from cqloop._bench import http
 
         return http.main
+    if name == "scale":
+        from cqloop._bench import scale
+
+        return scale.main
     if name == "soak":
         from cqloop._bench import soak
 
