@@ -14,7 +14,11 @@ on a fresh cqloop loop (cqloop.run). It serves on `listener` (loop.create_server
 sock=listener), asyncio.start_server(..., sock=listener)) until it is cancelled, which is
 how a worker is stopped (SIGTERM or SIGINT to the worker, sent by the supervisor on its own
 SIGTERM/SIGINT and during rolling restarts); cancellation should close the server, which
-`async with server` does. An app that returns or raises ends its worker, and the
+`async with server` does. Graceful stop: a keep-alive connection idle in
+`await unless_stopping(reader.readline())` is closed as soon as the worker begins to stop,
+so the grace period is left for requests in flight (on 3.12 and later the server's
+`wait_closed()` waits for those; on 3.11 an app that must finish them waits for its
+handlers itself). An app that returns or raises ends its worker, and the
 supervisor starts another (with a growing delay if workers keep dying young); after
 `max_boot_failures` young deaths of one worker in a row it stops the rest and serve()
 returns EXIT_BOOT_FAILED. serve() refuses an `app` that is not an async function before it
@@ -84,7 +88,7 @@ import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import cqloop
 from cqloop import worker_events
@@ -94,11 +98,12 @@ from cqloop.worker_events.client import Client
 from cqloop.worker_events.codec import Codec
 from cqloop.worker_events.limits import Limits
 
-__all__ = ["SupervisorState", "WorkerInfo", "current_worker", "serve"]
+__all__ = ["SupervisorState", "WorkerInfo", "current_worker", "serve", "unless_stopping"]
 
 logger = logging.getLogger("cqloop.workers")
 
 App = Callable[[socket.socket], Awaitable[object]]
+_T = TypeVar("_T")
 
 DEFAULT_GRACE_PERIOD_S = 30.0
 DEFAULT_BACKLOG = 1024
@@ -139,11 +144,52 @@ class WorkerInfo:
 
 
 _current: WorkerInfo | None = None
+# Set when this worker begins to stop (in a worker, on its loop); see unless_stopping().
+_stopping: asyncio.Event | None = None
 
 
 def current_worker() -> WorkerInfo | None:
     """This worker's WorkerInfo, or None outside a cqloop.workers worker."""
     return _current
+
+
+async def unless_stopping(awaitable: Awaitable[_T]) -> _T | None:
+    """Await `awaitable`, unless this worker begins to stop first: then cancel it and
+    return None. Outside a worker it is plain `await awaitable`.
+
+    Made for the wait that makes a keep-alive connection idle, so that stopping closes
+    idle connections at once and the grace period is left for requests in flight:
+
+        async def handle(reader, writer):
+            while request := await cqloop.workers.unless_stopping(reader.readline()):
+                writer.write(await respond(request))  # in flight: finishes while stopping
+                await writer.drain()
+            writer.close()  # idle when the worker began to stop: closed now
+
+    (With `async with server` the server's close then waits only for the requests in
+    flight.) A worker that is already stopping returns None at once."""
+    stopping = _stopping
+    if stopping is None:
+        return await awaitable
+    if stopping.is_set():
+        if inspect.iscoroutine(awaitable):
+            awaitable.close()
+        return None
+    work = asyncio.ensure_future(awaitable)
+    stop = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait([work, stop], return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        work.cancel()
+        raise
+    finally:
+        stop.cancel()
+    if not work.done():
+        work.cancel()
+        await asyncio.wait([work])  # what it got before the cancellation took is kept
+    if work.cancelled():
+        return None
+    return work.result()
 
 
 # -- the listening socket ------------------------------------------------------------------
@@ -691,15 +737,18 @@ class _Supervisor:
 async def _worker_main(
     app: App, listener: socket.socket, channel: socket.socket, codec: Codec, limits: Limits
 ) -> int:
+    global _stopping
     loop = asyncio.get_running_loop()
     stopping = False
     app_task: asyncio.Task[object] | None = None
+    stopping_event = _stopping = asyncio.Event()
 
     def stop(why: str) -> None:
         nonlocal stopping
         if not stopping:
             stopping = True
             logger.debug("cqloop.workers: worker %d stopping: %s", os.getpid(), why)
+            stopping_event.set()
             if app_task is not None:
                 app_task.cancel()
 

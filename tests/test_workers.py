@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -183,6 +184,36 @@ def test_a_worker_that_keeps_failing_to_boot_stops_the_supervisor(tmp_path: Path
     # It gave up on the third young death of one slot: no fourth restart of that slot.
     assert "restarting it in 0.4 s" not in stderr
     assert not any(pid_alive(report["pid"]) for report in sup.started())
+
+
+def test_stopping_closes_idle_keep_alive_connections_and_finishes_requests_in_flight(
+    tmp_path: Path,
+) -> None:
+    with supervisor(tmp_path, "keepalive", "--workers", "1", "--grace", "30") as sup:
+        [report] = sup.wait_started(1)
+        address = ("127.0.0.1", report["address"][1])
+        with socket.create_connection(address, timeout=REQUEST_TIMEOUT_S) as idle:
+            idle.sendall(b"ping\n")
+            assert idle.recv(64) == b"%d\n" % report["pid"]  # now idle, kept alive
+            with socket.create_connection(address, timeout=REQUEST_TIMEOUT_S) as busy:
+                busy.sendall(b"slow\n")
+                wait_for(lambda: (tmp_path / "slow-started").exists(), "the slow request")
+                sup.signal(signal.SIGTERM)
+                assert idle.recv(64) == b""  # closed by the stopping worker, not at exit
+                if sys.version_info >= (3, 12):
+                    # Server.wait_closed() waits for the handlers from 3.12 on.
+                    assert busy.recv(64) == b"%d\n" % report["pid"]
+        code = sup.process.wait(60)
+        stderr = sup.stderr()
+    assert code == 0, stderr
+    assert "killing it" not in stderr  # well within the grace period
+
+
+def test_unless_stopping_outside_a_worker_is_a_plain_await() -> None:
+    async def main() -> int:
+        return await cqloop.workers.unless_stopping(asyncio.sleep(0, 7))  # type: ignore[return-value]
+
+    assert asyncio.run(main()) == 7
 
 
 def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path) -> None:

@@ -92,6 +92,28 @@ async def http_app(listener: socket.socket, outdir: str) -> None:
         await server.serve_forever()
 
 
+async def keepalive_app(listener: socket.socket, outdir: str) -> None:
+    """A keep-alive line server in the documented shutdown pattern: a connection waiting
+    for its next request is closed when the worker begins to stop; "slow" takes a moment
+    to answer (and says it started), so that the test can stop the worker mid-request."""
+    pid = str(os.getpid()).encode()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await cqloop.workers.unless_stopping(reader.readline()):
+            if line.startswith(b"slow"):
+                with open(os.path.join(outdir, "slow-started"), "w"):
+                    pass
+                await asyncio.sleep(0.5)
+            writer.write(pid + b"\n")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, sock=listener)
+    announce(outdir, listener)
+    async with server:
+        await server.serve_forever()
+
+
 async def lifecycle_app(listener: socket.socket, outdir: str) -> None:
     path = os.path.join(outdir, f"lifecycle-{os.getpid()}.jsonl")
     with open(path, "a") as out:
@@ -252,7 +274,17 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument(
         "mode",
-        choices=["http", "lifecycle", "crash", "stubborn", "events", "unique", "burst", "stall"],
+        choices=[
+            "http",
+            "keepalive",
+            "lifecycle",
+            "crash",
+            "stubborn",
+            "events",
+            "unique",
+            "burst",
+            "stall",
+        ],
     )
     parser.add_argument("outdir")
     parser.add_argument("--workers", type=int, default=4)
@@ -275,6 +307,11 @@ def main() -> int:
 
         async def app(listener: socket.socket) -> None:
             await http_app(listener, args.outdir)
+
+    elif args.mode == "keepalive":
+
+        async def app(listener: socket.socket) -> None:
+            await keepalive_app(listener, args.outdir)
 
     elif args.mode == "lifecycle":
 
