@@ -1,8 +1,10 @@
 """cqloop's benchmarks, installed as cqloop._bench so that `python -m cqloop bench` runs them.
 
-    python -m cqloop bench [--quick] [--rounds N] [--loops L] [--json PATH]
+    python -m cqloop bench [--quick] [--rounds N] [--loops L] [--json PATH] [--plot PNG]
         every suite in turn with the options they share; --json PATH writes PATH's name
-        with the suite's added (results.json: results-micro.json, results-echo.json, ...)
+        with the suite's added (results.json: results-micro.json, results-echo.json, ...);
+        --plot PNG draws cqloop against the best peer for every echo and http cell
+        (plot.py, with matplotlib)
     python -m cqloop bench SUITE [options]    one suite (--help lists its options)
 
 Suites:
@@ -28,10 +30,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 from collections.abc import Callable
 
 SUITES = ("micro", "echo", "lines", "tls", "http", "scale", "worker_events")
 NAMED_ONLY = ("soak",)
+
+
+# The suites whose results the chart draws.
+PLOTTED = ("echo", "http")
 
 
 def main(argv: list[str]) -> int:
@@ -39,14 +46,24 @@ def main(argv: list[str]) -> int:
         return _suite(argv[0])(argv[1:])
     args = _parse_shared(argv)
     status = 0
-    for number, name in enumerate(SUITES):
-        if number:
+    with tempfile.TemporaryDirectory() as scratch:
+        json_stem, json_ext = os.path.splitext(args.json or os.path.join(scratch, "results"))
+        written = []
+        for number, name in enumerate(SUITES):
+            if number:
+                print()
+            suite_argv = list(args.shared)
+            if args.json or args.plot:
+                path = f"{json_stem}-{name}{json_ext or '.json'}"
+                suite_argv += ["--json", path]
+                if name in PLOTTED:
+                    written.append(path)
+            status = max(status, _suite(name)(suite_argv))
+        if args.plot:
+            from cqloop._bench import plot
+
             print()
-        suite_argv = list(args.shared)
-        if args.json:
-            stem, ext = os.path.splitext(args.json)
-            suite_argv += ["--json", f"{stem}-{name}{ext or '.json'}"]
-        status = max(status, _suite(name)(suite_argv))
+            plot.plot(args.plot, [path for path in written if os.path.exists(path)])
     return status
 
 
@@ -93,6 +110,7 @@ def _parse_shared(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="measured rounds of each")
     parser.add_argument("--loops", help="comma-separated loops (default: all installed)")
     parser.add_argument("--json", metavar="PATH", help="write results (one file per suite)")
+    parser.add_argument("--plot", metavar="PNG", help="draw cqloop against the best peer")
     args = parser.parse_args(argv)
     shared = ["--quick"] if args.quick else []
     if args.rounds is not None:
