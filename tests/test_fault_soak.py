@@ -4,8 +4,9 @@ For a few seconds per loop, in a child process with a low fd limit: echo servers
 Unix socket and TLS; clients that echo random bytes, reset mid-write, cancel mid-connect and
 mid-handshake; bursts of fd exhaustion; subprocesses; a thread posting call_soon_threadsafe.
 The contract, on cqloop as on asyncio (the oracle): no fd left open, no byte lost, every
-cross-thread callback run, nothing logged beyond asyncio's own accept error under EMFILE, no
-ResourceWarning, no exception a fault does not explain. `python -m cqloop bench soak` is the
+cross-thread callback run, no ResourceWarning, no exception a fault does not explain; and on
+cqloop nothing logged beyond asyncio's own accept error under EMFILE (asyncio itself
+sometimes logs more there). `python -m cqloop bench soak` is the
 long form (60 s per loop by default).
 
 uvloop is left out of the test (the long form runs it): under EMFILE libuv accepts and at
@@ -40,7 +41,13 @@ def test_fault_soak_leaks_nothing_loses_nothing_logs_nothing_new(
     kind: str, certificate: tuple[str, str]
 ) -> None:
     result = soak.soak_in_child(kind, seed=7, duration=DURATION_S, cert=certificate, timeout=120)
-    assert soak.findings(result) == []
+    found = soak.findings(result)
+    if kind != "cqloop":
+        # The log contract is cqloop's: stock asyncio's own accept path logs more under
+        # EMFILE at random (seen: "Exception in callback
+        # BaseSelectorEventLoop._start_serving(...)" when a retried accept met the limit).
+        found = [text for text in found if not text.startswith("logged:")]
+    assert found == []
     echo_outcomes = {name.split(":", 1)[1] for name in result["counts"] if name.startswith("echo_")}
     assert echo_outcomes <= ECHO_OUTCOMES
     # The soak did what it says: echoes went through, the fd limit was reached.
