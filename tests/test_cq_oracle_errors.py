@@ -114,6 +114,13 @@ ERROR_CASES = [
 ]
 
 DELIBERATE_CASES = [
+    # cqueues' non-blocking recv reports EOF as its C layer does (EPIPE); read() does not.
+    SocketCase(
+        "recv_at_eof",
+        [b"x\n", EOF],
+        [Call("read", "*l"), Call("read", "*l"), Call("recv", "*l"), Call("recv", 4)],
+        deliberate=Deliberate("recv() at EOF", python={"recv": [[], []]}),
+    ),
     # cqueues reads a reset that follows buffered data as a clean EOF; cqloop raises it.
     SocketCase(
         "reset_after_buffered_data",

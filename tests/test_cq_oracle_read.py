@@ -5,9 +5,22 @@ oracle: see tests/cqoracle/__init__.py for the harness and the report's form."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from tests.cqoracle import EOF, Call, Pieces, ReadAll, SocketCase, check, params
+from tests.cqoracle import (
+    EOF,
+    Both,
+    Call,
+    Expect,
+    Pieces,
+    ReadAll,
+    Recorder,
+    SocketCase,
+    check,
+    params,
+)
 
 BOUNDARY_INPUT = b"preamble\r\n--XYZ\r\npart\r\none\r\n--XYZ--\r\n"
 
@@ -85,6 +98,19 @@ async def test_read_format_matches_cqueues(case: SocketCase) -> None:
     await check(case)
 
 
+async def _lines(s: Any, out: Recorder) -> None:
+    out("lines", b"|".join([line async for line in s.lines()]))
+
+
+async def _lines_pairs(s: Any, out: Recorder) -> None:
+    # A tuple shorter than the formats where one yielded nothing (Lua: nil).
+    got = [
+        values[0] + b"+" + (values[1] if len(values) > 1 else b"nil")
+        async for values in s.lines("*l", "*L")
+    ]
+    out("lines", b"|".join(got))
+
+
 OTHER_CASES = [
     # A line longer than maxline comes back in maxline pieces, as if EOF were there.
     SocketCase(
@@ -156,6 +182,54 @@ OTHER_CASES = [
         "invalid_formats_are_refused_and_consume_nothing",
         [b"abc\n", EOF],
         [Call("read", "*n"), Call("read", "*x"), Call("read", "x"), Call("read", "*l")],
+    ),
+    SocketCase(
+        "line_longer_than_the_input_buffer",
+        [Pieces(b"0123456789abcdef\nz"), EOF],
+        [Call("setbufsiz", 4, None), Call("read", "*L"), Call("read"), Call("read")],
+    ),
+    SocketCase(
+        "fill_past_eof",
+        [b"abc", EOF],
+        [Call("fill", 10, ok=True), Call("pending"), Call("read", 10), Call("fill", 1, ok=True)],
+    ),
+    SocketCase(
+        "recv_does_not_wait",
+        [Expect(b"go"), b"x\n", EOF],
+        [
+            Call("recv", "*l"),
+            Call("write", "go\n", ok=True),
+            Call("fill", 2, ok=True),
+            Call("recv", "*l"),
+        ],
+    ),
+    SocketCase(
+        "lines_iterates_to_eof",
+        [b"one\r\ntwo\nthree", EOF],
+        [
+            Both(
+                """do
+      local got = {}
+      for line in s:lines() do got[#got + 1] = line end
+      out("lines", table.concat(got, "|"))
+    end""",
+                _lines,
+            ),
+        ],
+    ),
+    SocketCase(
+        "lines_of_several_formats",
+        [b"a\nb\nc\n", EOF],
+        [
+            Both(
+                """do
+      local got = {}
+      for x, y in s:lines("*l", "*L") do got[#got + 1] = x .. "+" .. (y or "nil") end
+      out("lines", table.concat(got, "|"))
+    end""",
+                _lines_pairs,
+            ),
+        ],
     ),
     SocketCase(
         "eof_reports",
