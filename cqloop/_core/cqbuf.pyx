@@ -75,8 +75,8 @@ Errors: no format raises OSError. cqueues makes maxline a hard limit that ends a
 if EOF were there, treats a header that does not fit in maxline as "not a header", and
 returns a body without a boundary in chunks; so overlong input is returned in pieces or
 refused (None), memory stays bounded, and there is no error state to clear. ValueError:
-an invalid format, "*n", feed() after feed_eof(), a limit below 1, nbits outside 0..64,
-an unknown buffering mode. MemoryError when a buffer cannot grow.
+an invalid format, "*n", feed() after feed_eof(), a limit below 1, nbits outside 0..64.
+MemoryError when the buffer cannot grow.
 """
 
 import enum
@@ -92,11 +92,10 @@ from cqloop._core.includes.cqbuf cimport memmem, memrchr
 from cqloop._core.includes.sockets cimport recv
 from cqloop._core.includes.system cimport errno
 
-# cqueues' defaults (src/socket.c LSO_MAXLINE, LSO_BUFSIZ; LSO_INITMODE is "tl": text
-# mode, line-buffered output).
+# cqueues' defaults (src/socket.c LSO_MAXLINE, LSO_BUFSIZ).
 DEFAULT_MAXLINE = 4096
 DEFAULT_BUFSIZ = 4096
-# The widest pack()/unpack() field, in bits (cqueues: unsigned long long).
+# The widest unpack() field, in bits (cqueues: unsigned long long).
 cdef int MAX_PACK_BITS = 64
 
 cdef enum Trim:

@@ -5,14 +5,24 @@ as the same steps in Python on cqloop.socket (on whichever asyncio loop the test
 Both sides report what each call returned in one normalised form (one JSON line per
 call, tests/cqoracle/prelude.lua's out()), and the test asserts the two reports agree.
 
-Socket cases (SocketCase) are written once, as a list of steps: `Call("read", "*l",
-"*l")` becomes `out(label, s:read("*l", "*l"))` in Lua and a recorded
-`await s.read("*l", "*l")` in Python. Both sides talk to a fresh Peer: a plain blocking
+Socket cases (SocketCase) are written once, as a list of steps:
+`Call("read", "*l", "*l")` becomes `step("read", "out", s.read, s, "*l", "*l")` in Lua
+(a protected call whose results out() records) and a recorded
+`await s.read("*l", "*l")` in Python; `Both(lua_code, python_fn)` says what Call cannot;
+`WaitPeer()` waits until the peer reached SIGNAL; ReadAll joins the pieces of a format
+whose piece sizes depend on timing. Both sides talk to a fresh Peer: a plain blocking
 Python socket on 127.0.0.1, run by the test in a thread, that sends scripted bytes
 (whole, or cut into 1-byte pieces with TCP_NODELAY), waits for bytes from the socket
-under test (Expect), shuts its write side or resets the connection, and records every
-byte it received. The peer's bytes are part of the report, so output modes are compared
-byte for byte as the peer received them.
+under test (Expect), shuts its write side (EOF), resets the connection (RESET), and
+records every byte it received. The peer's bytes are part of the report, so output
+modes are compared byte for byte as the peer received them. Adding a case:
+
+    SocketCase("name", [b"bytes the peer sends", EOF],
+               [Call("setmode", "b", None), Call("read", "*l"), Call("pending")])
+
+and it runs on every loop. A difference kept on purpose is a case with
+`deliberate=Deliberate(row, python={label: [values, ...]})`, where `row` begins a row
+of docs/cqueues-differences.md's table.
 
 Other cases (RawCase: controllers, conditions, promises) give the Lua body and a Python
 function that records through the same Recorder.
