@@ -5,6 +5,8 @@ oracle: see tests/cqoracle/__init__.py for the harness and the report's form."""
 
 from __future__ import annotations
 
+import random
+import re
 from typing import Any
 
 import pytest
@@ -13,11 +15,14 @@ from tests.cqoracle import (
     EOF,
     Both,
     Call,
+    Deliberate,
     Expect,
+    PeerStep,
     Pieces,
     ReadAll,
     Recorder,
     SocketCase,
+    Step,
     check,
     params,
 )
@@ -239,6 +244,61 @@ OTHER_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", params(OTHER_CASES))
+DELIBERATE_CASES = [
+    SocketCase(
+        "text_read_of_n_bytes_ending_in_a_lone_cr",
+        [b"ab\rc\nxy\rz", EOF],
+        [Call("fill", 10, ok=True), Call("read", 3), Call("read", -4), Call("read", "*a")],
+        deliberate=Deliberate(
+            "A text-mode read of n bytes that ends in a lone CR",
+            python={"read": [["ab\r"], ["c\nxy"], ["\rz"]]},
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize("case", params(OTHER_CASES + DELIBERATE_CASES))
 async def test_read_matches_cqueues(case: SocketCase) -> None:
+    await check(case)
+
+
+# -- seeded random inputs --------------------------------------------------------------
+
+RANDOM_ALPHABET = b"ab:\r\n \t-X"
+RANDOM_FORMATS: list[str | int] = ["*l", "*L", "*h", "*H", "--X", 1, 2, 5]
+
+
+def _random_cases(count: int, seed: int, *, pieces: bool = False) -> list[SocketCase]:
+    """Short inputs over an alphabet dense in line ends, header punctuation and
+    boundary pieces, read with a random sequence of formats in a random input mode.
+    Whole input is buffered (fill) before the reads and may be read with boundaries;
+    input in 1-byte pieces is read as it comes, with the formats whose answers do not
+    depend on how the bytes arrived (boundaries do, in cqueues)."""
+    rng = random.Random(seed)
+    cases = []
+    for i in range(count):
+        data = bytes(rng.choice(RANDOM_ALPHABET) for _ in range(rng.randint(1, 40)))
+        mode = rng.choice("tb")
+        choices = [fmt for fmt in RANDOM_FORMATS if not (pieces and fmt == "--X")]
+        if mode == "t" and re.search(rb"\r(?!\n)", data):
+            # A byte count in text mode over a lone CR is a deliberate difference
+            # ("A text-mode read of n bytes that ends in a lone CR"): its own case.
+            choices = [fmt for fmt in choices if isinstance(fmt, str)]
+        formats = [rng.choice(choices) for _ in range(rng.randint(2, 8))]
+        steps: list[Step] = [Call("setmode", mode, None)]
+        if not pieces:
+            steps.append(Call("fill", len(data), ok=True))
+        steps += [Call("read", fmt) for fmt in formats]
+        steps.append(Call("read", "*a"))
+        delivery: PeerStep = Pieces(data) if pieces else data
+        kind = "pieces" if pieces else "whole"
+        cases.append(SocketCase(f"random-{kind}-{seed}-{i}", [delivery, EOF], steps))
+    return cases
+
+
+@pytest.mark.parametrize(
+    "case",
+    params(_random_cases(16, seed=20200726) + _random_cases(8, seed=5, pieces=True)),
+)
+async def test_random_reads_match_cqueues(case: SocketCase) -> None:
     await check(case)
