@@ -5,6 +5,8 @@ tests/cqoracle/__init__.py for the harness and the report's form."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from tests.cqoracle import EOF, Call, Expect, SocketCase, check, params
@@ -204,4 +206,43 @@ MODE_CASES = [
 
 @pytest.mark.parametrize("case", params(WRITE_CASES + MODE_CASES))
 async def test_write_matches_cqueues(case: SocketCase) -> None:
+    await check(case)
+
+
+# -- seeded random writes --------------------------------------------------------------
+
+RANDOM_OUTPUT_MODES = ["tl", "bl", "tf", "bf", "tn", "bn"]
+
+
+def _random_cases(count: int, seed: int) -> list[SocketCase]:
+    """Random output modes, small maxline and bufsiz, and a random sequence of write,
+    xwrite, send and flush of short data dense in LFs and CRs; pending() after each, and
+    the peer's bytes at the end."""
+    rng = random.Random(seed)
+    cases = []
+    for i in range(count):
+        steps = [
+            Call("setmode", None, rng.choice(RANDOM_OUTPUT_MODES)),
+            Call("setmaxline", None, rng.randint(1, 8)),
+            Call("setbufsiz", None, rng.randint(1, 12)),
+        ]
+        for _ in range(rng.randint(1, 6)):
+            data = bytes(rng.choice(b"ab\n\r") for _ in range(rng.randint(0, 20)))
+            pick = rng.random()
+            if pick < 0.5:
+                steps.append(Call("write", data, ok=True))
+            elif pick < 0.65:
+                mode = rng.choice(["n", "l", "f", "bl", "tf", ""])
+                steps.append(Call("xwrite", data, mode, ok=True))
+            elif pick < 0.8:
+                steps.append(Call("send", data, 1, len(data), rng.choice(["n", "l", "f", "", "b"])))
+            else:
+                steps.append(Call("flush", rng.choice(["l", "f", "", "n", "tl"]), ok=True))
+            steps.append(Call("pending"))
+        cases.append(SocketCase(f"random-{seed}-{i}", [], steps))
+    return cases
+
+
+@pytest.mark.parametrize("case", params(_random_cases(20, seed=20200726)))
+async def test_random_writes_match_cqueues(case: SocketCase) -> None:
     await check(case)
