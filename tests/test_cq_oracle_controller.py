@@ -274,6 +274,33 @@ local ok, err = pcall(rejected.get, rejected)
 out("get rejected", ok, msg(err))
 """
 
+
+def _timeouts(cq: Any, out: Recorder) -> None:
+    cv = Condition()
+    p = Promise()
+
+    async def job() -> None:
+        out("condition wait", await cv.wait(timeout=0.05))
+        out("promise wait", await p.wait(timeout=0.05))
+        await out.call("promise get", p.get(timeout=0.05))
+        out("status", p.status())
+
+    cq.wrap(job)
+    out("loop", cq.loop())
+
+
+TIMEOUTS_LUA = """
+local cq = cqueues.new()
+local cv, p = condition.new(), promise.new()
+cq:wrap(function()
+    out("condition wait", (cv:wait(0.05)))  -- its second value is the timeout that expired
+    out("promise wait", p:wait(0.05))
+    out("promise get", p:get(0.05))
+    out("status", p:status())
+end)
+out("loop", cq:loop())
+"""
+
 CASES = [
     RawCase(
         "wrap_sleep_finishes_in_two_steps",
@@ -316,6 +343,15 @@ CASES = [
         deliberate=Deliberate(READY_ORDER, python={"log": [["c|ba|"]]}),
     ),
     RawCase("promise_get_set_status", PROMISE_LUA, _controller(_promise)),
+    RawCase(
+        "waits_that_time_out",
+        TIMEOUTS_LUA,
+        _controller(_timeouts),
+        deliberate=Deliberate(
+            "A promise get() that times out",
+            python={"promise get": [[{"error": "TimeoutError"}]]},
+        ),
+    ),
 ]
 
 
