@@ -114,6 +114,23 @@ ERROR_CASES = [
 ]
 
 DELIBERATE_CASES = [
+    # cqueues' default handler returns timeouts, and counts them: past setmaxerrs() in a
+    # row it throws instead. cqloop raises every error (no handler returns it).
+    SocketCase(
+        "unchecked_error_limit_without_a_handler",
+        [Expect(b"never"), EOF],
+        [
+            Call("setmaxerrs", "r", 2),
+            Call("settimeout", TIMEOUT_S, ok=True),
+            *[Call("read", "*l") for _ in range(4)],
+            Call("clearerr", "r"),
+            Call("read", "*l"),
+        ],
+        deliberate=Deliberate(
+            "The unchecked error limit without an onerror handler",
+            python={"read": [[{"error": "ETIMEDOUT"}]] * 4},
+        ),
+    ),
     # cqueues' non-blocking recv reports EOF as its C layer does (EPIPE); read() does not.
     SocketCase(
         "recv_at_eof",

@@ -45,6 +45,7 @@ import errno
 import inspect
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -145,7 +146,8 @@ def _from_lua(record: Any) -> Any:
         reason = message.rsplit(": ", 1)[-1]
         if reason in _BY_STRERROR:
             return {"error": _BY_STRERROR[reason]}
-        return {"raised": message}
+        # Without the "file:line: " Lua puts in front, which depends on the install.
+        return {"raised": re.sub(r"^[^:]*:\d+: ", "", message)}
     if isinstance(record, list):
         return [_from_lua(v) for v in record]
     return record
