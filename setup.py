@@ -20,6 +20,7 @@ CORE_MODULES = [
     "osext",
     "tls",
     "cqbuf",
+    "cqoutbuf",
     "cqsock",
     "sockio",
 ]

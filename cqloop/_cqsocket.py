@@ -25,6 +25,7 @@ listen, the TLS handshake) into a mixin of its own.
 from __future__ import annotations
 
 import asyncio
+import copy
 import errno
 import functools
 import os
@@ -36,8 +37,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from cqloop._core.cqbuf import NEED_MORE, InputBuffer, OutputBuffer
+from cqloop._core.cqbuf import NEED_MORE, InputBuffer
+from cqloop._core.cqoutbuf import DEFAULT_BUFSIZ, OutputBuffer
 from cqloop._core.cqsock import SocketCore, SocketState, _Handled, _to_bytes
+from cqloop._cqmodes import VBUF_FLAGS, VBUF_NAMES, call_mode, parse_mode_flags
 from cqloop._tlschannel import TLSChannel
 from cqloop.condition import Condition
 from cqloop.pollable import cancel as _cancel_polls
@@ -206,45 +209,47 @@ class Socket(SocketCore):
     # -- configuration ----------------------------------------------------------------
 
     def setmode(self, input: str | None = None, output: str | None = None) -> tuple[str, str]:
-        """cqueues' setmode: flags t/b (translation), n/l/f (output buffering), a/A
-        (autoflush), p/P (pushback). Returns the previous (input, output) modes."""
-        previous = self._modes()
-        for mode, is_input in ((input, True), (output, False)):
-            if not mode:
-                continue
-            for flag in mode:
-                if flag in "tb":
-                    if is_input:
-                        self._ibuf.text = flag == "t"
-                    else:
-                        self._obuf.text = flag == "t"
-                elif flag in "nlf":
-                    if not is_input:
-                        self._obuf.mode = flag
-                elif flag in "aA":
-                    self._autoflush = flag == "a"
-                elif flag in "pP":
-                    self._pushback = flag == "p"
-                elif flag != "-":
-                    raise ValueError(f"unknown socket mode flag {flag!r} in {mode!r}")
+        """cqueues' setmode. Each mode string is a set of flags applied to cqueues'
+        initial mode ("tla" out, "t-p" in), not to the current one: t/b (translation,
+        both channels), n/l/f (output buffering), a/A (autoflush: output), p/P
+        (pushback: input); "-" is a no-op. Returns the previous modes as getmode()."""
+        previous = self.getmode()
+        # Check both strings before changing anything: bad input loses nothing.
+        parsed = [None if mode is None else parse_mode_flags(mode) for mode in (input, output)]
+        if parsed[0] is not None:
+            text, _, _, pushback = parsed[0]
+            self._ibuf.text = text
+            self._pushback = pushback
+        if parsed[1] is not None:
+            text, buffering, autoflush, _ = parsed[1]
+            self._obuf.text = text
+            self._obuf.mode = buffering
+            self._autoflush = autoflush
         return previous
 
-    def _modes(self) -> tuple[str, str]:
-        tail = ("a" if self._autoflush else "A") + ("p" if self._pushback else "P")
-        inmode = ("t" if self._ibuf.text else "b") + "-" + tail
-        outmode = ("t" if self._obuf.text else "b") + self._obuf.mode + tail
+    def getmode(self) -> tuple[str, str]:
+        """The (input, output) modes as cqueues' setmode() reports them: input
+        "t-p" (translation, no buffering flag, pushback), output "tla" (translation,
+        buffering, autoflush). cqueues has no getmode: its setmode(nil, nil) reads them."""
+        inmode = ("t" if self._ibuf.text else "b") + "-" + ("p" if self._pushback else "P")
+        outmode = (
+            ("t" if self._obuf.text else "b") + self._obuf.mode + ("a" if self._autoflush else "A")
+        )
         return (inmode, outmode)
 
     def setvbuf(self, mode: str, size: int | None = None) -> tuple[str, int]:
-        """Lua's file:setvbuf: "no", "line" or "full" (or n/l/f), and the output buffer
-        size. Returns the previous mode and size."""
-        previous = (self._obuf.mode, self._obuf.bufsiz)
-        flag = {"no": "n", "line": "l", "full": "f"}.get(mode, mode)
-        if flag not in ("n", "l", "f"):
-            raise ValueError(f"unknown buffering mode {mode!r}")
+        """Lua's file:setvbuf, as cqueues: "no" (or "nobuf"), "line" or "full" (or
+        n/l/f); for "line" and "full" the output buffer size becomes `size`, or 4096
+        when it is None. Returns the previous mode's name ("no", "line", "full") and
+        the previous size."""
+        previous = (VBUF_NAMES[self._obuf.mode], self._obuf.bufsiz)
+        flag = VBUF_FLAGS.get(mode)
+        if flag is None:
+            raise ValueError(f"unknown buffering mode {mode!r} (expected 'no', 'line' or 'full')")
+        bufsiz = _positive(size, "size") if size is not None else DEFAULT_BUFSIZ
         self._obuf.mode = flag
-        if size is not None:
-            self._obuf.bufsiz = _positive(size, "size")
+        if flag != "n":
+            self._obuf.bufsiz = bufsiz
         return previous
 
     def setbufsiz(self, input: int | None = None, output: int | None = None) -> tuple[int, int]:
@@ -480,12 +485,28 @@ class Socket(SocketCore):
     # everything else comes here.
 
     async def _read_formats(self, formats: tuple[str | int, ...]) -> Any:
-        """read() in general: each format in turn, until one yields None. Errors leave
-        as _Handled when the onerror handler returns a value (read() returns it)."""
-        deadline = self._deadline(None)
-        results = []
+        """read() in general: each format in turn, until one yields None, as cqueues'
+        socket.lua reads (each format's timeout counted from its own start).
+
+        A read never loses what it took: when a format fails after others have
+        yielded values, the error raised carries them in `values_read` (a copy of
+        the sticky error, so that later raises do not carry them), and when the
+        onerror handler turns the error into a value, several formats return the
+        values read, None, then that value (cqueues' `v1, ..., nil, value`)."""
+        results: list[Any] = []
         for fmt in formats:
-            value = await self._read1(fmt, None, deadline, "read")
+            try:
+                value = await self._read1(fmt, None, self._deadline(None), "read")
+            except _Handled as handled:
+                if len(formats) == 1:
+                    raise
+                return (*results, None, handled.value)
+            except OSError as exc:
+                if not results:
+                    raise
+                error = copy.copy(exc)
+                error.values_read = tuple(results)  # type: ignore[attr-defined]
+                raise error from None
             if value is None:
                 break
             results.append(value)
@@ -724,10 +745,20 @@ class Socket(SocketCore):
     # everything else comes here.
 
     async def _write_pieces(self, data: tuple[bytes | bytearray | memoryview | str, ...]) -> None:
-        """write() in general (set-up due, TLS, a sticky error): one piece at a time."""
+        """write() in general (set-up due, TLS, a sticky error), as cqueues' socket.lua
+        writes: each piece buffered as a send in mode "f", then one flush decision in
+        the socket's own mode (cqoutbuf.pyx)."""
         deadline = self._deadline(None)
+        await self._ready_for("write", deadline)
         for piece in data:
-            await self._write1(piece, None, deadline)
+            self._check_sticky("w", "write")
+            self._obuf.append(_to_bytes(piece))
+            due = self._obuf.held()
+            if due:
+                await self._send_all(due, deadline, "write")
+        due = self._obuf.due()
+        if due:
+            await self._send_all(due, deadline, "write")
 
     def send(
         self,
@@ -748,15 +779,8 @@ class Socket(SocketCore):
         start = i - 1 if i > 0 else max(0, n + i)
         stop = j if j >= 0 else n + j + 1
         piece = whole[start : max(start, stop)]
-        saved_text = None
-        if mode and ("t" in mode or "b" in mode):
-            saved_text = self._obuf.text
-            self._obuf.text = "t" in mode
-        try:
-            due = self._obuf.write(piece, mode[-1] if mode and mode[-1] in "nlf" else None)
-        finally:
-            if saved_text is not None:
-                self._obuf.text = saved_text
+        buffering, text = call_mode(mode)
+        due = self._obuf.write(piece, buffering, text)
         if due:
             try:
                 sent = self._send_nowait(memoryview(due))
@@ -780,33 +804,28 @@ class Socket(SocketCore):
 
     @_handler_result
     async def flush(self, mode: str | None = None, timeout: float | None = None) -> Socket:
-        """Send the output buffer: everything (mode None or "n"), or what mode "l"/"f"
-        (or "" for the socket's own mode) says is due."""
+        """cqueues' flush: send everything (mode None, or a mode whose last buffering
+        flag is "n"), or what one decision in "l"/"f" makes due ("": the socket's own
+        mode; see cqoutbuf.pyx)."""
         deadline = self._deadline(timeout)
         await self._ready_for("flush", deadline)
         self._check_sticky("w", "flush")
-        if mode is None or "n" in mode:
-            await self._flush_all(deadline, "flush")
-        else:
-            due = self._obuf.due(mode[0] if mode else None)
+        buffering, _ = call_mode("n" if mode is None else mode)
+        due = self._obuf.due(buffering)
+        if due:
             await self._send_all(due, deadline, "flush")
+        await self._send_raw_out(deadline, "flush")
         return self
 
     async def _write1(self, piece: Any, mode: str | None, deadline: float | None) -> None:
+        """xwrite(): cqueues' send(data, mode) and then flush(mode): two decisions in
+        the call's buffering mode (the socket's own when mode names none)."""
         await self._ready_for("write", deadline)
         self._check_sticky("w", "write")
         data = _to_bytes(piece)
-        saved_text = None
-        if mode:
-            saved_text = self._obuf.text
-            for flag in mode:
-                if flag in "tb":
-                    self._obuf.text = flag == "t"
-        try:
-            due = self._obuf.write(data, mode[-1] if mode and mode[-1] in "nlf" else None)
-        finally:
-            if saved_text is not None:
-                self._obuf.text = saved_text
+        buffering, text = call_mode(mode)
+        due = self._obuf.write(data, buffering, text)
+        due += self._obuf.due(buffering)
         if due:
             await self._send_all(due, deadline, "write")
 

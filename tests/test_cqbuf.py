@@ -21,8 +21,8 @@ from cqloop._core.cqbuf import (
     DEFAULT_MAXLINE,
     NEED_MORE,
     InputBuffer,
-    OutputBuffer,
 )
+from cqloop._core.cqoutbuf import OutputBuffer
 
 # -- a slicing model of the read formats (the oracle for the hypothesis runs) -------------
 
@@ -726,52 +726,77 @@ def test_lines_round_trip_crlf_lf_mix(lines, crlf, cuts):
 
 
 class OutputModel:
+    """cqueues' output buffering as src/socket.c writes it (lso_send5's chunk loop and
+    lso_doflush's amounts), over Python bytes: `fifo` is what cqueues would still hold,
+    `held` what it would have sent and the real buffer keeps due until popped."""
+
     def __init__(self, mode: str, bufsiz: int, maxline: int, text: bool) -> None:
-        self.buf = b""
+        self.fifo = b""
+        self.held = b""
         self.eol = 0
-        self.hold = 0
         self.mode, self.bufsiz, self.maxline, self.text = mode, bufsiz, maxline, text
         self.bits = ""
 
-    def due_amount(self, mode: str | None) -> int:
-        mode = mode or self.mode
-        live = len(self.buf)
-        if mode == "n":
-            due = live
-        elif mode == "l":
-            tail = live - self.eol
-            due = self.eol + tail - tail % self.maxline
-        else:
-            due = live - live % self.bufsiz
-        return max(due, self.hold)
+    @property
+    def pending(self) -> int:
+        return len(self.held) + len(self.fifo)
 
-    def pop(self, n: int) -> bytes:
-        out, self.buf = self.buf[:n], self.buf[n:]
-        self.eol = max(self.eol - n, 0)
-        self.hold = max(self.hold - n, 0)
+    def decide(self, mode: str | None) -> None:
+        mode = mode or self.mode
+        if mode == "n":
+            amount = len(self.fifo)
+        elif mode == "l":
+            amount = self.eol or (self.maxline if len(self.fifo) >= self.maxline else 0)
+        else:
+            amount = len(self.fifo) - len(self.fifo) % self.bufsiz
+        self.held += self.fifo[:amount]
+        self.fifo = self.fifo[amount:]
+        self.eol -= min(self.eol, amount)
+
+    def pop(self) -> bytes:
+        out, self.held = self.held, b""
         return out
 
     def write(self, data: bytes, mode: str | None) -> bytes:
-        if self.text:
-            data = data.replace(b"\n", b"\r\n")
-        if b"\n" in data:
-            self.eol = len(self.buf) + data.rfind(b"\n") + 1
-        self.buf += data
-        return self.pop(self.due_amount(mode))
+        byline = self.text or (mode or self.mode) == "l" or self.mode == "l"
+        p = 0
+        while p < len(data):
+            if byline:
+                n = min(len(data) - p, self.maxline)
+                lf = data.find(b"\n", p, p + n)
+                if lf >= 0:
+                    self.fifo += data[p:lf] + (b"\r\n" if self.text else b"\n")
+                    self.eol = len(self.fifo)
+                    p = lf + 1
+                else:
+                    self.fifo += data[p : p + n]
+                    p += n
+            else:
+                self.fifo += data[p : p + 4096]
+                p += 4096
+            if len(self.fifo) > self.bufsiz:
+                self.decide(mode)
+        self.decide(mode)
+        return self.pop()
+
+    def due(self, mode: str | None) -> bytes:
+        self.decide(mode)
+        return self.pop()
+
+    def flush(self) -> bytes:
+        self.decide("n")
+        return self.pop()
 
     def pack(self, value: int, nbits: int) -> bytes:
         if nbits:
             self.bits += format(value & ((1 << nbits) - 1), f"0{nbits}b")
         while len(self.bits) >= 8:
-            self.buf += bytes([int(self.bits[:8], 2)])
+            self.fifo += bytes([int(self.bits[:8], 2)])
             self.bits = self.bits[8:]
-        return self.pop(self.due_amount(None))
+        return self.due(None)
 
     def unflush(self, data: bytes) -> None:
-        self.buf = data + self.buf
-        self.hold += len(data)
-        if self.eol:
-            self.eol += len(data)
+        self.held = data + self.held
 
 
 OUT_OPS = st.lists(
@@ -804,10 +829,10 @@ def test_output_matches_model(mode, bufsiz, maxline, text, ops):
             assert last == model.write(a, b)
         elif op == "due":
             last = real.due(b)
-            assert last == model.pop(model.due_amount(b))
+            assert last == model.due(b)
         elif op == "flush":
             last = real.flush()
-            assert last == model.pop(len(model.buf))
+            assert last == model.flush()
         elif op == "pack":
             last = real.pack(a, b)
             assert last == model.pack(a, b)
@@ -816,7 +841,7 @@ def test_output_matches_model(mode, bufsiz, maxline, text, ops):
             real.unflush(back)
             model.unflush(back)
             last = b""
-        assert real.pending() == len(model.buf)
+        assert real.pending() == model.pending
 
 
 def test_output_modes():
@@ -827,8 +852,10 @@ def test_output_modes():
     assert o.write(b"one\ntw") == b"one\n"
     assert o.pending() == 2
     assert o.write(b"o\nthree") == b"two\n"
-    assert o.write(b"threethreethree") == b"threethreethreet"  # maxline chunks
-    assert o.pending() == 4
+    # One maxline chunk per decision, as cqueues: the rest waits for the next one.
+    assert o.write(b"threethreethree") == b"threethr"
+    assert o.pending() == 12
+    assert o.due() == b"eethreet"
     assert o.flush() == b"hree"
     o = OutputBuffer(mode="f", bufsiz=4, text=False)
     assert o.write(b"abcdefghij") == b"abcdefgh"
@@ -859,7 +886,7 @@ def test_unflush_keeps_unsent_bytes_due():
 
 def test_setvbuf_and_mode_names():
     o = OutputBuffer()
-    assert o.setvbuf("full", 10) == ("l", 4096)
+    assert o.setvbuf("full", 10) == ("l", 4096)  # the buffer's names (the socket's: Lua's)
     assert (o.mode, o.bufsiz) == ("f", 10)
     assert o.setvbuf("no") == ("f", 10)
     o.mode = "line"

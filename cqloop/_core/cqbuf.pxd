@@ -1,16 +1,7 @@
-# The cq socket's byte buffers (cqbuf.pyx): an input buffer with cqueues' read-format
-# scanners and an output buffer with cqueues' buffering modes. Pure: no I/O, no loop.
-# cqloop.socket feeds received bytes in and sends what the output side says is due.
+# The cq socket's input buffer (cqbuf.pyx): received bytes and cqueues' read-format
+# scanners. The output side is cqoutbuf.pxd; the byte region both use, byteregion.pxd.
 
-
-# A contiguous byte region [rd, wr) inside a malloc'd block of cap bytes. Consuming
-# advances rd; the live bytes are moved to the front only when appending would not fit
-# (see ByteRegion helpers in cqbuf.pyx).
-cdef struct ByteRegion:
-    char *base
-    Py_ssize_t cap
-    Py_ssize_t rd
-    Py_ssize_t wr
+from cqloop._core.byteregion cimport ByteRegion
 
 
 cdef class InputBuffer:
@@ -40,31 +31,3 @@ cdef class InputBuffer:
     cdef object _body(self, const char *eob, Py_ssize_t eoblen, bint text)
     cdef object _block(self, Py_ssize_t n, bint text)
     cdef object _limit(self, Py_ssize_t n, bint text)
-
-
-cdef class OutputBuffer:
-    cdef ByteRegion _r
-    # Offset (from _r.rd) just past the last LF written; 0 when none is pending.
-    cdef Py_ssize_t _eol
-    # Bytes at the front that were already due and were handed back by unflush().
-    cdef Py_ssize_t _hold
-    # Buffering mode: one of MODE_NONE, MODE_LINE, MODE_FULL (cqueues "n", "l", "f").
-    cdef int _mode
-    cdef Py_ssize_t _bufsiz
-    cdef Py_ssize_t _maxline
-    cdef public bint text
-    # cqueues' bit writer: the low _wbits bits of _wbyte are packed, not yet a byte.
-    cdef unsigned char _wbyte
-    cdef unsigned char _wbits
-    # statistics()
-    cdef unsigned long long _bytes_written
-    cdef unsigned long long _bytes_due
-
-    # append() and send_due() for compiled callers (send_due: the count sent or -errno,
-    # what stays due in *left).
-    cdef int _put(self, const char *src, Py_ssize_t n) except -1
-    cdef Py_ssize_t _send_due(self, int fd, int mode, Py_ssize_t *left) except? -1
-    cdef int _append(self, const char *src, Py_ssize_t n) except -1
-    cdef int _append_text(self, const char *src, Py_ssize_t n) except -1
-    cdef Py_ssize_t _due_amount(self, int mode) noexcept
-    cdef object _pop(self, Py_ssize_t n)

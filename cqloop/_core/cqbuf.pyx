@@ -1,21 +1,16 @@
-"""cqbuf: the cq socket's byte buffers and cqueues' read-format scanners.
+"""cqbuf: the cq socket's input buffer and cqueues' read-format scanners.
 
-Owns: InputBuffer (received bytes, the read formats, unget, unpack) and OutputBuffer
-(bytes to send, the "n"/"l"/"f" buffering modes, LF->CRLF text translation, pack). Both
-are pure: no I/O, no event loop, no clock. cqloop.socket (the only caller) feeds
-received bytes in, asks for one format at a time, and sends what the output side says is
-due. The semantics are cqueues' (src/socket.c, lso_recv3, lso_send5, lso_doflush,
-fifo.h); the code is ours. Differences from cqueues are marked "(cqueues: ...)".
+Owns InputBuffer (received bytes, the read formats, unget, unpack). Pure but for
+recv_from()'s one recv(2): no event loop, no clock. cqloop.socket (the only caller, with
+cqsock.pyx's compiled read) feeds received bytes in and asks for one format at a time.
+The semantics are cqueues' (src/socket.c lso_recv3 and the lso_get* helpers, fifo.h);
+the code is ours. Differences from cqueues are marked "(cqueues: ...)"; the differential
+cases in tests/test_cq_oracle_read.py hold the formats to cqueues. The output side is
+cqoutbuf.pyx; both keep their bytes in a ByteRegion (byteregion.pxd, whose header gives
+the region's invariants).
 
-Invariants: each buffer's live bytes are one contiguous region [rd, wr) of a malloc'd
-block; consuming advances rd, and the live bytes move to the front only when an append
-would not fit and at least half the used block is dead (so each byte moves O(1) times);
-an empty region resets to offset 0 and drops a block larger than IDLE_MAX_CAPACITY_BYTES.
 A scan never looks past its window (maxline, or bufsiz + 2 + len(boundary)), so a peer
 that never sends an LF or a boundary costs a bounded scan per call.
-
-Size: past 1,000 lines, a third of them this docstring. Next to split out: OutputBuffer
-(with _parse_mode) into cqoutbuf.pyx, sharing the ByteRegion helpers through a .pxd.
 
 Read formats: InputBuffer.get(fmt, text=None)
 ---------------------------------------------
@@ -80,21 +75,8 @@ Errors: no format raises OSError. cqueues makes maxline a hard limit that ends a
 if EOF were there, treats a header that does not fit in maxline as "not a header", and
 returns a body without a boundary in chunks; so overlong input is returned in pieces or
 refused (None), memory stays bounded, and there is no error state to clear. ValueError:
-an invalid format, "*n", feed() after feed_eof(), a limit below 1, nbits outside 0..64,
-an unknown buffering mode. MemoryError when a buffer cannot grow.
-
-Output: OutputBuffer
---------------------
-write(data, mode=None) appends data (text mode: every LF becomes CRLF, including one
-already preceded by a CR, cqueues' rule) and returns the bytes due now, which leave the
-buffer: mode "n" everything; "l" everything through the last LF, plus whole maxline-sized
-chunks of a longer unterminated tail ("a chunk is always flushed at this boundary");
-"f" the largest multiple of bufsiz. The caller sends them; bytes it could not send go
-back with unflush(rest) and are due at the next write/due/flush whatever the mode.
-flush() returns everything; due(mode) returns what `mode` (default: the buffer's) says
-is due without writing. pack(value, nbits) appends bits big-endian through cqueues' bit
-accumulator (whole bytes enter the buffer; a partial byte waits for more bits) and
-returns what is due.
+an invalid format, "*n", feed() after feed_eof(), a limit below 1, nbits outside 0..64.
+MemoryError when the buffer cannot grow.
 """
 
 import enum
@@ -103,36 +85,23 @@ from os import strerror
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
-from libc.stdlib cimport free, malloc
-from libc.string cimport memchr, memcpy, memmove
+from libc.string cimport memchr, memcpy
 
+from cqloop._core.byteregion cimport _at_least_one, _discard, _drop, _prepend, _reserve
 from cqloop._core.includes.cqbuf cimport memmem, memrchr
-from cqloop._core.includes.sockets cimport MSG_NOSIGNAL, recv, send
-from cqloop._core.includes.system cimport EAGAIN, EINTR, errno
+from cqloop._core.includes.sockets cimport recv
+from cqloop._core.includes.system cimport errno
 
-# cqueues' defaults (src/socket.c LSO_MAXLINE, LSO_BUFSIZ; LSO_INITMODE is "tl": text
-# mode, line-buffered output).
+# cqueues' defaults (src/socket.c LSO_MAXLINE, LSO_BUFSIZ).
 DEFAULT_MAXLINE = 4096
 DEFAULT_BUFSIZ = 4096
-# Smallest block a buffer allocates, and the largest it keeps while empty.
-cdef Py_ssize_t MIN_CAPACITY_BYTES = 1024
-cdef Py_ssize_t IDLE_MAX_CAPACITY_BYTES = 256 * 1024
-# The widest pack()/unpack() field, in bits (cqueues: unsigned long long).
+# The widest unpack() field, in bits (cqueues: unsigned long long).
 cdef int MAX_PACK_BITS = 64
 
 cdef enum Trim:
     TRIM_NONE = 0       # bytes as buffered
     TRIM_CRLF = 1       # every CRLF -> LF (cqueues iov_trimcr)
     TRIM_EOL = 2        # every CRLF and every LF removed (cqueues iov_trimcrlf)
-
-cdef enum BufMode:
-    MODE_NONE = 0       # "n": unbuffered
-    MODE_LINE = 1       # "l": line-buffered
-    MODE_FULL = 2       # "f": fully buffered
-
-_MODE_FLAGS = {"n": MODE_NONE, "no": MODE_NONE, "nobuf": MODE_NONE,
-               "l": MODE_LINE, "line": MODE_LINE, "f": MODE_FULL, "full": MODE_FULL}
-_MODE_NAMES = ("n", "l", "f")
 
 
 class _NeedMore(enum.Enum):
@@ -147,87 +116,6 @@ class _NeedMore(enum.Enum):
 
 cdef object _NEED_MORE = _NeedMore.NEED_MORE
 NEED_MORE = _NEED_MORE
-
-
-# -- the byte region ------------------------------------------------------------------
-
-cdef int _reserve(ByteRegion *r, Py_ssize_t n, unsigned long long *moves) except -1:
-    """Make room for n more bytes at r.wr."""
-    cdef Py_ssize_t live = r.wr - r.rd
-    cdef Py_ssize_t need = live + n
-    cdef Py_ssize_t cap
-    cdef char *base
-    if r.cap - r.wr >= n:
-        return 0
-    # Moving the live bytes down pays for itself when it frees at least as much as it
-    # moves; otherwise grow, so a large buffer fed in small pieces is not moved per feed.
-    if need <= r.cap and r.rd * 2 >= live:
-        memmove(r.base, r.base + r.rd, live)
-        r.rd = 0
-        r.wr = live
-        moves[0] += 1
-        return 0
-    cap = max(r.cap * 2, need, MIN_CAPACITY_BYTES)
-    base = <char *>malloc(cap)
-    if base is NULL:
-        raise MemoryError()
-    if live:
-        memcpy(base, r.base + r.rd, live)
-    free(r.base)
-    r.base = base
-    r.cap = cap
-    r.rd = 0
-    r.wr = live
-    return 0
-
-
-cdef int _prepend(ByteRegion *r, const char *src, Py_ssize_t n) except -1:
-    """Put n bytes in front of the live bytes (unget, unflush)."""
-    cdef Py_ssize_t live = r.wr - r.rd
-    cdef Py_ssize_t cap
-    cdef char *base
-    if n <= 0:
-        return 0
-    if r.rd >= n:
-        r.rd -= n
-        memcpy(r.base + r.rd, src, n)
-        return 0
-    if live + n <= r.cap:
-        memmove(r.base + n, r.base + r.rd, live)
-        memcpy(r.base, src, n)
-    else:
-        cap = max(r.cap * 2, live + n, MIN_CAPACITY_BYTES)
-        base = <char *>malloc(cap)
-        if base is NULL:
-            raise MemoryError()
-        if live:
-            memcpy(base + n, r.base + r.rd, live)
-        memcpy(base, src, n)
-        free(r.base)
-        r.base = base
-        r.cap = cap
-    r.rd = 0
-    r.wr = live + n
-    return 0
-
-
-cdef inline void _discard(ByteRegion *r, Py_ssize_t n) noexcept:
-    r.rd += n
-    if r.rd >= r.wr:
-        r.rd = 0
-        r.wr = 0
-        if r.cap > IDLE_MAX_CAPACITY_BYTES:
-            free(r.base)
-            r.base = NULL
-            r.cap = 0
-
-
-cdef inline void _drop(ByteRegion *r) noexcept:
-    free(r.base)
-    r.base = NULL
-    r.cap = 0
-    r.rd = 0
-    r.wr = 0
 
 
 # -- scanners (pure functions over one window) ------------------------------------------
@@ -383,9 +271,7 @@ cdef class InputBuffer:
 
     @maxline.setter
     def maxline(self, value):
-        if value < 1:
-            raise ValueError(f"maxline must be at least 1, not {value!r}")
-        self._maxline = value
+        self._maxline = _at_least_one(value, "maxline")
 
     @property
     def bufsiz(self):
@@ -394,9 +280,7 @@ cdef class InputBuffer:
 
     @bufsiz.setter
     def bufsiz(self, value):
-        if value < 1:
-            raise ValueError(f"bufsiz must be at least 1, not {value!r}")
-        self._bufsiz = value
+        self._bufsiz = _at_least_one(value, "bufsiz")
 
     # -- input side --
 
@@ -681,323 +565,3 @@ cdef class InputBuffer:
             return None if self._eof else _NEED_MORE
         end = min(live, n)
         return self._take(end, end, TRIM_NONE)
-
-
-# -- output ---------------------------------------------------------------------------
-
-cdef int _parse_mode(object mode, int current) except -1:
-    if mode is None or mode == "":
-        return current
-    try:
-        return _MODE_FLAGS[mode]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown buffering mode {mode!r} (expected 'n', 'l' or 'f')")
-
-
-cdef class OutputBuffer:
-    """Bytes to send and cqueues' output buffering (see the module docstring).
-
-    OutputBuffer(mode="l", bufsiz=4096, text=True, maxline=4096): cqueues' defaults."""
-
-    def __cinit__(self):
-        self._r.base = NULL
-        self._r.cap = 0
-        self._r.rd = 0
-        self._r.wr = 0
-        self._eol = 0
-        self._hold = 0
-        self._wbyte = 0
-        self._wbits = 0
-        self._bytes_written = 0
-        self._bytes_due = 0
-
-    def __init__(self, mode="l", bufsiz=DEFAULT_BUFSIZ, text=True, maxline=DEFAULT_MAXLINE):
-        self.mode = mode
-        self.bufsiz = bufsiz
-        self.maxline = maxline
-        self.text = text
-
-    def __dealloc__(self):
-        _drop(&self._r)
-
-    # -- configuration --
-
-    @property
-    def mode(self):
-        """The buffering mode: "n", "l" or "f" (set: also "no", "line", "full")."""
-        return _MODE_NAMES[self._mode]
-
-    @mode.setter
-    def mode(self, value):
-        if not value:
-            raise ValueError(f"unknown buffering mode {value!r} (expected 'n', 'l' or 'f')")
-        self._mode = _parse_mode(value, self._mode)
-
-    @property
-    def bufsiz(self):
-        return self._bufsiz
-
-    @bufsiz.setter
-    def bufsiz(self, value):
-        if value < 1:
-            raise ValueError(f"bufsiz must be at least 1, not {value!r}")
-        self._bufsiz = value
-
-    @property
-    def maxline(self):
-        return self._maxline
-
-    @maxline.setter
-    def maxline(self, value):
-        if value < 1:
-            raise ValueError(f"maxline must be at least 1, not {value!r}")
-        self._maxline = value
-
-    def setvbuf(self, mode, bufsiz=None):
-        """Lua's file:setvbuf: set the mode (and size); returns the previous pair."""
-        previous = (self.mode, self._bufsiz)
-        self.mode = mode
-        if bufsiz is not None:
-            self.bufsiz = bufsiz
-        return previous
-
-    # -- output side --
-
-    def write(self, data, mode=None):
-        """Append data; return the bytes due now under `mode` (default: the buffer's)."""
-        cdef int m = _parse_mode(mode, self._mode)
-        cdef Py_buffer view
-        cdef Py_ssize_t n, due, tail
-        cdef const char *q
-        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
-        try:
-            n = view.len
-            self._bytes_written += n
-            if self._r.wr == self._r.rd and not self.text and type(data) is bytes:
-                # Nothing buffered and nothing to translate: when all of data is due,
-                # hand the caller's own bytes object back (no copy).
-                if m == MODE_NONE:
-                    due = n
-                elif m == MODE_LINE:
-                    q = <const char *>memrchr(view.buf, b'\n', n)
-                    due = (q - <const char *>view.buf + 1) if q is not NULL else 0
-                    tail = n - due
-                    due += tail - tail % self._maxline
-                else:
-                    due = n - n % self._bufsiz
-                if due == n:
-                    self._bytes_due += n
-                    return data
-            if self.text:
-                self._append_text(<const char *>view.buf, n)
-            else:
-                self._append(<const char *>view.buf, n)
-        finally:
-            PyBuffer_Release(&view)
-        return self._pop(self._due_amount(m))
-
-    def append(self, data):
-        """Append data (translated in text mode) without taking anything out: what is
-        due then goes with send_due() or due()."""
-        cdef Py_buffer view
-        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
-        try:
-            self._put(<const char *>view.buf, view.len)
-        finally:
-            PyBuffer_Release(&view)
-
-    def send_due(self, int fd, mode=None):
-        """One send(2) on fd of what `mode` (default: the buffer's) says is due, straight
-        from the buffer (a cq socket's write with no bytes object in between). Returns
-        (bytes sent, bytes still due); what the kernel did not take stays due whatever
-        the mode, as after unflush(). A full kernel buffer is not an error; anything
-        else raises OSError."""
-        cdef Py_ssize_t left = 0
-        cdef Py_ssize_t sent = self._send_due(fd, _parse_mode(mode, self._mode), &left)
-        if sent < 0:
-            raise OSError(-sent, strerror(-sent))
-        return (sent, left)
-
-    def due(self, mode=None):
-        """Remove and return what `mode` (default: the buffer's) says is due now."""
-        return self._pop(self._due_amount(_parse_mode(mode, self._mode)))
-
-    def flush(self, mode=None):
-        """Remove and return what is due: everything by default (cqueues flush(): nil
-        mode is "n"), or what "l"/"f" says ("" means the buffer's own mode)."""
-        if mode is None:
-            return self._pop(self._r.wr - self._r.rd)
-        return self.due(mode)
-
-    def unflush(self, data):
-        """Give back bytes that were due but not sent: they go in front, raw, and are
-        due at the next write/due/flush whatever the mode."""
-        cdef Py_buffer view
-        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
-        try:
-            _prepend(&self._r, <const char *>view.buf, view.len)
-            self._hold += view.len
-            if self._eol:
-                self._eol += view.len
-            self._bytes_due -= view.len
-        finally:
-            PyBuffer_Release(&view)
-
-    def pack(self, value, nbits=32, mode=None):
-        """Append the low nbits (0..64) of value, big-endian, through the bit
-        accumulator (negative values in two's complement); return the bytes due."""
-        cdef int m = _parse_mode(mode, self._mode)
-        cdef int count = nbits
-        cdef int k
-        cdef unsigned long long bits
-        cdef unsigned long long moves = 0
-        if count < 0 or count > MAX_PACK_BITS:
-            raise ValueError(f"nbits must be in 0..{MAX_PACK_BITS}, not {nbits!r}")
-        # Python ints: the mask is exact for 64 bits and a negative value wraps.
-        bits = value & ((1 << int(nbits)) - 1)
-        while count:
-            k = min(count, 8 - <int>self._wbits)
-            self._wbyte = ((self._wbyte << k)
-                           | ((bits >> (count - k)) & ((1U << k) - 1))) & 0xFF
-            self._wbits += k
-            count -= k
-            if self._wbits == 8:
-                # A packed 0x0A is data, not a line end: bypass _append's LF tracking.
-                _reserve(&self._r, 1, &moves)
-                self._r.base[self._r.wr] = <char>self._wbyte
-                self._r.wr += 1
-                self._wbyte = 0
-                self._wbits = 0
-        return self._pop(self._due_amount(m))
-
-    def pending(self):
-        """Bytes buffered (cqueues pending(), output side; packed bits not counted)."""
-        return self._r.wr - self._r.rd
-
-    def clear(self):
-        """Discard everything buffered, packed bits included."""
-        _drop(&self._r)
-        self._eol = 0
-        self._hold = 0
-        self._wbyte = 0
-        self._wbits = 0
-
-    def statistics(self):
-        return {
-            "pending": self._r.wr - self._r.rd,
-            "capacity": self._r.cap,
-            "bytes_written": self._bytes_written,
-            "bytes_due": self._bytes_due,
-            "pending_bits": self._wbits,
-        }
-
-    # -- private --
-
-    cdef int _put(self, const char *src, Py_ssize_t n) except -1:
-        # append() of a C buffer (cqsock.pyx's write).
-        self._bytes_written += n
-        if self.text:
-            return self._append_text(src, n)
-        return self._append(src, n)
-
-    cdef Py_ssize_t _send_due(self, int fd, int mode, Py_ssize_t *left) except? -1:
-        # send_due() without the tuple and the exception: the count sent (0 when the
-        # kernel's buffer is full) or -errno; *left is what stays due.
-        cdef Py_ssize_t n = self._due_amount(mode)
-        cdef ssize_t sent
-        cdef int err
-        left[0] = 0
-        if n <= 0:
-            return 0
-        sent = send(fd, self._r.base + self._r.rd, n, MSG_NOSIGNAL)
-        if sent < 0:
-            err = errno
-            if err != EAGAIN and err != EINTR:
-                left[0] = n
-                return -err
-            sent = 0
-        _discard(&self._r, sent)
-        self._eol = max(self._eol - sent, 0)
-        self._hold = max(self._hold - sent, n - sent)
-        self._bytes_due += sent
-        left[0] = n - sent
-        return sent
-
-    cdef int _append(self, const char *src, Py_ssize_t n) except -1:
-        cdef unsigned long long moves = 0
-        cdef const char *q
-        if n <= 0:
-            return 0
-        _reserve(&self._r, n, &moves)
-        memcpy(self._r.base + self._r.wr, src, n)
-        q = <const char *>memrchr(src, b'\n', n)
-        if q is not NULL:
-            self._eol = (self._r.wr - self._r.rd) + (q - src) + 1
-        self._r.wr += n
-        return 0
-
-    cdef int _append_text(self, const char *src, Py_ssize_t n) except -1:
-        cdef unsigned long long moves = 0
-        cdef Py_ssize_t lfs = 0
-        cdef Py_ssize_t i = 0
-        cdef Py_ssize_t j
-        cdef const char *q
-        cdef char *d
-        while i < n:
-            q = <const char *>memchr(src + i, b'\n', n - i)
-            if q is NULL:
-                break
-            lfs += 1
-            i = q - src + 1
-        if lfs == 0:
-            # No LF: _append without its search for one.
-            if n <= 0:
-                return 0
-            _reserve(&self._r, n, &moves)
-            memcpy(self._r.base + self._r.wr, src, n)
-            self._r.wr += n
-            return 0
-        _reserve(&self._r, n + lfs, &moves)
-        d = self._r.base + self._r.wr
-        i = 0
-        while i < n:
-            q = <const char *>memchr(src + i, b'\n', n - i)
-            if q is NULL:
-                memcpy(d, src + i, n - i)
-                d += n - i
-                break
-            j = q - src
-            memcpy(d, src + i, j - i)
-            d += j - i
-            d[0] = b'\r'
-            d[1] = b'\n'
-            d += 2
-            i = j + 1
-            # d now ends just past this LF: the last one written sets _eol.
-            self._eol = d - (self._r.base + self._r.rd)
-        self._r.wr = d - self._r.base
-        return 0
-
-    cdef Py_ssize_t _due_amount(self, int mode) noexcept:
-        cdef Py_ssize_t live = self._r.wr - self._r.rd
-        cdef Py_ssize_t due, tail
-        if mode == MODE_NONE:
-            due = live
-        elif mode == MODE_LINE:
-            due = self._eol
-            tail = live - due
-            due += tail - tail % self._maxline
-        else:
-            due = live - live % self._bufsiz
-        return max(due, self._hold)
-
-    cdef object _pop(self, Py_ssize_t n):
-        cdef object out
-        if n <= 0:
-            return b""
-        out = PyBytes_FromStringAndSize(self._r.base + self._r.rd, n)
-        _discard(&self._r, n)
-        self._eol = max(self._eol - n, 0)
-        self._hold = max(self._hold - n, 0)
-        self._bytes_due += n
-        return out

@@ -2,7 +2,8 @@
 # cqloop._cqsocket.Socket. Every field is public: the Python half (set-up, TLS, the slow
 # paths, configuration) reads and writes them as plain attributes.
 
-from cqloop._core.cqbuf cimport InputBuffer, OutputBuffer
+from cqloop._core.cqbuf cimport InputBuffer
+from cqloop._core.cqoutbuf cimport OutputBuffer
 
 
 cdef class SocketCore:

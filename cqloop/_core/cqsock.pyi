@@ -5,7 +5,8 @@ import asyncio
 import enum
 from typing import Any, Final, Self
 
-from cqloop._core.cqbuf import InputBuffer, OutputBuffer
+from cqloop._core.cqbuf import InputBuffer
+from cqloop._core.cqoutbuf import OutputBuffer
 
 INPUT_HIGH_WATER_BYTES: Final[int]
 

@@ -40,7 +40,8 @@ from os import strerror
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
-from cqloop._core.cqbuf cimport InputBuffer, OutputBuffer
+from cqloop._core.cqbuf cimport InputBuffer
+from cqloop._core.cqoutbuf cimport OutputBuffer
 from cqloop._core.kernel cimport Kernel
 
 from cqloop._core.cqbuf import NEED_MORE
@@ -216,7 +217,7 @@ cdef class SocketCore:
                 self._raise("write", OSError(-sent, strerror(-sent)))
             self._sent += sent
             if left:
-                await self._send_all(obuf.due(), self._deadline(None), "write")
+                await self._send_all(obuf.held(), self._deadline(None), "write")
             return self
         except _Handled as handled:
             return handled.value

@@ -1,6 +1,6 @@
-# GNU string.h extensions the cq socket buffers use (cqbuf.pyx): memmem finds a MIME
-# boundary, memrchr the last LF of a write. Python.h defines _GNU_SOURCE before string.h is
-# first included, so both are declared. Only declarations live here.
+# GNU string.h extensions the cq socket's input buffer uses (cqbuf.pyx): memmem finds a
+# MIME boundary, memrchr the last LF of a body chunk. Python.h defines _GNU_SOURCE before
+# string.h is first included, so both are declared. Only declarations live here.
 
 
 cdef extern from "<string.h>" nogil:
