@@ -315,8 +315,24 @@ async def _wait_fd(fd: int, reading: bool, timeout: float | None) -> bool:
 
 
 async def sleep(secs: float) -> None:
-    """Suspend the calling task for secs seconds (cqueues.sleep)."""
-    await asyncio.sleep(max(0.0, secs))
+    """Suspend the calling task for secs seconds (cqueues.sleep). Always a timer wait,
+    even for 0 (asyncio.sleep(0) is a bare yield): on a controller it ends in the next
+    step, as cqueues.sleep(0) does, and on any loop it lets one poll happen first."""
+    if secs > 0:
+        await asyncio.sleep(secs)
+        return
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    timer = loop.call_later(0, _set_done, done)
+    try:
+        await done
+    finally:
+        timer.cancel()
+
+
+def _set_done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def cancel(*fds_or_objs: Any, loop: asyncio.AbstractEventLoop | None = None) -> int:
