@@ -826,6 +826,15 @@ cdef class Kernel:
             if watcher.disarmed and watcher.wanted():
                 self._update_watcher(watcher, True)
 
+    def _fd_handle(self, int fd, bint reading):
+        """The handle registered to read (or write) fd, or None; a transport's watcher
+        if a transport owns fd. cqloop.pollable asks, so as never to take over or drop a
+        registration it did not make."""
+        found = self._watchers.get(fd)
+        if found is None or not isinstance(found, HandleWatcher):
+            return found
+        return (<HandleWatcher>found).reader if reading else (<HandleWatcher>found).writer
+
     cdef Handle _register_handle(self, int fd, object callback, tuple args, bint reading,
                                  int mode):
         cdef HandleWatcher watcher
