@@ -512,9 +512,8 @@ class Socket(SocketCore):
         self, format: str | int = "*l", mode: str | None = None, timeout: float | None = None
     ) -> AsyncIterator[Any]:
         """cqueues' xlines: iterate xread(format, mode, timeout) until it gives None (end
-        of input). Like lines(), with one format, an input mode ("t" or "b") and a
-        timeout that apply to each read of this loop only:
-        `async for chunk in s.xlines(512, "b", 5.0): ...`."""
+        of input). Like lines(), with one format, and an input mode ("t" or "b") and a
+        timeout that apply to each read of this iteration only, not to the socket."""
         while True:
             value = await self.xread(format, mode, timeout)
             if value is None:

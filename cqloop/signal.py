@@ -1,10 +1,24 @@
 """cqloop.signal: cqueues' signal module: signal listeners on signalfd, and the process's
 signal dispositions and the thread's signal mask.
 
+Example (a whole program; it runs as it is):
+
+    import asyncio
+    import os
+
     from cqloop import signal
-    with signal.listen(signal.SIGTERM, signal.SIGHUP) as listener:
-        while (signo := await listener.wait()) != signal.SIGTERM:
-            reload_config()
+
+
+    async def main():
+        with signal.listen(signal.SIGTERM, signal.SIGHUP) as listener:
+            os.kill(os.getpid(), signal.SIGHUP)  # as `kill -HUP` from a shell would
+            os.kill(os.getpid(), signal.SIGTERM)
+            while (signo := await listener.wait(timeout=10)) != signal.SIGTERM:
+                assert signo == signal.SIGHUP  # reload the configuration, say
+        # Closed: SIGTERM and SIGHUP are unblocked again (see below).
+
+
+    asyncio.run(main())
 
 Owns: `Listener` (a signalfd, the signals read from it but not yet returned, and a
 polling interval) and thin wrappers over the standard library's signal functions. A

@@ -1,10 +1,41 @@
-"""cqloop.socket: cqueues' buffered sockets, awaitable on any asyncio loop.
+r"""cqloop.socket: cqueues' buffered sockets, awaitable on any asyncio loop.
+
+A new socket is in cqueues' text mode, which sends every "\n" written as "\r\n":
+pass mode="b" for bytes as they are (what asyncio users expect). docs/cq-sockets.md
+tables every mode flag and read format. connect(host, port, tls=True) speaks TLS
+(certificates verified by default); the name lookup, the connect and the handshake
+happen as part of the first I/O.
+
+Example (a whole program; it runs as it is, on loopback):
+
+    import asyncio
 
     from cqloop import socket
-    s = socket.connect("example.org", 443, tls=True)   # usable at once
-    await s.write(b"GET / HTTP/1.0\\r\\nHost: example.org\\r\\n\\r\\n")
-    status = await s.read("*l")
-    async for header in s.lines("*h"): ...
+
+
+    async def main():
+        server = socket.listen("127.0.0.1", 0, mode="b")
+        port = server.localname()[2]
+
+        async def serve():
+            async with await server.accept(timeout=10) as conn:
+                while await conn.xread("*l", None, 10) not in (b"\r", None):
+                    pass  # the request line and headers
+                await conn.write(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+
+        serving = asyncio.create_task(serve())
+        async with socket.connect("127.0.0.1", port, mode="b") as s:  # usable at once
+            await s.write(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            status = await s.xread("*l", None, 10)  # b"HTTP/1.0 200 OK\r" ("b": \r kept)
+            headers = [h async for h in s.lines("*h")]  # [b"Content-Length: 2"]
+            await s.read("*l")  # the blank line
+            body = await s.read("*a")  # b"hi"
+        await serving
+        server.close()
+        assert (status, headers, body) == (b"HTTP/1.0 200 OK\r", [b"Content-Length: 2"], b"hi")
+
+
+    asyncio.run(main())
 
 The public module: connect(), listen(), pair(), dup(), fdopen(), socket.type(), and the
 defaults for new sockets (setmode, setvbuf, setbufsiz, setmaxline, settimeout,
@@ -102,7 +133,7 @@ def connect(
     resolver: Any = None,
     mode: str | None = None,
 ) -> Socket:
-    """A socket to host:port (or the Unix socket at path), usable at once: the name
+    r"""A socket to host:port (or the Unix socket at path), usable at once: the name
     lookup, the connect and (with tls=True or a context) the TLS handshake happen as part
     of its first I/O. TLS verifies the server's certificate and name unless verify=False.
     mode: cqueues' mode string for both directions, as `setmode(mode, mode)` ("b" for
