@@ -104,7 +104,7 @@ class Loop(  # type: ignore[misc]
     asyncio.AbstractEventLoop,
 ):
     """An asyncio event loop on epoll, and a cqueues controller: its fd is pollable and
-    `step()` runs one iteration, so it nests inside any other loop."""
+    `step()` runs one cqueues step (one poll), so it nests inside any other loop."""
 
     def __init__(self) -> None:
         self._default_executor: concurrent.futures.ThreadPoolExecutor | None = None
