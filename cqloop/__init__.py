@@ -4,8 +4,8 @@
     asyncio.run(main(), loop_factory=cqloop.new_event_loop)   # Python 3.12+
     cqloop.run(main())                                         # any supported Python
 
-A loop's fd is readable whenever it has work, and `loop.step()` runs one iteration, so a
-cqloop loop nests inside any other event loop: `inner.nest_in(outer)`.
+A loop's fd is readable whenever it has work, and `loop.step()` runs one step (one poll), so
+a cqloop loop nests inside any other event loop: `inner.nest_in(outer)`.
 """
 
 import sys

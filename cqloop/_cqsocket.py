@@ -532,6 +532,9 @@ class Socket(SocketCore):
     async def xlines(
         self, format: str | int = "*l", mode: str | None = None, timeout: float | None = None
     ) -> AsyncIterator[Any]:
+        """cqueues' xlines: iterate xread(format, mode, timeout) until it gives None (end
+        of input). Like lines(), with one format, and an input mode ("t" or "b") and a
+        timeout that apply to each read of this iteration only, not to the socket."""
         while True:
             value = await self.xread(format, mode, timeout)
             if value is None:
@@ -853,7 +856,7 @@ class Socket(SocketCore):
             try:
                 sent = self._send_nowait(view)
             except (OSError, ssl.SSLError) as exc:
-                self._raise(op, _as_oserror(exc))
+                self._raise(op, _io_error(op, exc))
                 return
             view = view[sent:]
             if view:
@@ -1217,6 +1220,17 @@ def _as_oserror(exc: BaseException) -> OSError:
         # Keep the SSLError itself (it is an OSError): the reason is in it.
         return exc
     return _oserror(errno.EIO, str(exc))
+
+
+def _io_error(op: str, exc: BaseException) -> OSError:
+    """A system call's error as this module's errors read: "socket:OP: reason", with the
+    same errno (so the same OSError subclass: BrokenPipeError, ConnectionResetError...)
+    and the original as its cause. TLS errors stay as they are."""
+    if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError) and exc.errno:
+        error = _oserror(exc.errno, f"socket:{op}: {os.strerror(exc.errno)}")
+        error.__cause__ = exc
+        return error
+    return _as_oserror(exc)
 
 
 def _fd_of(obj: Any) -> int:

@@ -56,6 +56,9 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NamedTuple, TypeAlias
 
+from cqloop._netargs import MAX_PORT, type_name
+from cqloop._netargs import port_number as _port_number
+
 try:
     import pycares
 except ImportError as exc:  # pragma: no cover - pycares is a dependency
@@ -102,7 +105,6 @@ __all__ = [
 ARES_AI_ENVHOSTS = 1 << 8
 HOSTS_ENV_VAR = "CARES_HOSTS"
 
-MAX_PORT = 0xFFFF
 # The longest the channel timer sleeps before asking c-ares again for its next deadline.
 MAX_TIMER_INTERVAL_S = 1.0
 
@@ -423,20 +425,6 @@ def _family_qtype(family: int) -> str:
     return _QTYPE_FOR_FAMILY.get(family, "A/AAAA")
 
 
-def _port_number(port: int | str | None) -> int:
-    if port is None:
-        return 0
-    if isinstance(port, str) and not port.isdigit():
-        try:
-            return socket.getservbyname(port, "tcp")
-        except OSError:
-            raise ValueError(f"unknown TCP service name {port!r}") from None
-    number = int(port)
-    if not 0 <= number <= MAX_PORT:
-        raise ValueError(f"port out of range 0-{MAX_PORT}: {port!r}")
-    return number
-
-
 def _server_string(server: str | tuple[str, int]) -> str:
     """A server as c-ares wants it ("ip", "ip:port", "[ipv6]:port"), checked here so that a
     typo fails in Resolver() with a message, not later inside c-ares."""
@@ -714,6 +702,12 @@ class Resolver:
         type is one of QUERY_TYPES (any case). A name with no records of that type gives []
         (NODATA); a name that does not exist raises NameNotFound. For PTR, an IP address is
         turned into its reverse name (192.0.2.1 -> 1.2.0.192.in-addr.arpa)."""
+        if not isinstance(name, str):
+            raise TypeError(f"query: name must be a str, not {type_name(name)} ({name!r})")
+        if not isinstance(type, str):
+            raise TypeError(
+                f"query: type must be a str such as 'A' or 'MX', not {type_name(type)} ({type!r})"
+            )
         qtype = type.upper()
         if qtype not in QUERY_TYPES:
             raise ValueError(f"unknown DNS query type {type!r}; one of {', '.join(QUERY_TYPES)}")
@@ -750,11 +744,16 @@ class Resolver:
         a TCP service name; None gives port 0 in the sockaddrs.
         Raises NameNotFound (also a socket.gaierror with EAI_NONAME), NoData,
         DNSTimeoutError, ... (all DNSError)."""
-        if not isinstance(host, str) or not host:
-            raise ValueError(f"resolve_host needs a host name or address, not {host!r}")
+        if not isinstance(host, str):
+            raise TypeError(
+                f"resolve_host: host must be a str (a name or an address), not "
+                f"{type_name(host)} ({host!r})"
+            )
+        if not host:
+            raise ValueError("resolve_host: host is empty")
         if family not in (socket.AF_UNSPEC, socket.AF_INET, socket.AF_INET6):
             raise ValueError(f"family must be AF_UNSPEC, AF_INET or AF_INET6, not {family!r}")
-        port_number = _port_number(port)
+        port_number = _port_number(port, "resolve_host: port")
         numeric = _numeric_host(host, port_number, family)
         if numeric is not None:
             return numeric

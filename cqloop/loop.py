@@ -37,6 +37,11 @@ from cqloop.transports.streams import StreamsMixin
 
 __all__ = ["Loop"]
 
+# Rounds of ready callbacks one step() runs at most (see Loop.step): enough for the
+# callback chains that resume a coroutine and finish the coroutines it wakes, few enough
+# that callbacks which keep queueing callbacks hand control back to the outer poller.
+STEP_MAX_ROUNDS = 64
+
 # The "asyncio" logger, so that users' logging set-up applies as it is.
 logger = logging.getLogger("asyncio")
 
@@ -98,7 +103,7 @@ class Loop(  # type: ignore[misc]
     asyncio.AbstractEventLoop,
 ):
     """An asyncio event loop on epoll, and a cqueues controller: its fd is pollable and
-    `step()` runs one iteration, so it nests inside any other loop."""
+    `step()` runs one cqueues step (one poll), so it nests inside any other loop."""
 
     def __init__(self) -> None:
         self._default_executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -270,10 +275,16 @@ class Loop(  # type: ignore[misc]
     # -- nesting: the loop as a pollable object ----------------------------------------
 
     def step(self, timeout: float | None = 0) -> None:
-        """Run exactly one iteration and return; never block past `timeout` seconds
-        (0: don't wait; None: wait until there is work). Callbacks scheduled during the
-        step run in the next one. During the step asyncio.get_running_loop() is this loop;
-        afterwards it is whatever it was before (the outer loop, or none)."""
+        """Run one step, cqueues' unit of work, and return; never block past `timeout`
+        seconds (0: don't wait; None: wait until there is work). A step polls once (the
+        only wait), then runs the callbacks ready then and those they make ready, up to
+        STEP_MAX_ROUNDS rounds: every coroutine whose wait ended before the step began is
+        resumed, and so is every coroutine those wake-ups make ready (a finished
+        coroutine has left count() when the step returns). Timers and fd waits that start
+        during the step end in a later one, so `await cqloop.sleep(0)` takes one step, as
+        in cqueues. run_forever keeps asyncio's iteration (callbacks scheduled during an
+        iteration run in the next). During the step asyncio.get_running_loop() is this
+        loop; afterwards it is whatever it was before (the outer loop, or none)."""
         self._check_closed_py()
         if self._forked:
             raise RuntimeError(self._forked_message())
@@ -284,7 +295,7 @@ class Loop(  # type: ignore[misc]
             )
         saved = self._begin_running()
         try:
-            self._step_once(timeout)
+            self._step_once(timeout, STEP_MAX_ROUNDS)
         finally:
             self._end_running(saved)
 

@@ -23,8 +23,15 @@ On cqloop the registry goes straight to the kernel's fd table (no argument parsi
 readability waits are one-shot epoll registrations (EPOLLONESHOT) that are left disarmed
 rather than deleted when a wait ends: a `poll(sock)` per message costs one epoll_ctl
 instead of two. On other loops (asyncio, uvloop) it uses add_reader/add_writer and
-remove_reader/remove_writer. Polling an fd replaces a reader or writer the application
-registered on the same loop itself, as add_reader does.
+remove_reader/remove_writer.
+
+The application's own add_reader/add_writer on a polled fd are left alone: a loop has one
+slot per fd and direction, so when the application holds it (or may: uvloop cannot say),
+the registry watches a private dup of the fd instead (a second registration of the same
+open file, so both are told of its readiness), closed when the last wait on it ends. It
+removes only what it registered: if the application takes the slot over with add_reader
+while a poll waits, the poll's end leaves the application's reader in place (that poll
+then waits for its timeout, a cancel(), or the next poll's registration on a dup).
 """
 
 from __future__ import annotations
@@ -315,8 +322,24 @@ async def _wait_fd(fd: int, reading: bool, timeout: float | None) -> bool:
 
 
 async def sleep(secs: float) -> None:
-    """Suspend the calling task for secs seconds (cqueues.sleep)."""
-    await asyncio.sleep(max(0.0, secs))
+    """Suspend the calling task for secs seconds (cqueues.sleep). Always a timer wait,
+    even for 0 (asyncio.sleep(0) is a bare yield): on a controller it ends in the next
+    step, as cqueues.sleep(0) does, and on any loop it lets one poll happen first."""
+    if secs > 0:
+        await asyncio.sleep(secs)
+        return
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    timer = loop.call_later(0, _set_done, done)
+    try:
+        await done
+    finally:
+        timer.cancel()
+
+
+def _set_done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def cancel(*fds_or_objs: Any, loop: asyncio.AbstractEventLoop | None = None) -> int:
@@ -350,11 +373,13 @@ class _FdRegistry:
 
     __slots__ = (
         "__weakref__",
+        "_introspects",
         "_kernel",
         "_loop",
         "_polls",
         "_readers",
         "_subscribers",
+        "_targets",
         "_thread",
         "_writers",
     )
@@ -370,6 +395,19 @@ class _FdRegistry:
         self._polls: set[_Poll] = set()
         # (fd, reading) -> a callback run at every readiness until unsubscribed.
         self._subscribers: dict[tuple[int, bool], Callable[[], object]] = {}
+        # (fd, reading) -> what this registry registered for it: the fd it registered
+        # (fd itself, or a private dup when the application uses fd's slot) and the
+        # loop's handle for it (None where the loop does not say).
+        self._targets: dict[tuple[int, bool], tuple[int, Any]] = {}
+        # Whether the loop tells which handle holds an fd's slot: cqloop and asyncio's
+        # selector loops do; elsewhere (uvloop) the registry always watches a dup.
+        self._introspects = self._kernel or hasattr(getattr(loop, "_selector", None), "get_key")
+
+    def __del__(self) -> None:
+        # A loop dropped while polls still waited: its dups are this registry's to close.
+        for (fd, _reading), (target, _handle) in getattr(self, "_targets", {}).items():
+            if target != fd:
+                os.close(target)
 
     def add(self, fd: int, reading: bool, waiter: _Waiter, obj: Any) -> None:
         table = self._readers if reading else self._writers
@@ -454,7 +492,8 @@ class _FdRegistry:
         socket); waiters go through _on_ready. Switching costs one epoll_ctl, and happens
         only when a poll starts or ends beside a subscriber."""
         loop: Any = self._loop
-        subscriber = self._subscribers.get((fd, reading))
+        key = (fd, reading)
+        subscriber = self._subscribers.get(key)
         table = self._readers if reading else self._writers
         callback: Callable[..., object]
         args: tuple[Any, ...]
@@ -462,17 +501,47 @@ class _FdRegistry:
             callback, args = subscriber, ()
         else:
             callback, args = self._on_ready, (fd, reading)
-        if self._kernel:
-            if reading and subscriber is None:
-                loop._wait_readable(fd, callback, args)
-            elif reading:
-                loop._add_reader(fd, callback, args)
-            else:
-                loop._add_writer(fd, callback, args)
-        elif reading:
-            loop.add_reader(fd, callback, *args)
+        entry = self._targets.get(key)
+        if entry is None:
+            target = fd if self._slot_holder(fd, reading) is None else os.dup(fd)
+        elif entry[0] == fd and self._slot_holder(fd, reading) is not entry[1]:
+            # The application took fd's slot over (add_reader replaces): leave it be.
+            target = os.dup(fd)
         else:
-            loop.add_writer(fd, callback, *args)
+            target = entry[0]
+        try:
+            if self._kernel:
+                if reading and subscriber is None:
+                    handle = loop._wait_readable(target, callback, args)
+                elif reading:
+                    handle = loop._add_reader(target, callback, args)
+                else:
+                    handle = loop._add_writer(target, callback, args)
+            else:
+                if reading:
+                    loop.add_reader(target, callback, *args)
+                else:
+                    loop.add_writer(target, callback, *args)
+                handle = self._slot_holder(target, reading)
+        except BaseException:
+            if target != fd and (entry is None or entry[0] != target):
+                os.close(target)
+            raise
+        self._targets[key] = (target, handle)
+
+    def _slot_holder(self, fd: int, reading: bool) -> Any:
+        """The handle in the loop's slot for fd and direction (None: the slot is free),
+        or a marker object where the loop does not say (then the slot counts as taken)."""
+        loop: Any = self._loop
+        if self._kernel:
+            return loop._fd_handle(fd, reading)
+        if not self._introspects:
+            return _UNKNOWN
+        try:
+            key = loop._selector.get_key(fd)
+        except (KeyError, ValueError):
+            return None
+        return key.data[0] if reading else key.data[1]
 
     def _settle(self, fd: int, reading: bool) -> None:
         """fd has no waiters left: back to the subscriber alone, or unwatched."""
@@ -483,18 +552,31 @@ class _FdRegistry:
             self._unregister(fd, reading)
 
     def _unregister(self, fd: int, reading: bool) -> None:
-        loop: Any = self._loop
-        if loop.is_closed():
+        """Drop this registry's registration for fd and direction, and only its own: a
+        dup goes with it; on fd itself, a handle the application put in the slot
+        meanwhile stays."""
+        entry = self._targets.pop((fd, reading), None)
+        if entry is None:
             return
-        if self._kernel:
-            if reading:
-                loop._remove_reader(fd)
+        target, handle = entry
+        loop: Any = self._loop
+        try:
+            if loop.is_closed():
+                return
+            if target == fd and self._slot_holder(fd, reading) is not handle:
+                return
+            if self._kernel:
+                if reading:
+                    loop._remove_reader(target)
+                else:
+                    loop._remove_writer(target)
+            elif reading:
+                loop.remove_reader(target)
             else:
-                loop._remove_writer(fd)
-        elif reading:
-            loop.remove_reader(fd)
-        else:
-            loop.remove_writer(fd)
+                loop.remove_writer(target)
+        finally:
+            if target != fd:
+                os.close(target)
 
     def _on_ready(self, fd: int, reading: bool) -> None:
         """The loop's callback: the fd is ready; every waiter on it wakes and leaves, and
@@ -508,6 +590,10 @@ class _FdRegistry:
                 waiter.fire(obj)
         if subscriber is not None:
             subscriber()
+
+
+# What _slot_holder answers when the loop cannot say who holds an fd's slot.
+_UNKNOWN = object()
 
 
 _REGISTRIES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _FdRegistry] = (

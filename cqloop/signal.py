@@ -1,10 +1,24 @@
 """cqloop.signal: cqueues' signal module: signal listeners on signalfd, and the process's
 signal dispositions and the thread's signal mask.
 
+Example (a whole program; it runs as it is):
+
+    import asyncio
+    import os
+
     from cqloop import signal
-    with signal.listen(signal.SIGTERM, signal.SIGHUP) as listener:
-        while (signo := await listener.wait()) != signal.SIGTERM:
-            reload_config()
+
+
+    async def main():
+        with signal.listen(signal.SIGTERM, signal.SIGHUP) as listener:
+            os.kill(os.getpid(), signal.SIGHUP)  # as `kill -HUP` from a shell would
+            os.kill(os.getpid(), signal.SIGTERM)
+            while (signo := await listener.wait(timeout=10)) != signal.SIGTERM:
+                assert signo == signal.SIGHUP  # reload the configuration, say
+        # Closed: SIGTERM and SIGHUP are unblocked again (see below).
+
+
+    asyncio.run(main())
 
 Owns: `Listener` (a signalfd, the signals read from it but not yet returned, and a
 polling interval) and thin wrappers over the standard library's signal functions. A
@@ -21,20 +35,30 @@ A signalfd does not catch signals. It reports the signals that are *pending*, an
 stays pending only while every thread that could take it blocks it: an unblocked thread
 takes it at once and the signalfd never sees it (the disposition acts instead: a Python
 handler, or the default action, which for SIGTERM ends the process). So listen() blocks
-its signals in the calling thread, and leaves them blocked; close() does not unblock them
-(another listener may still want them, and a signal that arrived unread would be
-delivered with its default action at once). `unblock()` undoes it explicitly.
+its signals in the calling thread for as long as the listener is open. Closing it (or the
+end of its `with` block, or its collection) unblocks them again in that thread, unless
+they were already blocked when the first listener took them: listeners of one thread
+count, per signal, and the last one to close gives the signal back. A signal that arrived
+and was not read by then is delivered at once, to its disposition (Ctrl-C raises
+KeyboardInterrupt, SIGTERM's default action ends the process): unblocking loses nothing.
+`block()`/`unblock()` change the mask directly and are not counted.
 
-The mask is per thread. Threads created *after* listen() inherit the calling thread's
-mask and so block the signals too. Threads that already exist do not: a signal sent to the
-process (kill, Ctrl-C) may be delivered to one of them and never reach the listener. So:
-- call listen() early, in the thread that runs the loop, before other threads start. This
-  includes threads a loop starts on demand, as work comes: the default executor's
-  workers (run_in_executor, getaddrinfo on asyncio and cqloop) and libuv's thread pool
-  (uvloop's getaddrinfo) copy the mask of the thread that starts them, so those started
-  after listen() block the signals and those started before do not;
+The mask is per thread. While a listener is open:
+- threads created meanwhile inherit the calling thread's mask and block the signals too,
+  and keep them blocked after the listener closes (closing changes the mask of the
+  listener's own thread only). A listener made in such a thread finds its signals already
+  blocked and so leaves them blocked when it closes;
+- threads that already existed do not block them: a signal sent to the process (kill,
+  Ctrl-C) may be delivered to one of them and never reach the listener. So call listen()
+  early, in the thread that runs the loop, before other threads start. This includes
+  threads a loop starts on demand, as work comes: the default executor's workers
+  (run_in_executor, getaddrinfo on asyncio and cqloop) and libuv's thread pool (uvloop's
+  getaddrinfo) copy the mask of the thread that starts them;
 - cqloop.thread.start() starts threads with every signal blocked, as cqueues' does, so
   they never take a signal meant for a listener.
+
+Close a listener in the thread that made it: closed from another thread (or collected
+there), it cannot change its own thread's mask, and its signals stay blocked there.
 
 Thread-directed signals (`raise_()`, which is raise(3), pthread_kill, a fault) are pending
 for that thread only, and a signalfd reports them only when read from that thread: read a
@@ -46,9 +70,10 @@ Other facts:
   other sees nothing. Give each signal to one listener (one listener may take many).
 - A standard signal sent twice before it is read is reported once (the kernel keeps one
   pending instance); real-time signals queue, and each is reported.
-- Child processes inherit the mask across fork and exec: a program started while SIGTERM
-  is blocked starts with it blocked. Unblock it in the child (preexec_fn, or the
-  program's own start-up) when that matters.
+- Child processes inherit the mask across fork and exec: a program started while a
+  listener for SIGTERM is open starts with SIGTERM blocked. Start children after the
+  listener closes, or unblock it in the child (preexec_fn, or the program's own
+  start-up), when that matters.
 - SIGKILL and SIGSTOP cannot be blocked, caught or listened for; listen() refuses them.
 - ignore(), default() and discard() set dispositions through the standard library, so
   `signal.getsignal` stays truthful; like `signal.signal`, they work only in the main
@@ -61,6 +86,7 @@ import asyncio
 import errno as _errno
 import os
 import signal as _signal
+import threading
 from collections import deque
 from collections.abc import Generator, Iterable, Mapping
 from signal import (
@@ -235,16 +261,62 @@ def strsignal(signo: int) -> str | None:
 # -- listeners ----------------------------------------------------------------------------
 
 
+class _ThreadHolds(threading.local):
+    """What the open listeners of this thread hold of its signal mask: per signal, how
+    many of them listen for it, and which signals the first of them had to block (those
+    the last one unblocks)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+        self.blocked_by_us: set[int] = set()
+
+
+_holds = _ThreadHolds()
+
+
+def _hold(signals: Iterable[int]) -> tuple[_ThreadHolds, int]:
+    """Block `signals` in this thread for a new listener; returns the thread's holds and
+    its id, which _release needs."""
+    holds = _holds
+    before = _signal.pthread_sigmask(_signal.SIG_BLOCK, signals)
+    for signo in signals:
+        count = holds.counts.get(signo, 0)
+        if count == 0 and signo not in before:
+            holds.blocked_by_us.add(signo)
+        holds.counts[signo] = count + 1
+    return holds, threading.get_ident()
+
+
+def _release(holds: _ThreadHolds, thread_id: int, signals: Iterable[int]) -> None:
+    """A listener of `thread_id` closed: unblock the signals no other listener of that
+    thread holds and that a listener blocked. From another thread the mask is out of
+    reach: those signals stay blocked in their thread and count as the user's."""
+    here = threading.get_ident() == thread_id
+    give_back = []
+    for signo in signals:
+        count = holds.counts.get(signo, 0) - 1
+        if count > 0:
+            holds.counts[signo] = count
+            continue
+        holds.counts.pop(signo, None)
+        if signo in holds.blocked_by_us:
+            holds.blocked_by_us.discard(signo)
+            if here:
+                give_back.append(signo)
+    if give_back:
+        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, give_back)
+
+
 def listen(*signals: int) -> Listener:
-    """A listener for `signals`, which are blocked in the calling thread from now on (the
-    module docstring says why, and what it means for other threads)."""
+    """A listener for `signals`, which are blocked in the calling thread until it closes
+    (the module docstring says why, and what it means for other threads)."""
     return Listener(*signals)
 
 
 class Listener(FdPollable):
     """A signalfd for a set of signals. `await wait()` returns the next one."""
 
-    __slots__ = ("_interval", "_pending", "_signals", "_stats")
+    __slots__ = ("_holds", "_interval", "_pending", "_signals", "_stats")
     _WHAT = "signal listener"
 
     def __init__(self, *signals: int) -> None:
@@ -261,10 +333,15 @@ class Listener(FdPollable):
         self._pending: deque[int] = deque()
         self._interval: float | None = None
         self._stats = {"received": 0, "reads": 0, "waits": 0}
+        self._holds: tuple[_ThreadHolds, int] | None = None
         # Block first: a signal sent between the two calls then waits, pending, for the
         # signalfd, instead of being delivered.
-        _signal.pthread_sigmask(_signal.SIG_BLOCK, checked)
-        self._fd = osext.signalfd(-1, checked)
+        self._holds = _hold(self._signals)
+        try:
+            self._fd = osext.signalfd(-1, checked)
+        except BaseException:
+            self._release_signals()
+            raise
 
     # -- the pollable protocol (the rest is FdPollable's) --
 
@@ -333,23 +410,32 @@ class Listener(FdPollable):
     # -- lifecycle --
 
     def close(self) -> None:
-        """Close the signalfd (the signals stay blocked: see the module docstring). Waits
-        in progress wake and raise ValueError (at once on this thread's loops, at their
-        next iteration on other threads'). Idempotent."""
+        """Close the signalfd and unblock the signals this listener blocked, unless
+        another listener of this thread still listens for them (see the module
+        docstring). Waits in progress wake and raise ValueError (at once on this thread's
+        loops, at their next iteration on other threads'). Idempotent."""
         super().close()
 
     def _on_close(self) -> None:
         self._pending.clear()
+        self._release_signals()
+
+    def __del__(self) -> None:
+        super().__del__()
+        self._release_signals()
 
     def __repr__(self) -> str:
         state = "closed" if self._fd < 0 else f"fd={self._fd}"
         listened = ",".join(names.get(s, str(s)) for s in sorted(self._signals))
         return f"<cqloop.signal.Listener {listened} {state}>"
 
-        # -- private --
+    # -- private --
 
-        if self._fd < 0:
-            raise ValueError("the signal listener is closed")
+    def _release_signals(self) -> None:
+        holds = getattr(self, "_holds", None)
+        if holds is not None:
+            self._holds = None
+            _release(holds[0], holds[1], self._signals)
 
     def _read(self) -> None:
         try:

@@ -1,10 +1,41 @@
-"""cqloop.socket: cqueues' buffered sockets, awaitable on any asyncio loop.
+r"""cqloop.socket: cqueues' buffered sockets, awaitable on any asyncio loop.
+
+A new socket is in cqueues' text mode, which sends every "\n" written as "\r\n":
+pass mode="b" for bytes as they are (what asyncio users expect). docs/cq-sockets.md
+tables every mode flag and read format. connect(host, port, tls=True) speaks TLS
+(certificates verified by default); the name lookup, the connect and the handshake
+happen as part of the first I/O.
+
+Example (a whole program; it runs as it is, on loopback):
+
+    import asyncio
 
     from cqloop import socket
-    s = socket.connect("example.org", 443, tls=True)   # usable at once
-    await s.write(b"GET / HTTP/1.0\\r\\nHost: example.org\\r\\n\\r\\n")
-    status = await s.read("*l")
-    async for header in s.lines("*h"): ...
+
+
+    async def main():
+        server = socket.listen("127.0.0.1", 0, mode="b")
+        port = server.localname()[2]
+
+        async def serve():
+            async with await server.accept(timeout=10) as conn:
+                while await conn.xread("*l", None, 10) not in (b"\r", None):
+                    pass  # the request line and headers
+                await conn.write(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+
+        serving = asyncio.create_task(serve())
+        async with socket.connect("127.0.0.1", port, mode="b") as s:  # usable at once
+            await s.write(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            status = await s.xread("*l", None, 10)  # b"HTTP/1.0 200 OK\r" ("b": \r kept)
+            headers = [h async for h in s.lines("*h")]  # [b"Content-Length: 2"]
+            await s.read("*l")  # the blank line
+            body = await s.read("*a")  # b"hi"
+        await serving
+        server.close()
+        assert (status, headers, body) == (b"HTTP/1.0 200 OK\r", [b"Content-Length: 2"], b"hi")
+
+
+    asyncio.run(main())
 
 The public module: connect(), listen(), pair(), dup(), fdopen(), socket.type(), and the
 defaults for new sockets (setmode, setvbuf, setbufsiz, setmaxline, settimeout,
@@ -53,8 +84,10 @@ from cqloop._cqsocket import (
     _Options,
     _positive,
     _State,
-    fdopen,
 )
+from cqloop._cqsocket import fdopen as _fdopen
+from cqloop._netargs import MAX_PORT, type_name
+from cqloop._netargs import port_number as _port_number
 
 __all__ = [
     "AF_INET",
@@ -98,15 +131,28 @@ def connect(
     sendname: bool | str = True,
     nodelay: bool = False,
     resolver: Any = None,
+    mode: str | None = None,
 ) -> Socket:
-    """A socket to host:port (or the Unix socket at path), usable at once: the name
+    r"""A socket to host:port (or the Unix socket at path), usable at once: the name
     lookup, the connect and (with tls=True or a context) the TLS handshake happen as part
-    of its first I/O. TLS verifies the server's certificate and name unless verify=False."""
-    if path is None and (host is None or port is None):
-        raise ValueError("connect() needs host and port, or path")
+    of its first I/O. TLS verifies the server's certificate and name unless verify=False.
+    mode: cqueues' mode string for both directions, as `setmode(mode, mode)` ("b" for
+    bytes as they are; the default text mode writes "\n" as "\r\n"; see
+    docs/cq-sockets.md). Arguments are checked here, not at the first I/O."""
+    port_number: int | None = None
+    if path is None:
+        if host is None or port is None:
+            raise ValueError("connect() needs host and port, or path")
+        _check_host(host, "connect")
+        port_number = _port_number(port, "connect: port")
+        if port_number == 0:
+            raise ValueError(f"connect: port must be 1-{MAX_PORT}, not {port!r}")
+    else:
+        _check_path(path, "connect")
+    _check_mode(mode, "connect")
     options = _Options(
         host=host,
-        port=port,
+        port=port_number,
         path=path,
         family=AF_UNIX if path is not None else family,
         type=type,
@@ -117,7 +163,7 @@ def connect(
         nodelay=nodelay,
         resolver=resolver,
     )
-    return Socket(None, options, _State.NEW)
+    return _with_mode(Socket(None, options, _State.NEW), mode)
 
 
 def listen(
@@ -131,14 +177,33 @@ def listen(
     reuseport: bool = False,
     v6only: bool | None = None,
     unlink: bool = False,
-    mode: int | None = None,
+    mode: str | int | None = None,
     backlog: int = 128,
     nodelay: bool = False,
     context: ssl.SSLContext | None = None,
 ) -> Socket:
     """A listening socket on host:port (numeric hosts, "*" or None for any address) or a
     Unix socket path, bound at once. accepted connections inherit its modes; with a
-    context they start TLS on the server side at their first I/O."""
+    context they start TLS on the server side at their first I/O.
+    mode: a str is cqueues' mode string, applied as `setmode(mode, mode)` and inherited
+    by accepted connections (see connect()); an int is the permission bits of the Unix
+    socket at path (cqueues' `.mode` option of listen)."""
+    perm: int | None = None
+    iomode: str | None = None
+    if isinstance(mode, int) and not isinstance(mode, bool):
+        if path is None:
+            raise ValueError("listen: an int mode is the permission bits of a Unix socket path")
+        perm = mode
+    elif mode is not None:
+        _check_mode(mode, "listen")
+        iomode = str(mode)
+    if path is None:
+        if host is not None:
+            _check_host(host, "listen")
+        port_number = _port_number(port, "listen: port")
+    else:
+        _check_path(path, "listen")
+        port_number = 0
     options = _Options(
         host=host,
         port=port,
@@ -149,7 +214,7 @@ def listen(
         reuseport=reuseport,
         v6only=v6only,
         unlink=unlink,
-        mode=mode,
+        mode=perm,
         backlog=backlog,
         nodelay=nodelay,
         context=context,
@@ -158,7 +223,7 @@ def listen(
     if path is not None:
         family_, address = int(AF_UNIX), path
     else:
-        family_, address = _numeric_listen_address(host, port, family)
+        family_, address = _numeric_listen_address(host, port_number, family)
     sock = _socket.socket(family_, type)
     try:
         _apply_options(sock, options, listening=True)
@@ -168,33 +233,47 @@ def listen(
             except FileNotFoundError:
                 pass
         sock.bind(address)
-        if path is not None and mode is not None:
-            os.chmod(path, mode)
+        if path is not None and perm is not None:
+            os.chmod(path, perm)
         if type == SOCK_STREAM:
             sock.listen(backlog)
         sock.setblocking(False)
     except BaseException:
         sock.close()
         raise
-    return Socket(sock, options, _State.LISTENING)
+    return _with_mode(Socket(sock, options, _State.LISTENING), iomode)
 
 
-def pair(type: int | str = SOCK_STREAM) -> tuple[Socket, Socket]:
-    """Two connected Unix sockets."""
+def pair(type: int | str = SOCK_STREAM, *, mode: str | None = None) -> tuple[Socket, Socket]:
+    """Two connected Unix sockets. mode: cqueues' mode string for both sockets and both
+    directions (see connect())."""
     if isinstance(type, str):
-        type = {"stream": SOCK_STREAM, "dgram": SOCK_DGRAM}[type]
+        try:
+            type = {"stream": SOCK_STREAM, "dgram": SOCK_DGRAM}[type]
+        except KeyError:
+            raise ValueError(f"pair: type must be 'stream' or 'dgram', not {type!r}") from None
+    _check_mode(mode, "pair")
     a, b = _socket.socketpair(AF_UNIX, type)
     a.setblocking(False)
     b.setblocking(False)
     return (
-        Socket(a, _Options(family=AF_UNIX, type=type), _State.READY),
-        Socket(b, _Options(family=AF_UNIX, type=type), _State.READY),
+        _with_mode(Socket(a, _Options(family=AF_UNIX, type=type), _State.READY), mode),
+        _with_mode(Socket(b, _Options(family=AF_UNIX, type=type), _State.READY), mode),
     )
 
 
-def dup(fd: Any) -> Socket:
-    """A Socket on a duplicate of fd (an int or anything with fileno())."""
-    return fdopen(os.dup(_fd_of(fd)))
+def fdopen(fd: int, *, mode: str | None = None) -> Socket:
+    """A Socket that owns fd (a listening socket passed by systemd or recvfd, say).
+    mode: cqueues' mode string for both directions (see connect())."""
+    _check_mode(mode, "fdopen")
+    return _with_mode(_fdopen(fd), mode)
+
+
+def dup(fd: Any, *, mode: str | None = None) -> Socket:
+    """A Socket on a duplicate of fd (an int or anything with fileno()). mode: as
+    fdopen's."""
+    _check_mode(mode, "dup")
+    return _with_mode(_fdopen(os.dup(_fd_of(fd))), mode)
 
 
 def type(obj: Any) -> str | None:  # cqueues' name; shadows the builtin in this module only
@@ -255,11 +334,59 @@ def onerror(handler: ErrorHandler | None = None) -> ErrorHandler | None:
 
 # -- helpers ----------------------------------------------------------------------------
 
+# The flags cqueues' setmode knows (Socket.setmode; docs/cq-sockets.md tables them).
+_MODE_FLAGS = frozenset("tbnlfaApP-")
+
+
+def _check_mode(mode: object, what: str) -> None:
+    if mode is None:
+        return
+    if not isinstance(mode, str):
+        raise TypeError(
+            f"{what}: mode must be a cqueues mode string such as 'b' or 'bn', "
+            f"not {type_name(mode)} ({mode!r})"
+        )
+    unknown = sorted(set(mode) - _MODE_FLAGS)
+    if unknown:
+        raise ValueError(
+            f"{what}: unknown mode flag {unknown[0]!r} in mode {mode!r}; the flags are "
+            "t/b (text, binary), n/l/f (output buffering: none, line, full), a/A "
+            "(autoflush on, off), p/P (pushback on, off)"
+        )
+
+
+def _with_mode(sock: Socket, mode: str | None) -> Socket:
+    # Both directions, as cqueues' setmode(mode, mode); the output-only flags (n, l, f)
+    # are ignored on input, as setmode ignores them.
+    if mode is not None:
+        sock.setmode(mode, mode)
+    return sock
+
+
+def _check_host(host: Any, what: str) -> None:
+    if isinstance(host, (bytes, bytearray)):
+        raise TypeError(
+            f"{what}: host must be a str, not {type_name(host)} ({host!r}); decode it "
+            "first, e.g. host.decode('ascii')"
+        )
+    if not isinstance(host, str):
+        raise TypeError(
+            f"{what}: host must be a str (a name or an address), not {type_name(host)} ({host!r})"
+        )
+    if not host:
+        raise ValueError(f"{what}: host is empty")
+
+
+def _check_path(path: Any, what: str) -> None:
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(
+            f"{what}: path must be a str, bytes or os.PathLike, not {type_name(path)} ({path!r})"
+        )
+
 
 def _numeric_listen_address(
-    host: str | None, port: int | str | None, family: int
+    host: str | None, port_number: int, family: int
 ) -> tuple[int, tuple[Any, ...]]:
-    port_number = int(port or 0)
     if host in (None, "", "*"):
         if family == AF_INET6:
             return (AF_INET6, ("::", port_number))

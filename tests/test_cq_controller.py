@@ -296,13 +296,15 @@ def test_condition_wakes_a_task_of_another_controller():
 def test_nested_step_yields_to_the_outer_loop():
     # A controller driven by an outer loop with `outer.add_reader(fd, inner.step)`: one
     # step per readiness, the outer loop's own tasks interleave with the inner one's.
+    # (asyncio.sleep(0) is a bare yield, which a step resumes within itself; cqloop.sleep
+    # is a wait, as in cqueues.)
     outer, inner = cqloop.new(), cqloop.new()
     order = []
 
     async def inner_job():
         for i in range(3):
             order.append(f"inner {i}")
-            await asyncio.sleep(0)
+            await cqloop.sleep(0)  # a wait: it ends in the inner loop's next step
 
     async def outer_main():
         inner.nest_in()

@@ -490,9 +490,9 @@ async def test_localhost_is_loopback_without_a_query(
     assert server.count() == 0
 
 
-@pytest.mark.parametrize("host", ["", None, 42])
-async def test_resolve_host_refuses_what_is_not_a_host(resolver: dns.Resolver, host) -> None:
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(("host", "error"), [("", ValueError), (None, TypeError), (42, TypeError)])
+async def test_resolve_host_refuses_what_is_not_a_host(resolver: dns.Resolver, host, error) -> None:
+    with pytest.raises(error, match="host"):
         await resolver.resolve_host(host, 80)
 
 

@@ -17,6 +17,7 @@ import cqloop
 from cqloop.condition import Condition
 from cqloop.pollable import Pollable, poll, polled_fds, pollfd_of, sleep
 from cqloop.promise import Promise
+from tests.conftest import is_uvloop
 
 
 class FdPollable:
@@ -382,3 +383,89 @@ async def test_promise_new_runs_a_function():
 
     with pytest.raises(KeyError):
         await cqloop.promise.new(fails)
+
+
+# -- poll beside the application's own add_reader/add_writer ---------------------------------
+
+
+def assert_was_watched(loop: asyncio.AbstractEventLoop, removed: object) -> None:
+    """remove_reader/remove_writer said the application's registration was still there
+    (uvloop's always answer None; there the tests' second readiness shows it instead)."""
+    if not is_uvloop(loop):
+        assert removed is True
+
+
+async def test_poll_on_an_fd_the_application_reads_keeps_the_applications_reader(pair):
+    a, b = pair
+    loop = asyncio.get_running_loop()
+    app_saw = asyncio.Event()
+    loop.add_reader(a.fileno(), app_saw.set)
+    try:
+        b.send(b"x")
+        assert await poll(FdPollable(a.fileno()), timeout=30) != ()
+        await asyncio.wait_for(app_saw.wait(), 30)
+        # The application's reader is still there, still working, and still its own.
+        a.recv(10)
+        app_saw.clear()
+        b.send(b"y")
+        await asyncio.wait_for(app_saw.wait(), 30)
+        a.recv(10)
+    finally:
+        assert_was_watched(loop, loop.remove_reader(a.fileno()))
+    assert polled_fds(loop) == {"readers": 0, "writers": 0}
+
+
+async def test_poll_on_an_fd_the_application_writes_keeps_the_applications_writer(pair):
+    a, _b = pair
+    loop = asyncio.get_running_loop()
+    app_calls = 0
+    app_saw = asyncio.Event()
+
+    def on_writable() -> None:
+        nonlocal app_calls
+        app_calls += 1
+        app_saw.set()
+
+    loop.add_writer(a.fileno(), on_writable)
+    try:
+        assert await poll(FdPollable(a.fileno(), "w"), timeout=30) != ()
+        app_saw.clear()
+        await asyncio.wait_for(app_saw.wait(), 30)
+    finally:
+        assert_was_watched(loop, loop.remove_writer(a.fileno()))
+    assert app_calls >= 1
+
+
+async def test_a_reader_added_while_a_poll_waits_is_not_dropped_by_the_poll(pair):
+    # The application takes the fd's registration over while a poll waits (add_reader
+    # replaces, as it does for any earlier reader); the poll's end must not remove it.
+    a, b = pair
+    loop = asyncio.get_running_loop()
+    waiting = asyncio.ensure_future(poll(FdPollable(a.fileno()), timeout=0.05))
+    await asyncio.sleep(0)
+    app_saw = asyncio.Event()
+    loop.add_reader(a.fileno(), app_saw.set)
+    try:
+        await waiting  # times out or wakes: either way it leaves
+        b.send(b"x")
+        await asyncio.wait_for(app_saw.wait(), 30)
+        a.recv(10)
+    finally:
+        assert_was_watched(loop, loop.remove_reader(a.fileno()))
+
+
+async def test_cancel_of_a_polled_fd_leaves_the_applications_reader(pair):
+    a, b = pair
+    loop = asyncio.get_running_loop()
+    app_saw = asyncio.Event()
+    loop.add_reader(a.fileno(), app_saw.set)
+    try:
+        waiting = asyncio.ensure_future(poll(FdPollable(a.fileno())))
+        await asyncio.sleep(0)
+        assert cqloop.cancel(a.fileno()) == 1
+        assert await asyncio.wait_for(waiting, 30) != ()
+        b.send(b"x")
+        await asyncio.wait_for(app_saw.wait(), 30)
+        a.recv(10)
+    finally:
+        assert_was_watched(loop, loop.remove_reader(a.fileno()))

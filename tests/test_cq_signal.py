@@ -160,7 +160,7 @@ def test_signals_pending_before_the_wait_are_each_reported(loop_factory) -> None
     )
 
 
-def test_close_wakes_a_waiter_and_leaves_the_signal_blocked(loop_factory) -> None:
+def test_close_wakes_a_waiter_and_unblocks_the_signal(loop_factory) -> None:
     run_child(
         """
         async def main():
@@ -177,8 +177,9 @@ def test_close_wakes_a_waiter_and_leaves_the_signal_blocked(loop_factory) -> Non
                 raise AssertionError("a wait on a closed listener returned")
             assert listener.closed
             assert fds() == before
-            assert signal.SIGUSR1 in blocked()
+            assert signal.SIGUSR1 not in blocked()
             listener.close()  # idempotent
+            assert signal.SIGUSR1 not in blocked()
         run(main())
         print("OK")
         """,
@@ -424,3 +425,119 @@ def test_decode_siginfo_takes_whole_records_only(data: bytes) -> None:
     for index, (signo, *_rest) in enumerate(records):
         offset = index * osext.SIGINFO_SIZE
         assert signo == int.from_bytes(data[offset : offset + 4], sys.byteorder)
+
+
+# -- closing a listener gives its signals back ----------------------------------------------
+
+
+def test_sigint_works_again_after_a_with_listen_block(loop_factory) -> None:
+    # Ctrl-C after `with signal.listen(SIGINT)` must raise KeyboardInterrupt again, and a
+    # child started afterwards must not inherit SIGINT blocked.
+    run_child(
+        """
+        async def main():
+            with signal.listen(signal.SIGINT) as listener:
+                os.kill(os.getpid(), signal.SIGINT)
+                assert await listener.wait(timeout=30) == signal.SIGINT
+        run(main())
+        assert signal.SIGINT not in blocked()
+        import subprocess
+        child_mask = subprocess.run(
+            ["grep", "SigBlk", "/proc/self/status"], capture_output=True, text=True
+        ).stdout.split()[1]
+        assert int(child_mask, 16) & (1 << (signal.SIGINT - 1)) == 0, child_mask
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):
+                pass
+        except KeyboardInterrupt:
+            print("OK")
+        """,
+        kind_of(loop_factory),
+    )
+
+
+def test_a_signal_blocked_before_listen_stays_blocked_after_close() -> None:
+    run_child(
+        """
+        signal.block(signal.SIGUSR2)
+        with signal.listen(signal.SIGUSR1, signal.SIGUSR2):
+            assert {signal.SIGUSR1, signal.SIGUSR2} <= blocked()
+        assert signal.SIGUSR2 in blocked()
+        assert signal.SIGUSR1 not in blocked()
+        print("OK")
+        """
+    )
+
+
+def test_several_listeners_of_a_signal_unblock_it_when_the_last_closes() -> None:
+    run_child(
+        """
+        first = signal.listen(signal.SIGUSR1)
+        second = signal.listen(signal.SIGUSR1, signal.SIGUSR2)
+        first.close()
+        assert {signal.SIGUSR1, signal.SIGUSR2} <= blocked()
+        third = signal.listen(signal.SIGUSR2)
+        second.close()
+        assert signal.SIGUSR1 not in blocked()
+        assert signal.SIGUSR2 in blocked()
+        third.close()
+        assert not {signal.SIGUSR1, signal.SIGUSR2} & blocked()
+        # Reopened after the last closed: blocked again, and given back again.
+        with signal.listen(signal.SIGUSR1):
+            assert signal.SIGUSR1 in blocked()
+        assert signal.SIGUSR1 not in blocked()
+        print("OK")
+        """
+    )
+
+
+def test_a_signal_left_unread_at_close_goes_to_its_disposition() -> None:
+    # Unblocking delivers a pending signal at once: a handler sees it, nothing is lost.
+    run_child(
+        """
+        seen = []
+        stdsignal.signal(signal.SIGUSR1, lambda signo, frame: seen.append(signo))
+        with signal.listen(signal.SIGUSR1) as listener:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            assert select.select([listener], [], [], 30)[0] == [listener]
+        assert seen == [signal.SIGUSR1], seen
+        print("OK")
+        """
+    )
+
+
+def test_a_listener_collected_unclosed_unblocks_its_signals() -> None:
+    run_child(
+        """
+        import gc
+        listener = signal.listen(signal.SIGUSR1)
+        del listener
+        gc.collect()
+        assert signal.SIGUSR1 not in blocked()
+        print("OK")
+        """
+    )
+
+
+def test_listeners_in_two_threads_each_unblock_in_their_own() -> None:
+    # The mask is per thread: a listener's hold is on the mask of the thread that made it.
+    run_child(
+        """
+        result = {}
+        def other():
+            with signal.listen(signal.SIGUSR1):
+                result["inside"] = signal.SIGUSR1 in blocked()
+            result["after"] = signal.SIGUSR1 in blocked()
+        with signal.listen(signal.SIGUSR1):
+            thread = threading.Thread(target=other)
+            thread.start()
+            thread.join()
+            assert signal.SIGUSR1 in blocked()
+        assert signal.SIGUSR1 not in blocked()
+        # The thread inherited the mask with SIGUSR1 blocked, so its listener found it
+        # blocked already and left it so.
+        assert result == {"inside": True, "after": True}, result
+        print("OK")
+        """
+    )

@@ -7,9 +7,10 @@ Checks the promises of DESIGN-BRIEF.md, "Nesting semantics":
 - its fd turns readable exactly when it has work: ready callbacks, a due timer (timerfd), a
   watched fd, a call_soon_threadsafe from another thread; so an idle outer loop blocked in
   its poll is woken on time;
-- step() runs exactly one iteration, never blocks past its timeout, and makes the inner loop
-  the running loop (and its task the current task) only while it runs; timeout() tells an
-  outside poller how long it may sleep;
+- step() runs one cqueues step (one poll, then the callbacks made ready, bounded), never
+  blocks past its timeout, and makes the inner loop the running loop (and its task the
+  current task) only while it runs; timeout() tells an outside poller how long it may
+  sleep;
 - closing a nested loop unregisters it from the outer loop, and misuse raises.
 
 Every inner loop here is cqloop, so every test is `cqloop_only`; outer loops are created
@@ -867,32 +868,36 @@ def test_base_exception_leaving_a_step_restores_the_outer_loop(loops, outer_kind
 # -- step semantics ------------------------------------------------------------------------
 
 
-def test_callbacks_scheduled_during_a_step_run_in_the_next_step(loops):
+def test_callbacks_made_ready_during_a_step_run_in_it_and_timers_in_the_next(loops):
+    # cqueues' step: what the step's callbacks make ready runs in the same step (up to
+    # STEP_MAX_ROUNDS rounds, tests/test_cq_step.py); a timer scheduled during it, even
+    # one due at once, waits for the next step.
     inner = loops()
     order: list[str] = []
 
     def first() -> None:
         order.append("first")
         inner.call_soon(order.append, "scheduled by first")
+        inner.call_later(0, order.append, "timer set by first")
 
     inner.call_soon(first)
     inner.call_soon(order.append, "second")
     inner.step(0)
-    assert order == ["first", "second"]
-    inner.step(0)
     assert order == ["first", "second", "scheduled by first"]
     inner.step(0)
-    assert order == ["first", "second", "scheduled by first"]
+    assert order == ["first", "second", "scheduled by first", "timer set by first"]
+    inner.step(0)
+    assert order == ["first", "second", "scheduled by first", "timer set by first"]
 
 
-def test_a_task_advances_one_await_per_step(loops):
+def test_a_task_advances_one_cq_sleep_per_step(loops):
     inner = loops()
     progress: list[int] = []
 
     async def stepper() -> str:
         for i in range(3):
             progress.append(i)
-            await asyncio.sleep(0)
+            await cqloop.sleep(0)
         return "done"
 
     task = inner.create_task(stepper())
@@ -984,8 +989,8 @@ def test_fd_is_readable_exactly_when_work_is_pending(loops):
     inner.step(0)
     assert not readable(fd)
 
-    # A callback queued during a step is pending after it.
-    inner.call_soon(inner.call_soon, noop)
+    # A timer set during a step is pending after it, even one due at once.
+    inner.call_soon(inner.call_later, 0, noop)
     inner.step(0)
     assert readable(fd)
     inner.step(0)

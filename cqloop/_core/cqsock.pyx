@@ -214,7 +214,7 @@ cdef class SocketCore:
                 obuf._put(PyBytes_AS_STRING(piece), PyBytes_GET_SIZE(piece))
             sent = obuf._send_due(self._fd, obuf._mode, &left)
             if sent < 0:
-                self._raise("write", OSError(-sent, strerror(-sent)))
+                self._raise("write", OSError(-sent, "socket:write: " + strerror(-sent)))
             self._sent += sent
             if left:
                 await self._send_all(obuf.held(), self._deadline(None), "write")

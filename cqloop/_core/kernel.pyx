@@ -474,15 +474,28 @@ cdef class Kernel:
             self._stopping = False
             self._running_forever = False
 
-    def _step_once(self, timeout):
+    def _step_once(self, timeout, int max_rounds):
         """The body of step(): one iteration waiting at most `timeout` seconds for work
-        (None: until there is some), then leave the fd readable iff work remains."""
+        (None: until there is some), then up to max_rounds - 1 more rounds of the ready
+        queue alone, then leave the fd readable iff work remains.
+
+        cqueues' step resumes every coroutine whose wait ended before it began; here a
+        resumption is a chain of callbacks (a due timer sets a future, the future queues
+        its task's wake-up, the finished task queues its done callbacks), one round each.
+        The extra rounds neither poll nor collect timers, so they never block and a
+        timer or fd wait that starts during the step (cqueues.sleep(0) included) ends in
+        the next one, as in cqueues. The bound returns control to the outer poller when
+        callbacks keep queueing callbacks. run_forever's iteration is untouched."""
         cdef double max_wait = -1.0 if timeout is None else timeout
+        cdef int rounds = 1
         if max_wait < 0 and timeout is not None:
             raise ValueError("timeout must be non-negative or None")
         self._external = True
         try:
             self._iterate(max_wait)
+            while self._ready and rounds < max_rounds:
+                rounds += 1
+                self._run_ready()
         finally:
             self._sync_external()
 
@@ -812,6 +825,15 @@ cdef class Kernel:
             watcher = <FdWatcher>found
             if watcher.disarmed and watcher.wanted():
                 self._update_watcher(watcher, True)
+
+    def _fd_handle(self, int fd, bint reading):
+        """The handle registered to read (or write) fd, or None; a transport's watcher
+        if a transport owns fd. cqloop.pollable asks, so as never to take over or drop a
+        registration it did not make."""
+        found = self._watchers.get(fd)
+        if found is None or not isinstance(found, HandleWatcher):
+            return found
+        return (<HandleWatcher>found).reader if reading else (<HandleWatcher>found).writer
 
     cdef Handle _register_handle(self, int fd, object callback, tuple args, bint reading,
                                  int mode):
