@@ -171,7 +171,7 @@ class ControllerMixin:
             if remaining is not None and remaining <= 0:
                 return
             # This loop is pollable (its fd and timeout()): wait on the awaiting loop
-            # until it has work, then run one iteration of it.
+            # until it has work, then run one step of it.
             await pollable.poll(self, timeout=remaining)
             self.step(0)
 

@@ -18,9 +18,6 @@ from tests.cqoracle import Deliberate, RawCase, Recorder, check_raw, raw_params
 
 # A step bound for the stepping loops: a broken case stops instead of spinning.
 MAX_STEPS = 10
-# step() resumes one round of ready coroutines per call, where cqueues' resumes every
-# coroutine whose wait ended before the step began and those their wake-ups make ready.
-ONE_ROUND_PER_STEP = pytest.mark.xfail(strict=True, reason="step() resumes one round per call")
 # cqueues runs coroutines made ready together (wrapped, or woken by one signal) last
 # first; cqloop in the order they became ready (docs/cqueues-differences.md).
 READY_ORDER = "Coroutines made ready together run in the order they became ready"
@@ -306,13 +303,11 @@ CASES = [
         "wrap_sleep_finishes_in_two_steps",
         WRAP_SLEEP_LUA,
         _controller(_wrap_sleep),
-        marks=[ONE_ROUND_PER_STEP],
     ),
     RawCase(
         "count_drops_finished_coroutines_in_their_step",
         COUNT_LUA,
         _controller(_count_after_finish),
-        marks=[ONE_ROUND_PER_STEP],
     ),
     RawCase(
         "loop_runs_wrapped_coroutines_in_order",
