@@ -18,8 +18,10 @@ CORE_MODULES = [
     "kernel",
     "stream",
     "osext",
+    "tlsrecord",
     "tls",
     "cqbuf",
+    "cqtls",
     "cqsock",
     "sockio",
 ]
