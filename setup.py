@@ -18,9 +18,11 @@ CORE_MODULES = [
     "kernel",
     "stream",
     "osext",
+    "tlsrecord",
     "tls",
     "cqbuf",
     "cqoutbuf",
+    "cqtls",
     "cqsock",
     "sockio",
 ]

@@ -3,8 +3,9 @@
 Owns Socket: lazy set-up (name lookup through cqloop.dns, connect, TLS handshake at the
 first I/O), buffered reads in every cqueues format over the compiled buffers
 (cqloop/_core/cqbuf.pyx, whose header gives each format's exact semantics), buffered
-writes in cqueues' modes, TLS over memory BIOs (_tlschannel.py), timeouts, sticky errors,
-descriptor passing and peer credentials. cqloop/socket.py is the public module (its
+writes in cqueues' modes, timeouts, sticky errors,
+descriptor passing and peer credentials. TLS (the handshake, records, the close_notify
+exchange) is its base SocketTLS's, in cqloop/_cqtls.py. cqloop/socket.py is the public module (its
 docstring says how this differs from cqueues, and why); it holds the module functions and
 the defaults they set, and is the only importer of this file besides tests.
 
@@ -18,7 +19,7 @@ a ready plain socket, and the receive callback. They fall through to the methods
 (_read_formats, _write_pieces, _receive, _wait_input, _send_all, _raise, ...) for
 everything else, so the semantics live here; cqsock.pyx's header lists what it calls.
 
-Size: past 1,200 lines. Next to split out: the connection set-up (resolve, connect,
+Size: past 1,100 lines. Next to split out: the connection set-up (resolve, connect,
 listen, the TLS handshake) into a mixin of its own.
 """
 
@@ -40,8 +41,9 @@ from typing import Any, NoReturn
 from cqloop._core.cqbuf import NEED_MORE, InputBuffer
 from cqloop._core.cqoutbuf import DEFAULT_BUFSIZ, OutputBuffer
 from cqloop._core.cqsock import SocketCore, SocketState, _Handled, _to_bytes
+from cqloop._core.cqtls import TLSChannel
 from cqloop._cqmodes import VBUF_FLAGS, VBUF_NAMES, call_mode, parse_mode_flags
-from cqloop._tlschannel import TLSChannel
+from cqloop._cqtls import SocketTLS
 from cqloop.condition import Condition
 from cqloop.pollable import cancel as _cancel_polls
 from cqloop.pollable import subscribe, unsubscribe, wait_readable, wait_writable
@@ -141,7 +143,7 @@ class _Options:
     resolver: Any = None
 
 
-class Socket(SocketCore):
+class Socket(SocketTLS, SocketCore):
     """A cqueues socket: buffered, pollable, awaitable. Make them with connect(),
     listen(), pair(), dup() or fdopen().
 
@@ -426,48 +428,6 @@ class Socket(SocketCore):
         assert last_error is not None
         raise last_error
 
-    async def _handshake(self, deadline: float | None) -> None:
-        # From here TLS owns the input: no plaintext may be received behind its back.
-        self._stop_receiving()
-        await self._flush_all(deadline, "starttls")
-        opts = self._opts
-        context = opts.context
-        if context is None:
-            if self._server_side:
-                raise ValueError("starttls() on the server side needs an ssl.SSLContext")
-            context = ssl.create_default_context()
-            if not opts.verify:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-        hostname = None
-        if not self._server_side and opts.sendname:
-            hostname = opts.sendname if isinstance(opts.sendname, str) else opts.host
-        tls = TLSChannel(context, server_side=self._server_side, server_hostname=hostname)
-        if self._pushback and self._ibuf.pending():
-            tls.feed(self._ibuf.take())
-        self._tls = tls
-        self._tls_pending = False
-        while True:
-            try:
-                tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                pass
-            except ssl.SSLError:
-                # Tell the peer why (the alert TLS queued), if it goes out at once.
-                self._raw_out += tls.outgoing()
-                try:
-                    self._send_raw_nowait()
-                except OSError:
-                    pass
-                raise
-            await self._send_raw_out(deadline, "starttls")
-            if not await self._recv_ciphertext(deadline, "starttls"):
-                raise ssl.SSLEOFError(
-                    ssl.SSL_ERROR_EOF, "peer closed the connection during the handshake"
-                )
-        await self._send_raw_out(deadline, "starttls")
-
     def _adopt(self, sock: _socket.socket) -> None:
         self._sock = sock
         self._fd = sock.fileno()
@@ -690,45 +650,6 @@ class Socket(SocketCore):
         if loop is not None and self._sock is not None:
             unsubscribe(loop, self._sock.fileno())
 
-    def _tls_fill(self) -> None:
-        tls = self._tls
-        assert tls is not None
-        while True:
-            try:
-                plain = tls.read(self._recv_bytes)
-                # Decrypted bytes TLS still holds make no fd readable: take them now.
-                while plain and tls.sslobj.pending():
-                    plain += tls.read(self._recv_bytes)
-            except ssl.SSLWantReadError:
-                raw = self._sock.recv(RECV_CHUNK_BYTES)  # type: ignore[union-attr]
-                if not raw:
-                    tls.feed_eof()
-                else:
-                    tls.feed(raw)
-                continue
-            finally:
-                if tls.has_outgoing():
-                    self._raw_out += tls.outgoing()
-                    self._send_raw_nowait()
-            self._received(plain)
-            return
-
-    async def _recv_ciphertext(self, deadline: float | None, op: str) -> bool:
-        """During a handshake: feed one read of ciphertext to TLS; False at EOF."""
-        tls = self._tls
-        assert tls is not None and self._sock is not None
-        while True:
-            try:
-                raw = self._sock.recv(RECV_CHUNK_BYTES)
-            except (BlockingIOError, InterruptedError):
-                await self._wait(True, deadline, op)
-                continue
-            if not raw:
-                tls.feed_eof()
-                return False
-            tls.feed(raw)
-            return True
-
     def _apply_input_mode(self, mode: str | None) -> bool | None:
         if not mode:
             return None
@@ -867,11 +788,7 @@ class Socket(SocketCore):
         """Send what the kernel takes now (for TLS: encrypt it all and queue the
         ciphertext). Raises OSError on failure; 0 when it would block."""
         if self._tls is not None:
-            self._tls.write(view)
-            self._raw_out += self._tls.outgoing()
-            self._send_raw_nowait()
-            self._count_sent(len(view))
-            return len(view)
+            return self._send_tls_nowait(view)
         try:
             sent = self._sock.send(view, _socket.MSG_NOSIGNAL)  # type: ignore[union-attr]
         except (BlockingIOError, InterruptedError):
@@ -881,29 +798,6 @@ class Socket(SocketCore):
 
     def _count_sent(self, n: int) -> None:
         self._sent += n
-
-    def _send_raw_nowait(self) -> None:
-        raw = self._raw_out
-        if not raw:
-            return
-        try:
-            sent = self._sock.send(raw, _socket.MSG_NOSIGNAL)  # type: ignore[union-attr]
-        except (BlockingIOError, InterruptedError):
-            return
-        del raw[:sent]
-
-    async def _send_raw_out(self, deadline: float | None, op: str) -> None:
-        """Send all queued ciphertext (TLS records, handshake messages, alerts)."""
-        if self._tls is not None and self._tls.has_outgoing():
-            self._raw_out += self._tls.outgoing()
-        while self._raw_out:
-            try:
-                self._send_raw_nowait()
-            except OSError as exc:
-                self._raise(op, exc)
-                return
-            if self._raw_out:
-                await self._wait(False, deadline, op)
 
     # -- bits ------------------------------------------------------------------------
 
@@ -1099,9 +993,11 @@ class Socket(SocketCore):
 
     def close(self) -> None:
         """Close now: wake every poll on the fd (they see it ready and fail), drop
-        buffered data, close the fd. Idempotent."""
+        buffered data, close the fd. Idempotent. On TLS, our close_notify goes first
+        when the kernel takes it at once; close() never waits (aclose() does)."""
         if self._state is _State.CLOSED:
             return
+        self._tls_close_nowait()
         self._state = _State.CLOSED
         self._stop_receiving()
         self._wake_input_waiters()
@@ -1111,9 +1007,16 @@ class Socket(SocketCore):
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close gracefully: flush the output and, on TLS, send close_notify and wait
+        for the peer's (the rest of its data is dropped), all within the socket's
+        timeout; then close(). `async with` ends with it."""
         try:
             if self._state is _State.READY and self._werror is None:
                 await self._flush_all(self._deadline(None), "flush")
+                await self._tls_close()
         finally:
             self.close()
 

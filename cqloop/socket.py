@@ -56,6 +56,12 @@ Differences from cqueues, on purpose (also in docs/design.md):
   unpack, recvfd) or output channel (write, flush, pack, sendfd), every later operation on
   that channel raises it again until clearerr(). EPIPE on the input channel is EOF.
 - Data is bytes. write() also takes str, encoded as UTF-8.
+- TLS close: cqueues never sends close_notify; aclose() and `async with` send it and wait
+  (within the socket's timeout) for the peer's, and close() sends it when it can go at
+  once, without waiting. The peer's close_notify reads as end of stream. A FIN without
+  close_notify at a record boundary reads as end of stream too, as in asyncio and the
+  ssl module's default, and is never answered with an alert; a FIN inside a record is
+  ssl.SSLEOFError. Protocols that must detect truncation check their own framing.
 """
 
 from __future__ import annotations

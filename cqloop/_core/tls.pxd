@@ -2,19 +2,12 @@
 # application; application writes in, ciphertext out). The policy half, the handshake and
 # shutdown state machine, is its Python subclass cqloop.transports.tls.SSLProtocol.
 
-cdef class TLSRecordPump:
-    # -- the TLS session ---------------------------------------------------------------
-    # ssl's C object under the ssl.SSLObject (_ssl._SSLSocket): calling its methods
-    # directly skips a Python frame of ssl.py per call.
-    cdef object _ssl
-    cdef object _incoming
-    cdef object _outgoing
-    # Bound methods, looked up once.
-    cdef object _ssl_read
-    cdef object _ssl_write
-    cdef object _ssl_pending
-    cdef object _incoming_write
-    cdef object _outgoing_read
+from cqloop._core.tlsrecord cimport TLSSession
+
+
+# The TLS session itself (the SSLObject's C object, the BIOs, the rule for reading
+# records) is TLSSession's (tlsrecord.pxd).
+cdef class TLSRecordPump(TLSSession):
     # TLSState as an int (STATE_* in tls.pyx); the subclass keeps the transitions.
     cdef public int _state
     cdef public object _loop
@@ -58,7 +51,6 @@ cdef class TLSRecordPump:
     cdef int _read_records(self) except -1
     cdef int _read_copied(self) except -1
     cdef int _read_buffered(self) except -1
-    cdef bint _drained(self, Py_ssize_t got, Py_ssize_t asked) except -1
     cdef int _write_backlogged(self) except -1
     cdef int _flush_outgoing(self) except -1
     cdef int _write_one(self, object data) except -1

@@ -2,6 +2,8 @@ from asyncio import BaseProtocol, BaseTransport
 from ssl import MemoryBIO, SSLObject
 from typing import Any
 
+from cqloop._core.tlsrecord import TLSSession
+
 STATE_UNWRAPPED: int
 STATE_DO_HANDSHAKE: int
 STATE_WRAPPED: int
@@ -12,7 +14,7 @@ def flow_control_limits(
     high: int | None, low: int | None, default_high_kib: int
 ) -> tuple[int, int]: ...
 
-class TLSRecordPump:
+class TLSRecordPump(TLSSession):
     _state: int
     _loop: Any
     _transport: BaseTransport | None

@@ -12,9 +12,10 @@ into the subclass by name for those (`_on_bytes_unwrapped`, `_call_eof_received`
 
 Why compiled: per record, asyncio's sslproto (and uvloop's) runs Python frames of ssl.py's
 SSLObject wrapper for each read and write, and ends every read loop by catching an
-SSLWantReadError. The pump calls the C object under the wrapper directly, stops reading when
-neither the incoming BIO nor the session holds bytes (so the usual record costs no
-exception), reads into one preallocated buffer, and sends what the application wrote while
+SSLWantReadError. The pump calls the C object under the wrapper directly through its base,
+TLSSession (tlsrecord.pyx, the record layer it shares with the cq sockets' TLS), stops
+reading when neither the incoming BIO nor the session holds bytes (so the usual record
+costs no exception), reads into one preallocated buffer, and sends what the application wrote while
 the pump delivered data in one transport write when the pump ends.
 
 Invariants: `_write_buffer_size` is the sum of the lengths in `_write_backlog`; plaintext is
@@ -24,7 +25,6 @@ paused reading; the socket transport is paused exactly while `_ssl_reading_pause
 
 import logging
 from asyncio import BufferedProtocol, constants
-from ssl import MemoryBIO, SSLObject, SSLSyscallError, SSLWantReadError
 
 from cpython.buffer cimport PyBUF_READ
 from cpython.bytearray cimport PyByteArray_AS_STRING
@@ -59,9 +59,6 @@ cdef Py_ssize_t DEFAULT_READ_HIGH_KIB = constants.FLOW_CONTROL_HIGH_WATER_SSL_RE
 cdef Py_ssize_t DEFAULT_WRITE_HIGH_KIB = constants.FLOW_CONTROL_HIGH_WATER_SSL_WRITE
 cdef int LOG_THRESHOLD_FOR_CONNLOST_WRITES = constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES
 
-# The exceptions that mean "give the session more ciphertext and try again".
-cdef tuple _AGAIN = (SSLWantReadError, SSLSyscallError)
-
 
 def flow_control_limits(high, low, Py_ssize_t default_high_kib):
     """(high, low) for the TLS buffers, with asyncio's defaults and checks."""
@@ -74,23 +71,14 @@ def flow_control_limits(high, low, Py_ssize_t default_high_kib):
     return high, low
 
 
-cdef class TLSRecordPump:
+cdef class TLSRecordPump(TLSSession):
     """The record path of one TLS connection (see the module docstring)."""
 
     def _init_pump(self, sslobj not None, incoming not None, outgoing not None, loop):
         """Set up from the subclass's constructor: `sslobj` is an ssl.SSLObject over the two
         MemoryBIOs."""
-        if type(sslobj) is not SSLObject or type(incoming) is not MemoryBIO:
-            raise TypeError("TLSRecordPump needs an ssl.SSLObject over ssl.MemoryBIOs")
+        self._bind(sslobj, incoming, outgoing)
         self._loop = loop
-        self._ssl = sslobj._sslobj
-        self._incoming = incoming
-        self._outgoing = outgoing
-        self._ssl_read = self._ssl.read
-        self._ssl_write = self._ssl.write
-        self._ssl_pending = self._ssl.pending
-        self._incoming_write = incoming.write
-        self._outgoing_read = outgoing.read
         self._state = _UNWRAPPED
         self._recv_buf = bytearray(RECV_BUFFER_SIZE)
         self._recv_view = memoryview(self._recv_buf)
@@ -268,15 +256,6 @@ cdef class TLSRecordPump:
             self._fatal_error(exc, "Fatal error on SSL protocol")
         return 0
 
-    cdef bint _drained(self, Py_ssize_t got, Py_ssize_t asked) except -1:
-        # Neither ciphertext in the BIO nor decrypted bytes in the session: another read
-        # could only raise SSLWantReadError, so do not ask. A read returns at most one
-        # record's plaintext, and Python's ssl does not turn on read-ahead, so a read that
-        # did not fill its buffer left nothing of its record behind in the session.
-        if self._incoming.pending != 0:
-            return False
-        return got < asked or self._ssl_pending() == 0
-
     cdef int _read_copied(self) except -1:
         """Deliver the plaintext the session holds in one data_received; 1 if the incoming
         BIO was left empty, else 0."""
@@ -287,10 +266,9 @@ cdef class TLSRecordPump:
         cdef object first = None
         cdef list chunks = None
         while True:
-            try:
-                count = self._ssl_read(PLAIN_BUFFER_SIZE, self._plain_buf)
-            except _AGAIN:
-                break
+            count = self._decrypt(PLAIN_BUFFER_SIZE, self._plain_buf)
+            if count < 0:
+                break  # the session wants more ciphertext
             if count == 0:
                 eof = True  # close_notify
                 break
@@ -323,20 +301,17 @@ cdef class TLSRecordPump:
         wants = len(view)
         if wants == 0:
             raise RuntimeError("get_buffer() returned an empty buffer")
-        try:
-            while offset < wants:
-                count = self._ssl_read(wants - offset, view[offset:] if offset else view)
-                if count == 0:
-                    break  # close_notify
-                offset += count
-                if self._drained(count, wants - offset + count):
-                    drained = True
-                    break
-            else:
-                # The application's buffer is full and more may be waiting: next iteration.
-                self._loop.call_soon(self._do_read)
-        except _AGAIN:
-            pass
+        while offset < wants:
+            count = self._decrypt(wants - offset, view[offset:] if offset else view)
+            if count <= 0:
+                break  # close_notify (0), or the session wants more ciphertext (-1)
+            offset += count
+            if self._drained(count, wants - offset + count):
+                drained = True
+                break
+        else:
+            # The application's buffer is full and more may be waiting: next iteration.
+            self._loop.call_soon(self._do_read)
         view.release()
         if offset:
             protocol.buffer_updated(offset)
@@ -361,10 +336,7 @@ cdef class TLSRecordPump:
         """Encrypt one buffer; what TLS does not take goes to the backlog."""
         cdef Py_ssize_t count
         cdef Py_ssize_t size
-        try:
-            count = self._ssl_write(data)
-        except _AGAIN:
-            count = 0
+        count = self._encrypt(data)
         size = data.nbytes if type(data) is memoryview else len(data)
         if count < size:
             self._backlog(data, count)
@@ -382,19 +354,18 @@ cdef class TLSRecordPump:
         cdef list backlog = self._write_backlog
         cdef Py_ssize_t count
         cdef Py_ssize_t size
-        try:
-            while backlog:
-                data = backlog[0]
-                count = self._ssl_write(data)
-                size = len(data)
-                if count < size:
-                    backlog[0] = data[count:]
-                    self._write_buffer_size -= count
-                else:
-                    del backlog[0]
-                    self._write_buffer_size -= size
-        except _AGAIN:
-            pass
+        while backlog:
+            data = backlog[0]
+            count = self._encrypt(data)
+            if count == 0:
+                break  # TLS wants a read first
+            size = len(data)
+            if count < size:
+                backlog[0] = data[count:]
+                self._write_buffer_size -= count
+            else:
+                del backlog[0]
+                self._write_buffer_size -= size
         return self._flush_outgoing()
 
     cdef int _flush_outgoing(self) except -1:

@@ -1,0 +1,2 @@
+class TLSSession:
+    """The record layer of one TLS session (compiled; see tlsrecord.pyx)."""
