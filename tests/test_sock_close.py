@@ -227,6 +227,27 @@ async def test_close_under_a_pending_operation_never_acts_on_a_reused_fd() -> No
 
 
 @pytest.mark.cqloop_only
+async def test_operation_started_after_close_under_a_pending_one_fails_too() -> None:
+    # Between close() and the end of the waiting operation the fd is still open; a new
+    # operation on the closed socket must fail as well, not wait on that fd forever. The
+    # new operation's coroutine is driven by hand up to its wait, so that it starts before
+    # the first operation has ended (a task would start after it).
+    loop = asyncio.get_running_loop()
+    async with _pending("sock_recv") as (sock, task):
+        sock.close()
+        late = loop.sock_recv(sock, 100)
+        try:
+            # Failing, it raises at once; waiting, it would yield its pending future.
+            with pytest.raises(OSError) as raised:
+                late.send(None)
+            assert raised.value.errno == errno.EBADF
+        finally:
+            late.close()
+        await _fails_with_ebadf(task)
+        assert sock.fileno() == -1
+
+
+@pytest.mark.cqloop_only
 async def test_close_from_another_thread_fails_the_pending_operation() -> None:
     async with _pending("sock_recv") as (sock, task):
         closer = threading.Thread(target=sock.close)

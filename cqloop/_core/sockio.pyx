@@ -404,6 +404,11 @@ cdef class FdClaim:
         return waiting
 
     cdef int _add(self, object fut) except -1:
+        if self.closing:
+            # The socket was closed while an earlier operation still held the fd open:
+            # a new operation on it fails as on any closed socket (nothing would ever
+            # wake it otherwise, and it would keep the fd open).
+            _fail_closed(fut)
         if self.first is None:
             self.first = fut
         elif self.more is None:
