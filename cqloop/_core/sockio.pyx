@@ -31,9 +31,21 @@ the cost of no done callback: a done callback is one more handle through the rea
 per message. A sock_sendall
 that could not send everything awaits the future of SockOpsMixin._sendall_when_writable.
 Any other socket (an SSLSocket, a subclass) and debug mode go through its _check_sock.
+
+While any sock_* operation waits on a socket, the loop co-owns its fd (FdClaim, below,
+used by every waiting operation here and in sockops.py): socket.close() then fails the
+waiting operations at once with EBADF, as the socket's own methods fail after close, and
+the fd is really closed when the last of them has ended and dropped its registration.
+Without that, close() under a wait left the operation pending forever (epoll drops a
+closed file's registration silently) and released the fd number for reuse while the
+loop still had a registration, and a callback, for it.
 """
 
+import errno as _errno
+import os
 import socket
+from asyncio.events import _get_running_loop
+from types import MemberDescriptorType
 
 from libc.string cimport strerror
 
@@ -42,6 +54,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.object cimport PyObject
 
 from cqloop._core.handles cimport Handle
+from cqloop._core.includes.members cimport PyMemberDescrObject
 from cqloop._core.includes.rawbytes cimport (
     cq_bytes_data,
     cq_bytes_new,
@@ -235,6 +248,9 @@ cdef class _ReadWait:
     cdef bint plain
     cdef int fd
     cdef Handle handle
+    # The loop's hold on the fd while the wait lasts (None for a socket-like object
+    # without socket.socket's close protocol).
+    cdef FdClaim claim
 
     def __call__(self):
         # The registration's callback: the fd is readable.
@@ -277,6 +293,9 @@ cdef class _ReadWait:
         # another operation replaced it (the kernel cancelled our handle then).
         if not self.handle._cancelled:
             self.loop._unregister_handle(self.fd, True)
+        if self.claim is not None:
+            # After the registration went: a close() meanwhile closes the fd now.
+            self.claim.release(self.sock, self.fut)
         return 0
 
 
@@ -292,4 +311,202 @@ cdef _ReadWait _start_wait(Kernel loop, object sock, object arg, bint into):
     wait.fd = sock.fileno()
     wait.fut = loop.create_future()
     wait.handle = loop._wait_sock(sock, wait.fd, wait, ())
+    wait.claim = _claim(sock, wait.fut)
     return wait
+
+
+# -- the loop's claim on a waited-on socket's fd ------------------------------------------
+
+# What a waiting operation raises when its socket is closed under it: the error the
+# socket's own methods raise once it is closed.
+cdef object _CLOSED_ERRNO = _errno.EBADF
+cdef object _CLOSED_MESSAGE = os.strerror(_errno.EBADF)
+
+
+cdef Py_ssize_t _slot_offset(type cls, str name):
+    """Where the __slots__ attribute `name` of cls lives in its instances; -1 when it is not
+    a plain slot (then the attribute is read by name)."""
+    descr = cls.__dict__.get(name)
+    if type(descr) is not MemberDescriptorType:
+        return -1
+    return (<PyMemberDescrObject *>descr).d_member.offset
+
+
+# socket.socket's `_io_refs` slot, read in place on the waiting path (see _claim).
+cdef Py_ssize_t _IO_REFS_OFFSET = _slot_offset(_PLAIN_SOCKET, "_io_refs")
+
+
+cdef class FdClaim:
+    """The loop's share in a socket's fd while sock_* operations wait on it.
+
+    socket.socket.close() (CPython 3.11 to 3.14, socket.py) reads
+        self._closed = True
+        if self._io_refs <= 0:
+            self._real_close()
+    and _io_refs is the count of makefile() objects that keep the fd open past close();
+    SocketIO.close() calls _decref_socketios, which closes the fd once the count is 0 if
+    close() was called meanwhile. The first wait on a socket puts a claim in `_io_refs`,
+    keeping the real count, and the claim stays there for the socket's life (so a busy
+    connection's next waits cost one attribute read, not a write at each end). The `<=`
+    of close() is how the claim learns of the close: if operations still wait, it fails
+    them and answers "not yet", and the last of them to end closes the fd (release(), as
+    _decref_socketios does); if none waits it answers as the count would. `>`, `+=` and
+    `-=` work on the real count for makefile(). One claim per socket, shared by its
+    waiting operations (a receive and a send often wait together). It holds no reference
+    to its socket: the socket's life, and the warning of an unclosed one, stay as they
+    were. close() may come from any thread (see _fail_waiting)."""
+
+    # The socket's own _io_refs count.
+    cdef object refs
+    # The futures of the operations waiting on the socket, done ones included until they
+    # release: the first in `first` (one is the common case), any others in `more`.
+    cdef object first
+    cdef list more
+    # close() came while operations waited: the last to release closes the fd.
+    cdef bint closing
+
+    def __le__(self, other):
+        # socket.close(), after it set the socket's _closed. `closing` goes first: an
+        # operation releasing meanwhile in the loop's thread then closes the fd itself
+        # (socket.close() twice is harmless).
+        self.closing = True
+        if self._fail_waiting():
+            return False
+        return self.refs <= other
+
+    def __gt__(self, other):
+        return self.refs > other
+
+    def __lt__(self, other):
+        return self.refs < other
+
+    def __ge__(self, other):
+        return self.refs >= other
+
+    def __iadd__(self, other):
+        self.refs = self.refs + other
+        return self
+
+    def __isub__(self, other):
+        self.refs = self.refs - other
+        return self
+
+    def __index__(self):
+        return self.refs
+
+    def __repr__(self):
+        return f"<FdClaim io_refs={self.refs!r} waiting={len(self._waiting())}>"
+
+    cdef list _waiting(self):
+        waiting = [] if self.first is None else [self.first]
+        if self.more is not None:
+            waiting.extend(self.more)
+        return waiting
+
+    cdef int _add(self, object fut) except -1:
+        if self.closing:
+            # The socket was closed while an earlier operation still held the fd open:
+            # a new operation on it fails as on any closed socket (nothing would ever
+            # wake it otherwise, and it would keep the fd open).
+            _fail_closed(fut)
+        if self.first is None:
+            self.first = fut
+        elif self.more is None:
+            self.more = [fut]
+        else:
+            self.more.append(fut)
+        return 0
+
+    cdef bint _remove(self, object fut) except -1:
+        """Forget fut; True when no operation is left."""
+        if self.first is fut:
+            self.first = None
+        elif self.more is not None:
+            self.more.remove(fut)
+        return self.first is None and not self.more
+
+    cdef bint _fail_waiting(self) except -1:
+        """Fail the operations that still wait; True if any does (then the fd must stay
+        open until it has released). A future of a loop not running in this thread is
+        failed through that loop's call_soon_threadsafe, and one of a closed loop (nothing
+        will ever run it) is given up."""
+        cdef bint held = False
+        running = _get_running_loop()
+        for fut in self._waiting():
+            if fut.done():
+                continue
+            loop = fut.get_loop()
+            if loop is running:
+                _fail_closed(fut)
+                held = True
+                continue
+            try:
+                loop.call_soon_threadsafe(_fail_closed, fut)
+            except RuntimeError:
+                self._remove(fut)
+            else:
+                held = True
+        return held
+
+    cdef int release(self, object sock, object fut) except -1:
+        """The operation of `fut` on `sock` ended and its registration is gone."""
+        if self._remove(fut) and self.closing:
+            # The count goes back: close() then decides as it would have without us.
+            sock._io_refs = self.refs
+            sock.close()
+        return 0
+
+
+def _fail_closed(fut):
+    # Also called through call_soon_threadsafe (a close() in another thread).
+    if not fut.done():
+        fut.set_exception(OSError(_CLOSED_ERRNO, _CLOSED_MESSAGE))
+
+
+cdef FdClaim _claim(object sock, object fut):
+    """The claim on sock's fd, with fut among its waiting operations; None when sock has
+    no _io_refs (not a socket.socket)."""
+    cdef FdClaim claim
+    cdef PyObject *slot
+    if type(sock) is _PLAIN_SOCKET and _IO_REFS_OFFSET >= 0:
+        # A busy socket's claim is there already: found without an attribute lookup.
+        slot = (<PyObject **>(<char *><PyObject *>sock + _IO_REFS_OFFSET))[0]
+        if slot is not NULL and type(<object>slot) is FdClaim:
+            claim = <FdClaim>slot
+            claim._add(fut)
+            return claim
+    try:
+        refs = sock._io_refs
+    except AttributeError:
+        return None
+    if type(refs) is FdClaim:
+        claim = <FdClaim>refs
+    else:
+        claim = FdClaim.__new__(FdClaim)
+        claim.refs = refs
+        sock._io_refs = claim
+    claim._add(fut)
+    return claim
+
+
+cdef class _Release:
+    # The done callback of a sockops.py operation's future (see claim_fd).
+    cdef FdClaim claim
+    cdef object sock
+
+    def __call__(self, fut):
+        self.claim.release(self.sock, fut)
+
+
+def claim_fd(sock, fut):
+    """Hold sock's fd open while fut (a waiting sock_* operation's future) is pending:
+    socket.close() meanwhile fails fut with EBADF, and the fd is closed when the
+    operations on it are done. Call it after adding the done callback that drops the
+    operation's registration: this one, added next, runs after it."""
+    cdef _Release release
+    claim = _claim(sock, fut)
+    if claim is not None:
+        release = _Release.__new__(_Release)
+        release.claim = claim
+        release.sock = sock
+        fut.add_done_callback(release)

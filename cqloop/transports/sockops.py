@@ -19,6 +19,10 @@ kernel cancelled our handle then, and the fd now belongs to the newcomer, as in 
 That is why registrations go through the kernel's `_add_reader`/`_add_writer` (what the
 public add_reader/add_writer wrap): they return the handle, whose `cancelled()` says whether
 it is still the fd's registration, and they refuse an fd a transport's watcher owns.
+While an operation waits, the loop co-owns the socket's fd (sockio.claim_fd, whose done
+callback comes after the one that drops the registration): a socket.close() fails the
+operation at once with EBADF, and the fd is closed only when the registration is gone, so
+its number is never reused under a registration of ours.
 
 getaddrinfo gives exactly socket.getaddrinfo's results. A query whose host and port are
 numeric is answered in the loop's thread with AI_NUMERICHOST | AI_NUMERICSERV added (the
@@ -348,6 +352,7 @@ class SockOpsMixin:
         fd = sock.fileno()
         handle = self._add_writer(fd, self._on_connect_writable, (fut, sock, address))
         fut.add_done_callback(functools.partial(self._on_writer_done, fd, handle))
+        _sockio.claim_fd(sock, fut)
         try:
             await fut
         finally:
@@ -431,6 +436,7 @@ class SockOpsMixin:
         # the next wait on the same socket costs no system call (Kernel._wait_sock).
         handle = self._wait_sock_readable(sock, fd, self._on_ready, (fd, fut, op, args))
         fut.add_done_callback(functools.partial(self._on_reader_done, fd, handle))
+        _sockio.claim_fd(sock, fut)
         return fut
 
     def _sendall_when_writable(
@@ -443,6 +449,7 @@ class SockOpsMixin:
         pending = _PendingSend(memoryview(data), sent)
         handle = self._add_writer(fd, self._on_sendall_writable, (fut, sock, pending))
         fut.add_done_callback(functools.partial(self._on_writer_done, fd, handle))
+        _sockio.claim_fd(sock, fut)
         return fut
 
     def _retry_when_writable(
@@ -453,6 +460,7 @@ class SockOpsMixin:
         fd = sock.fileno()
         handle = self._add_writer(fd, self._on_ready, (fd, fut, op, args))
         fut.add_done_callback(functools.partial(self._on_writer_done, fd, handle))
+        _sockio.claim_fd(sock, fut)
         return fut
 
     # -- private: connecting and resolving ------------------------------------------------
@@ -527,6 +535,7 @@ class SockOpsMixin:
         fd = sock.fileno()
         handle = self._add_writer(fd, self._on_sendfile_writable, (fut, job))
         fut.add_done_callback(functools.partial(self._on_sendfile_done, fd, handle, job))
+        _sockio.claim_fd(sock, fut)
         result: int = await fut
         return result
 

@@ -583,37 +583,43 @@ class StreamsMixin:
             if sock is not None:
                 raise ValueError("path and sock can not be specified at the same time")
             path = os.fspath(path)
+            own_sock = True
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            if path[0] not in (0, "\x00"):
-                remove_stale_unix_socket(path)
+            # Everything from here to the Server owning it closes the socket on failure,
+            # whatever the error (asyncio leaves it to the GC when the stale-file check
+            # raises something other than OSError: a NUL in the path, say).
             try:
+                if path[0] not in (0, "\x00"):
+                    remove_stale_unix_socket(path)
                 sock.bind(path)
-            except OSError as exc:
+            except BaseException as exc:
                 sock.close()
-                if exc.errno == errno.EADDRINUSE:
+                if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
                     msg = f"Address {path!r} is already in use"
                     raise OSError(errno.EADDRINUSE, msg) from None
                 raise
-            except BaseException:
-                sock.close()
-                raise
         else:
+            own_sock = False
             if sock is None:
                 raise ValueError("path was not specified, and no sock specified")
             if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
                 raise ValueError(f"A UNIX Domain Stream Socket was expected, got {sock!r}")
 
         unix_paths: dict[socket.socket, tuple[Any, int]] = {}
-        if cleanup_socket:
-            bound = sock.getsockname()
-            if bound and bound[0] not in (0, "\x00"):
-                try:
-                    unix_paths[sock] = (bound, os.stat(bound).st_ino)
-                except FileNotFoundError:
-                    pass
-
-        sock.setblocking(False)
-        server = Server(self, [sock], protocol_factory, backlog, unix_paths, tls)  # type: ignore[arg-type]
+        try:
+            if cleanup_socket:
+                bound = sock.getsockname()
+                if bound and bound[0] not in (0, "\x00"):
+                    try:
+                        unix_paths[sock] = (bound, os.stat(bound).st_ino)
+                    except FileNotFoundError:
+                        pass
+            sock.setblocking(False)
+            server = Server(self, [sock], protocol_factory, backlog, unix_paths, tls)  # type: ignore[arg-type]
+        except BaseException:
+            if own_sock:
+                sock.close()
+            raise
         if start_serving:
             server._start_serving()
             await asyncio.sleep(0)

@@ -1,0 +1,11 @@
+# CPython's member descriptors: what a class's __slots__ entry is, and where in an
+# instance its value lives (sockio.pyx reads socket.socket's `_io_refs` slot by offset on
+# the sock_* waiting path, where a generic attribute lookup cost most of the wait's set-up).
+# The layout is CPython's public descrobject.h/structmember.h, the same from 3.11 to 3.14.
+
+
+cdef extern from "Python.h":
+    ctypedef struct PyMemberDef:
+        Py_ssize_t offset
+    ctypedef struct PyMemberDescrObject:
+        PyMemberDef *d_member
