@@ -23,7 +23,12 @@ cdef class Handle:
 
 
 cdef class TimerHandle(Handle):
-    cdef readonly double _when
+    # The heap's sort key: the deadline as a C double, a NaN replaced by the time it was
+    # scheduled at (due at once; see Kernel._schedule_at).
+    cdef double _deadline
+    # What when() gives back where _deadline does not say it: the value call_at was given
+    # when it was not a float (an int stays an int, as in asyncio), or a NaN. None otherwise.
+    cdef object _when_given
     # True while the handle sits in a loop's timer heap (asyncio's flag of the same name).
     cdef public bint _scheduled
     # Insertion order, so that timers due at the same instant run first-scheduled first.
@@ -38,8 +43,9 @@ cdef Handle refill_handle(Handle handle, object callback, tuple args, object loo
 # Clear a plain Handle that ran and that nothing but the caller holds (no other reference,
 # no weak reference), for refill_handle; False, leaving it as it is, when it is not one.
 cdef bint clear_for_reuse(Handle handle) except -1
-cdef TimerHandle new_timer_handle(double when, object callback, tuple args, object loop,
-                                  object context, unsigned long long seq)
+cdef TimerHandle new_timer_handle(double deadline, object when_given, object callback,
+                                  tuple args, object loop, object context,
+                                  unsigned long long seq)
 
 
 # What a handle asks of a cqloop loop, as C calls (kernel.pyx installs them at import:
