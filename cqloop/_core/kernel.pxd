@@ -42,7 +42,8 @@ cdef class Kernel(FdTable):
     cdef bint _io_fresh
     cdef unsigned long long _timer_seq
     # Whether `time` is replaced on the instance or overridden by a subclass: the
-    # scheduler then reads the clock through self.time(), as asyncio's does (_clock).
+    # scheduler then reads the clock through self.time(), as asyncio's does (see _clock
+    # in kernel.pyx).
     cdef bint _clock_patched
 
     # -- lifecycle --------------------------------------------------------------------
@@ -61,7 +62,6 @@ cdef class Kernel(FdTable):
 
     # -- methods ----------------------------------------------------------------------
     cdef double _now(self) noexcept
-    cdef double _clock(self) except? -1.0
     cdef dict _loop_kwargs(self)
     cdef int _debug_checks(self, object callback, str method) except -1
     cdef Handle _call_soon(self, object callback, tuple args, object context)
