@@ -31,6 +31,7 @@ from cqloop._core.includes.pyapi cimport (
 cdef object _extract_stack = format_helpers.extract_stack
 cdef object _format_callback_source = format_helpers._format_callback_source
 cdef object _getframe = sys._getframe
+cdef object _NAN = float("nan")
 
 # See set_kernel_hooks.
 cdef type _kernel_type = None
@@ -182,10 +183,13 @@ cdef class TimerHandle(Handle):
 
     def when(self):
         """The deadline as given: an int given to call_at stays an int, as in asyncio
-        (aiohttp schedules at ceil(t) and compares)."""
-        if self._when_given is None:
+        (aiohttp schedules at ceil(t) and compares), a NaN stays NaN. Other numbers (an
+        int past 2**53, a Decimal, a numpy float) come back as the float they made."""
+        if self._when_form == WHEN_FLOAT:
             return self._deadline
-        return self._when_given
+        if self._when_form == WHEN_INT:
+            return int(self._deadline)
+        return _NAN
 
     @property
     def _when(self):
@@ -242,12 +246,19 @@ cdef class TimerHandle(Handle):
 
 
 cdef int _set_when(TimerHandle handle, object when) except -1:
-    """A deadline given from Python (TimerHandle's constructor): its double, and the value
-    itself where the double would not give it back."""
+    """A deadline given from Python (TimerHandle's constructor)."""
     cdef double deadline = when
     handle._deadline = deadline
-    handle._when_given = None if type(when) is float and deadline == deadline else when
+    handle._when_form = when_form_of(when, deadline)
     return 0
+
+
+cdef unsigned char when_form_of(object when, double deadline) except 255:
+    if deadline != deadline:
+        return WHEN_NAN
+    if type(when) is int and <double>(<long long>deadline) == deadline and deadline == when:
+        return WHEN_INT
+    return WHEN_FLOAT
 
 
 cdef Handle new_handle(object callback, tuple args, object loop, object context):
@@ -284,12 +295,12 @@ cdef bint clear_for_reuse(Handle handle) except -1:
     return True
 
 
-cdef TimerHandle new_timer_handle(double deadline, object when_given, object callback,
-                                  tuple args, object loop, object context,
+cdef TimerHandle new_timer_handle(double deadline, unsigned char when_form,
+                                  object callback, tuple args, object loop, object context,
                                   unsigned long long seq):
     cdef TimerHandle handle = TimerHandle.__new__(TimerHandle)
     refill_handle(handle, callback, args, loop, context)
     handle._deadline = deadline
-    handle._when_given = when_given
+    handle._when_form = when_form
     handle._seq = seq
     return handle

@@ -65,8 +65,8 @@ cdef class Kernel(FdTable):
     cdef dict _loop_kwargs(self)
     cdef int _debug_checks(self, object callback, str method) except -1
     cdef Handle _call_soon(self, object callback, tuple args, object context)
-    cdef TimerHandle _schedule_at(self, double when, object when_given, object callback,
-                                  tuple args, object context)
+    cdef TimerHandle _schedule_at(self, double when, unsigned char when_form,
+                                  object callback, tuple args, object context)
     cdef int _iterate(self, double max_wait) except -1
     cdef int _dispatch(self, int nevents) except -1
     cdef int _run_ready(self) except -1

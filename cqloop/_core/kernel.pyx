@@ -50,9 +50,12 @@ from cqloop._core.handles cimport (
     TimerHandle,
     clear_for_reuse,
     new_handle,
+    WHEN_FLOAT,
+    WHEN_NAN,
     new_timer_handle,
     refill_handle,
     set_kernel_hooks,
+    when_form_of,
 )
 from cqloop._core.includes.callsoon cimport cq_install_call_soon
 from cqloop._core.includes.gchook cimport (
@@ -274,7 +277,7 @@ cdef class Kernel(FdTable):
             self._check_closed()
         if self._debug:
             self._debug_checks(callback, "call_later")
-        return self._schedule_at(_clock(self) + seconds, None, callback, args, context)
+        return self._schedule_at(_clock(self) + seconds, WHEN_FLOAT, callback, args, context)
 
     def call_at(self, when, callback, *args, context=None):
         """Run callback(*args) at loop time `when`. Returns a TimerHandle."""
@@ -288,23 +291,24 @@ cdef class Kernel(FdTable):
             self._debug_checks(callback, "call_at")
         # when() gives back what it was given: an int stays an int, as in asyncio.
         return self._schedule_at(
-            deadline, None if type(when) is float else when, callback, args, context)
+            deadline, WHEN_FLOAT if type(when) is float else when_form_of(when, deadline),
+            callback, args, context)
 
-    cdef TimerHandle _schedule_at(self, double when, object when_given, object callback,
-                                  tuple args, object context):
-        """Push a timer due at `when` (loop time; when() gives back `when_given` if it is
-        not None). Any double is a deadline: infinities and huge values sort where they
-        belong (past the poll's cap they are never due, and never block others). A NaN
+    cdef TimerHandle _schedule_at(self, double when, unsigned char when_form,
+                                  object callback, tuple args, object context):
+        """Push a timer due at `when` (loop time; when() gives it back in `when_form`).
+        Any double is a deadline: infinities and huge values sort where they belong (past
+        the poll's cap they are never due, and never block others). A NaN
         compares false with everything, so as a key it would break the heap order and,
         at the head, never be due while blocking every timer behind it: it is due at once,
         keyed at the time it was scheduled, as asyncio runs a NaN timer at the heap's
         head at once (its when() stays NaN)."""
         cdef TimerHandle timer
         if when != when:
-            when_given = when
+            when_form = WHEN_NAN
             when = _clock(self)
         self._timer_seq += 1
-        timer = new_timer_handle(when, when_given, callback, args, self, context,
+        timer = new_timer_handle(when, when_form, callback, args, self, context,
                                  self._timer_seq)
         if self._debug:
             timer._source_traceback = self._source_traceback()
