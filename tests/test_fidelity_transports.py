@@ -1,18 +1,21 @@
 """Transport and server edge contracts, checked on cqloop against stock asyncio (the oracle)
-and uvloop: a protocol switched from inside its own callbacks, fd watching on a transport's
-fd, the reading half of a write pipe transport, and the server behaviour that changed
-between Python versions (the Unix socket file on close, Server.wait_closed).
+and uvloop: a protocol switched from inside its own callbacks (TCP, Unix and TLS streams),
+fd watching on a transport's fd, the reading half of a write pipe transport, and the
+server behaviour that changed between Python versions (the Unix socket file on close,
+Server.wait_closed).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import sys
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+import trustme
 
 from tests.conftest import is_cqloop, skip_where_uvloop_differs
 
@@ -21,6 +24,17 @@ PY313 = sys.version_info >= (3, 13)
 # Far more than one read of either path takes, so a switch lands in mid-stream.
 PAYLOAD = bytes(range(256)) * 4096
 SWITCH_AFTER = 5000
+
+
+@pytest.fixture(scope="module")
+def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server, client) contexts for "localhost", from a CA of this module's own."""
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server)
+    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ca.configure_trust(client)
+    return server, client
 
 
 class Sink:
@@ -89,11 +103,23 @@ class Client(asyncio.Protocol):
         self.lost.set_result(None)
 
 
-async def _serve(family: str, factory: Callable[[], asyncio.BaseProtocol], tmp_path: Any):
-    """A server of `family` ("tcp" or "unix") and a connected client (its transport and
-    protocol)."""
+async def _serve(
+    family: str,
+    factory: Callable[[], asyncio.BaseProtocol],
+    tmp_path: Any,
+    tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None,
+):
+    """A server of `family` ("tcp", "unix", or "tls" with `tls`, the server's and the
+    client's contexts) and a connected client (its transport and protocol)."""
     loop = asyncio.get_running_loop()
-    if family == "tcp":
+    if family == "tls":
+        assert tls is not None
+        server = await loop.create_server(factory, "127.0.0.1", 0, ssl=tls[0])
+        port = server.sockets[0].getsockname()[1]
+        transport, client = await loop.create_connection(
+            Client, "127.0.0.1", port, ssl=tls[1], server_hostname="localhost"
+        )
+    elif family == "tcp":
         server = await loop.create_server(factory, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         transport, client = await loop.create_connection(Client, "127.0.0.1", port)
@@ -105,9 +131,13 @@ async def _serve(family: str, factory: Callable[[], asyncio.BaseProtocol], tmp_p
 
 
 async def _send_all(transport: asyncio.WriteTransport, data: bytes, sink: Sink) -> bytes:
-    """Write `data` and EOF from the client; what the server's protocols received."""
+    """Write `data` and EOF from the client (a TLS client closes: close_notify); what the
+    server's protocols received."""
     transport.write(data)
-    transport.write_eof()
+    if transport.can_write_eof():
+        transport.write_eof()
+    else:
+        transport.close()
     await sink.done
     return b"".join(chunk for _, chunk in sink.chunks)
 
@@ -120,13 +150,13 @@ async def _hang_up(sink: Sink, client: Client, server: asyncio.AbstractServer) -
     await server.wait_closed()
 
 
-@pytest.mark.parametrize("family", ["tcp", "unix"])
+@pytest.mark.parametrize("family", ["tcp", "unix", "tls"])
 @pytest.mark.parametrize(
     ("first", "then"),
     [("buffered", "plain"), ("plain", "buffered"), ("buffered", "buffered"), ("plain", "plain")],
 )
 async def test_set_protocol_from_inside_a_read_callback_delivers_every_byte_in_order(
-    family, first, then, tmp_path
+    family, first, then, tmp_path, tls_contexts
 ):
     loop = asyncio.get_running_loop()
     errors: list[dict[str, Any]] = []
@@ -137,7 +167,9 @@ async def test_set_protocol_from_inside_a_read_callback_delivers_every_byte_in_o
     def second(sink: Sink) -> asyncio.BaseProtocol:
         return kinds[then](sink, None)
 
-    server, transport, client = await _serve(family, lambda: kinds[first](sink, second), tmp_path)
+    server, transport, client = await _serve(
+        family, lambda: kinds[first](sink, second), tmp_path, tls_contexts
+    )
     received = await _send_all(transport, PAYLOAD, sink)
     assert errors == []
     assert received == PAYLOAD

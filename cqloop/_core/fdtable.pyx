@@ -51,6 +51,18 @@ cdef int _refuse_transport_fd(int fd, object watcher) except -1:
     raise RuntimeError(f"File descriptor {fd!r} is used by transport {watcher!r}")
 
 
+cdef inline Handle _exchange(HandleWatcher watcher, bint reading, Handle handle):
+    """Put `handle` (or None) in the watcher's reader or writer slot; return what it held."""
+    cdef Handle old
+    if reading:
+        old = watcher.reader
+        watcher.reader = handle
+    else:
+        old = watcher.writer
+        watcher.writer = handle
+    return old
+
+
 cdef inline uint64_t _token(FdWatcher watcher) noexcept:
     return (<uint64_t>watcher.gen << 32) | <uint32_t>watcher.fd
 
@@ -254,19 +266,11 @@ cdef class FdTable:
         if mode == WAIT_LEVEL or (watcher.reader is None and watcher.writer is None):
             watcher.mode = mode
         watcher.sock_ref = None
-        if reading:
-            old = watcher.reader
-            watcher.reader = handle
-        else:
-            old = watcher.writer
-            watcher.writer = handle
+        old = _exchange(watcher, reading, handle)
         try:
             self._update_watcher(watcher, False)
         except BaseException:
-            if reading:
-                watcher.reader = old
-            else:
-                watcher.writer = old
+            _exchange(watcher, reading, old)
             raise
         if old is not None:
             old.cancel()
@@ -299,12 +303,7 @@ cdef class FdTable:
         if found is None or not isinstance(found, HandleWatcher):
             return False
         watcher = <HandleWatcher>found
-        if reading:
-            handle = watcher.reader
-            watcher.reader = None
-        else:
-            handle = watcher.writer
-            watcher.writer = None
+        handle = _exchange(watcher, reading, None)
         if handle is None:
             return False
         self._update_watcher(watcher, True)
