@@ -15,6 +15,7 @@ CORE_MODULES = [
     "timerheap",
     "poller",
     "watchers",
+    "fdtable",
     "kernel",
     "stream",
     "osext",

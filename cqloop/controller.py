@@ -151,7 +151,7 @@ class ControllerMixin:
             if not self._wrapped:
                 return
             remaining = None if deadline is None else deadline - self.time()
-            if remaining is not None and remaining <= 0:
+            if remaining is not None and not remaining > 0:  # (a NaN timeout has passed)
                 return
             self.step(remaining)
 
@@ -168,7 +168,7 @@ class ControllerMixin:
             if not self._wrapped:
                 return
             remaining = None if deadline is None else deadline - self.time()
-            if remaining is not None and remaining <= 0:
+            if remaining is not None and not remaining > 0:  # (a NaN timeout has passed)
                 return
             # This loop is pollable (its fd and timeout()): wait on the awaiting loop
             # until it has work, then run one step of it.

@@ -358,10 +358,10 @@ async def test_server_serves_until_closed_and_wait_closed_waits_for_clients() ->
     assert not server.sockets
     waiting = asyncio.ensure_future(server.wait_closed())
     await asyncio.sleep(0)
-    # The accepted connection is still open: wait_closed waits for it (asyncio 3.12.1+;
-    # cqloop on every version; uvloop's own Server returns at once).
+    # The accepted connection is still open: wait_closed waits for it from 3.12 (3.11's
+    # returned at once, and so does uvloop's own Server).
     loop = asyncio.get_running_loop()
-    if (sys.version_info >= (3, 12, 1) and not is_uvloop(loop)) or is_cqloop(loop):
+    if sys.version_info >= (3, 12) and not is_uvloop(loop):
         assert not waiting.done()
     peer.transport.close()
     await peer.lost
@@ -425,8 +425,8 @@ async def test_unix_server_and_connection(tmp_path: Any) -> None:
     assert bytes(peer.data) == b"unix!"
     assert client.transport.get_extra_info("peername") == path
     await _close_all(server, client, peer)
-    if sys.version_info >= (3, 13) or is_cqloop(loop):
-        # 3.13's cleanup_socket (cqloop does it on every version).
+    if sys.version_info >= (3, 13):
+        # 3.13's cleanup_socket (test_fidelity_transports checks the other versions).
         assert not os.path.exists(path)
 
 

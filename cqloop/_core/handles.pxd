@@ -2,6 +2,12 @@
 # The kernel creates them with new_handle/new_timer_handle (no __init__ call) and runs them
 # with Handle._run, the only place a callback is entered.
 
+cpdef enum WhenForm:
+    WHEN_FLOAT = 0
+    WHEN_INT = 1
+    WHEN_NAN = 2
+
+
 cdef class Handle:
     cdef readonly object _callback
     cdef readonly object _args
@@ -23,7 +29,13 @@ cdef class Handle:
 
 
 cdef class TimerHandle(Handle):
-    cdef readonly double _when
+    # The heap's sort key: the deadline as a C double, a NaN replaced by the time it was
+    # scheduled at (due at once; see Kernel._schedule_at).
+    cdef double _deadline
+    # How when() gives the deadline back (WhenForm): as the float it is, as the int
+    # call_at was given (as asyncio keeps it), or as the NaN it was given. A C field, not
+    # the object itself: an object field cost each timer 60 instructions (callgrind).
+    cdef unsigned char _when_form
     # True while the handle sits in a loop's timer heap (asyncio's flag of the same name).
     cdef public bint _scheduled
     # Insertion order, so that timers due at the same instant run first-scheduled first.
@@ -38,8 +50,11 @@ cdef Handle refill_handle(Handle handle, object callback, tuple args, object loo
 # Clear a plain Handle that ran and that nothing but the caller holds (no other reference,
 # no weak reference), for refill_handle; False, leaving it as it is, when it is not one.
 cdef bint clear_for_reuse(Handle handle) except -1
-cdef TimerHandle new_timer_handle(double when, object callback, tuple args, object loop,
-                                  object context, unsigned long long seq)
+cdef TimerHandle new_timer_handle(double deadline, unsigned char when_form,
+                                  object callback, tuple args, object loop, object context,
+                                  unsigned long long seq)
+# The WhenForm of a deadline given from Python whose double is `deadline`.
+cdef unsigned char when_form_of(object when, double deadline) except 255
 
 
 # What a handle asks of a cqloop loop, as C calls (kernel.pyx installs them at import:

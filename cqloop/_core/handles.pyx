@@ -31,6 +31,7 @@ from cqloop._core.includes.pyapi cimport (
 cdef object _extract_stack = format_helpers.extract_stack
 cdef object _format_callback_source = format_helpers._format_callback_source
 cdef object _getframe = sys._getframe
+cdef object _NAN = float("nan")
 
 # See set_kernel_hooks.
 cdef type _kernel_type = None
@@ -177,11 +178,23 @@ cdef class TimerHandle(Handle):
         super().__init__(callback, args, loop, context)
         if self._source_traceback:
             self._source_traceback.pop()
-        self._when = when
+        _set_when(self, when)
         self._scheduled = False
 
     def when(self):
-        return self._when
+        """The deadline as given: an int given to call_at stays an int, as in asyncio
+        (aiohttp schedules at ceil(t) and compares), a NaN stays NaN. Other numbers (an
+        int past 2**53, a Decimal, a numpy float) come back as the float they made."""
+        if self._when_form == WHEN_FLOAT:
+            return self._deadline
+        if self._when_form == WHEN_INT:
+            return int(self._deadline)
+        return _NAN
+
+    @property
+    def _when(self):
+        # asyncio.TimerHandle's attribute of the same name (read by tools and tests).
+        return self.when()
 
     def cancel(self):
         if not self._cancelled and self._loop is not None:
@@ -191,33 +204,35 @@ cdef class TimerHandle(Handle):
                 self._loop._timer_handle_cancelled(self)
         Handle.cancel(self)
 
+    # Comparisons and hash on when()'s value, as asyncio's on `_when`.
+
     def __hash__(self):
-        return hash(self._when)
+        return hash(self.when())
 
     def __lt__(self, other):
         if isinstance(other, TimerHandle):
-            return self._when < (<TimerHandle>other)._when
+            return self.when() < other.when()
         return NotImplemented
 
     def __le__(self, other):
         if isinstance(other, TimerHandle):
-            return self._when < (<TimerHandle>other)._when or self == other
+            return self.when() < other.when() or self == other
         return NotImplemented
 
     def __gt__(self, other):
         if isinstance(other, TimerHandle):
-            return self._when > (<TimerHandle>other)._when
+            return self.when() > other.when()
         return NotImplemented
 
     def __ge__(self, other):
         if isinstance(other, TimerHandle):
-            return self._when > (<TimerHandle>other)._when or self == other
+            return self.when() > other.when() or self == other
         return NotImplemented
 
     def __eq__(self, other):
         if isinstance(other, TimerHandle):
             return (
-                self._when == (<TimerHandle>other)._when
+                self.when() == other.when()
                 and self._callback == (<TimerHandle>other)._callback
                 and self._args == (<TimerHandle>other)._args
                 and self._cancelled == (<TimerHandle>other)._cancelled
@@ -226,8 +241,24 @@ cdef class TimerHandle(Handle):
 
     cdef list _repr_info(self):
         info = Handle._repr_info(self)
-        info.insert(2 if self._cancelled else 1, f"when={self._when}")
+        info.insert(2 if self._cancelled else 1, f"when={self.when()}")
         return info
+
+
+cdef int _set_when(TimerHandle handle, object when) except -1:
+    """A deadline given from Python (TimerHandle's constructor)."""
+    cdef double deadline = when
+    handle._deadline = deadline
+    handle._when_form = when_form_of(when, deadline)
+    return 0
+
+
+cdef unsigned char when_form_of(object when, double deadline) except 255:
+    if deadline != deadline:
+        return WHEN_NAN
+    if type(when) is int and <double>(<long long>deadline) == deadline and deadline == when:
+        return WHEN_INT
+    return WHEN_FLOAT
 
 
 cdef Handle new_handle(object callback, tuple args, object loop, object context):
@@ -264,10 +295,12 @@ cdef bint clear_for_reuse(Handle handle) except -1:
     return True
 
 
-cdef TimerHandle new_timer_handle(double when, object callback, tuple args, object loop,
-                                  object context, unsigned long long seq):
+cdef TimerHandle new_timer_handle(double deadline, unsigned char when_form,
+                                  object callback, tuple args, object loop, object context,
+                                  unsigned long long seq):
     cdef TimerHandle handle = TimerHandle.__new__(TimerHandle)
     refill_handle(handle, callback, args, loop, context)
-    handle._when = when
+    handle._deadline = deadline
+    handle._when_form = when_form
     handle._seq = seq
     return handle

@@ -1,12 +1,10 @@
 # Kernel: the loop's state below the asyncio API. This file is the map of it.
 
 from cpython.object cimport PyObject
-from libc.stdint cimport uint32_t
 
 from cqloop._core.handles cimport Handle, TimerHandle
-from cqloop._core.poller cimport Poller
+from cqloop._core.fdtable cimport FdTable
 from cqloop._core.timerheap cimport TimerHeap
-from cqloop._core.watchers cimport FdWatcher
 
 
 cdef enum:
@@ -14,9 +12,9 @@ cdef enum:
     HANDLE_POOL_MAX = 256
 
 
-cdef class Kernel:
+cdef class Kernel(FdTable):
+    # (FdTable, fdtable.pxd: the epoll Poller, the fd watcher table, _closed, _forked.)
     # -- the kernel queue -------------------------------------------------------------
-    cdef Poller _poller
     # eventfd: wakes a blocked epoll_wait from other threads; also what makes the epoll fd
     # readable while callbacks are ready and the loop is driven from outside.
     cdef int _efd
@@ -43,14 +41,12 @@ cdef class Kernel:
     # The last poll returned events: the callbacks they lead to run before the next poll.
     cdef bint _io_fresh
     cdef unsigned long long _timer_seq
-
-    # -- fds --------------------------------------------------------------------------
-    # fd -> FdWatcher
-    cdef dict _watchers
-    cdef uint32_t _last_gen
+    # Whether `time` is replaced on the instance or overridden by a subclass: the
+    # scheduler then reads the clock through self.time(), as asyncio's does (see _clock
+    # in kernel.pyx).
+    cdef bint _clock_patched
 
     # -- lifecycle --------------------------------------------------------------------
-    cdef bint _closed
     cdef public bint _stopping
     # True inside run_forever and inside step(): is_running().
     cdef readonly bint _running
@@ -59,9 +55,6 @@ cdef class Kernel:
     cdef bint _debug
     cdef public double slow_callback_duration
     cdef public object _thread_id
-    # Set in a forked child (cqloop.loop's at-fork hook): the epoll fd, eventfd and timerfd
-    # are shared with the parent, so nothing here may touch them until _reset_kernel().
-    cdef public bint _forked
     # {"loop": self}, made once (see _loop_kwargs).
     cdef dict _future_kwargs
     # set_task_factory's factory, or None (create_task reads it here).
@@ -69,12 +62,11 @@ cdef class Kernel:
 
     # -- methods ----------------------------------------------------------------------
     cdef double _now(self) noexcept
-    cdef int _check_closed(self) except -1
     cdef dict _loop_kwargs(self)
     cdef int _debug_checks(self, object callback, str method) except -1
     cdef Handle _call_soon(self, object callback, tuple args, object context)
-    cdef TimerHandle _schedule_at(self, double when, object callback, tuple args,
-                                  object context)
+    cdef TimerHandle _schedule_at(self, double when, unsigned char when_form,
+                                  object callback, tuple args, object context)
     cdef int _iterate(self, double max_wait) except -1
     cdef int _dispatch(self, int nevents) except -1
     cdef int _run_ready(self) except -1
@@ -87,11 +79,3 @@ cdef class Kernel:
     cdef int _ensure_timerfd(self) except -1
     cdef int _arm_timerfd(self, double deadline, bint armed) except -1
     cdef int _drain_timerfd(self) noexcept
-    cdef uint32_t _new_gen(self) noexcept
-    cdef int _update_watcher(self, FdWatcher watcher, bint removing) except -1
-    cdef int _install_watcher(self, FdWatcher watcher) except -1
-    cdef int _remove_watcher(self, FdWatcher watcher) except -1
-    cdef Handle _register_handle(self, int fd, object callback, tuple args, bint reading,
-                                 int mode)
-    cdef Handle _wait_sock(self, object sock, int fd, object callback, tuple args)
-    cdef bint _unregister_handle(self, int fd, bint reading) except -1

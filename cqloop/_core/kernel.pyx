@@ -1,18 +1,17 @@
 """Kernel: the nestable kernel queue and the run-once step under cqloop's Loop.
 
 Owns: the epoll fd (through Poller), the wake-up eventfd, the lazily created timerfd, the
-ready queue, the timer heap and the table of fd watchers. cqloop.loop.Loop subclasses
-Kernel and adds the rest of the asyncio API in Python; nothing here imports the public
-modules. `_iterate` is the single place callbacks run (through Handle._run), and the only
-caller of Poller.wait.
+ready queue and the timer heap; the table of fd watchers is its base class, FdTable
+(fdtable.pyx). cqloop.loop.Loop subclasses Kernel and adds the rest of the asyncio API in
+Python; nothing here imports the public modules. `_iterate` is the single place callbacks
+run (through Handle._run), and the only caller of Poller.wait.
 
 Invariants:
 - A callback scheduled during an iteration runs in the next one: each iteration swaps the
   ready list for an empty spare and runs only what was queued before it started.
-- Every watcher in `_watchers` whose `registered` mask is non-zero has a live epoll
-  registration whose data is (gen << 32 | fd); the wake-up and timer fds use generation 0.
-  A one-shot watcher whose wait is done stays in the table with its registration disarmed
-  (`disarmed`, no handles): inert until the next wait on the fd re-arms it.
+- Every deadline in the timer heap is a number (a NaN is keyed as due at once, see
+  _schedule_at), and no wait passes to the poller is NaN or past MAX_POLL_TIMEOUT_S.
+- The scheduler reads its clock through _clock(): loop.time() as the instance answers it.
 
 Driven from outside (the nesting semantics of docs/design.md):
 A loop may be run by run_forever, or stepped by someone else who polls its fd: another
@@ -29,10 +28,8 @@ one of its fds is ready:
 Readability may be spurious (a timer cancelled after the timerfd was armed): an outside
 poller then runs a step that finds nothing to do, which is harmless.
 
-Size: past 800 lines. Next to split out: the fd watcher table (_register_handle, _wait_sock,
-_update_watcher, _install/_remove_watcher and the generation bookkeeping) into its own
-cimported module, fdtable.pyx, leaving this file the queue, the timers and the run-once
-step.
+Size: past 800 lines. Next to split out: the kernel's own fds (the eventfd and the timerfd,
+_signal_wakeup to _sync_external) with fileno/timeout, the "loop as a pollable object".
 """
 
 import threading
@@ -44,19 +41,21 @@ from asyncio import Future
 from asyncio import tasks as _tasks
 
 from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc
-from cpython.object cimport PyObject, PyObject_Call
+from cpython.object cimport PyObject, PyObject_Call, PyObject_GenericSetAttr
 from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport Py_DECREF, Py_INCREF, Py_REFCNT, Py_XDECREF, _Py_REFCNT
-from cpython.weakref cimport PyWeakref_NewRef
 
 from cqloop._core.handles cimport (
     Handle,
     TimerHandle,
     clear_for_reuse,
     new_handle,
+    WHEN_FLOAT,
+    WHEN_NAN,
     new_timer_handle,
     refill_handle,
     set_kernel_hooks,
+    when_form_of,
 )
 from cqloop._core.includes.callsoon cimport cq_install_call_soon
 from cqloop._core.includes.gchook cimport (
@@ -68,19 +67,15 @@ from cqloop._core.includes.gchook cimport (
     cq_visitproc,
 )
 from cqloop._core.includes.pyapi cimport (
+    cq_generic_delattr,
     cq_list_clear_keep,
     cq_list_items,
     cq_list_take,
-    cq_weakref_is,
 )
 from cqloop._core.includes.system cimport (
     CLOCK_MONOTONIC,
-    EBADF,
-    EEXIST,
     EFD_CLOEXEC,
     EFD_NONBLOCK,
-    ENOENT,
-    EPOLLET,
     EPOLLIN,
     TFD_CLOEXEC,
     TFD_NONBLOCK,
@@ -96,28 +91,16 @@ from cqloop._core.includes.system cimport (
     timespec,
     write,
 )
+from cqloop._core.fdtable cimport FdTable
 from cqloop._core.poller cimport Poller
 from cqloop._core.timerheap cimport TimerHeap
-from cqloop._core.watchers cimport (
-    WAIT_EDGE,
-    WAIT_LEVEL,
-    WAIT_ONESHOT,
-    FdWatcher,
-    HandleWatcher,
-)
+from cqloop._core.watchers cimport FdWatcher
 
 # asyncio caps one select at a day; so do we (and it fits epoll_wait's int milliseconds).
 cdef double MAX_POLL_TIMEOUT_S = 24 * 3600.0
-# An edge-triggered read registration's mask (see Kernel._wait_sock).
-cdef uint32_t EDGE_READ = EPOLLIN | EPOLLET
 # A timer is due when its deadline is within the clock's resolution of now (asyncio's rule;
 # CLOCK_MONOTONIC counts nanoseconds on Linux).
 cdef double CLOCK_RESOLUTION_S = 1e-9
-# Generations are 32 bits in epoll_data; 0 is reserved for the kernel's own fds.
-cdef uint32_t FIRST_GEN = 1
-cdef str FORKED_MESSAGE = (
-    "this event loop was inherited across fork(): its kernel queue belongs to the parent "
-    "process; call loop.reset() in the child first, or make a new loop")
 
 # See _settle_heap: the size of the block whose release raises glibc's thresholds, so that
 # blocks up to this size come from the heap and up to twice it stays there when freed.
@@ -126,6 +109,24 @@ cdef bint _heap_settled = False
 
 cdef object _get_ident = threading.get_ident
 cdef object _Future = Future
+
+
+cdef inline double _monotonic() noexcept:
+    # CLOCK_MONOTONIC, the clock of time.monotonic() and of asyncio's loop.time().
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
+
+
+cdef inline double _clock(Kernel kernel) except? -1.0:
+    """The scheduler's clock: loop.time() as the instance answers it. asyncio's scheduler
+    asks self.time(), so a clock replaced on the instance (mock.patch.object, test
+    plugins' fake clocks) or overridden by a subclass moves it; _clock_patched says
+    whether one is (see Kernel.__setattr__), and otherwise the clock is read directly.
+    Inline: it is read three times per timer scheduled and run."""
+    if kernel._clock_patched:
+        return kernel.time()
+    return _monotonic()
 
 
 cdef int _settle_heap() except -1:
@@ -161,7 +162,7 @@ cdef int _settle_heap() except -1:
     return 0
 
 
-cdef class Kernel:
+cdef class Kernel(FdTable):
 
     def __cinit__(self, *args, **kwargs):
         cdef uint64_t token
@@ -183,10 +184,10 @@ cdef class Kernel:
         self._pool_len = 0
         self._timers = TimerHeap()
         self._timer_seq = 0
-        self._watchers = {}
-        self._last_gen = FIRST_GEN
         self.slow_callback_duration = 0.1
         self._thread_id = None
+        # A subclass with its own time() schedules by it (see _clock).
+        self._clock_patched = type(self).time is not Kernel.time
         _settle_heap()
 
     def __dealloc__(self):
@@ -202,14 +203,23 @@ cdef class Kernel:
     # -- time ---------------------------------------------------------------------------
 
     cdef double _now(self) noexcept:
-        # CLOCK_MONOTONIC, the clock of time.monotonic() and of asyncio's loop.time().
-        cdef timespec ts
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
+        return _monotonic()
 
     def time(self):
         """The loop's clock: time.monotonic()."""
         return self._now()
+
+    def __setattr__(self, name, value):
+        # Loop instances take attributes (libraries patch loop methods); replacing `time`
+        # must reach the scheduler. A C-level slot: other attributes cost one comparison.
+        PyObject_GenericSetAttr(self, name, value)
+        if name == "time":
+            self._clock_patched = True
+
+    def __delattr__(self, name):
+        cq_generic_delattr(self, name, NULL)
+        if name == "time":
+            self._clock_patched = type(self).time is not Kernel.time
 
     # -- scheduling ---------------------------------------------------------------------
 
@@ -267,7 +277,7 @@ cdef class Kernel:
             self._check_closed()
         if self._debug:
             self._debug_checks(callback, "call_later")
-        return self._schedule_at(self._now() + seconds, callback, args, context)
+        return self._schedule_at(_clock(self) + seconds, WHEN_FLOAT, callback, args, context)
 
     def call_at(self, when, callback, *args, context=None):
         """Run callback(*args) at loop time `when`. Returns a TimerHandle."""
@@ -279,13 +289,27 @@ cdef class Kernel:
             self._check_closed()
         if self._debug:
             self._debug_checks(callback, "call_at")
-        return self._schedule_at(deadline, callback, args, context)
+        # when() gives back what it was given: an int stays an int, as in asyncio.
+        return self._schedule_at(
+            deadline, WHEN_FLOAT if type(when) is float else when_form_of(when, deadline),
+            callback, args, context)
 
-    cdef TimerHandle _schedule_at(self, double when, object callback, tuple args,
-                                  object context):
+    cdef TimerHandle _schedule_at(self, double when, unsigned char when_form,
+                                  object callback, tuple args, object context):
+        """Push a timer due at `when` (loop time; when() gives it back in `when_form`).
+        Any double is a deadline: infinities and huge values sort where they belong (past
+        the poll's cap they are never due, and never block others). A NaN
+        compares false with everything, so as a key it would break the heap order and,
+        at the head, never be due while blocking every timer behind it: it is due at once,
+        keyed at the time it was scheduled, as asyncio runs a NaN timer at the heap's
+        head at once (its when() stays NaN)."""
         cdef TimerHandle timer
+        if when != when:
+            when_form = WHEN_NAN
+            when = _clock(self)
         self._timer_seq += 1
-        timer = new_timer_handle(when, callback, args, self, context, self._timer_seq)
+        timer = new_timer_handle(when, when_form, callback, args, self, context,
+                                 self._timer_seq)
         if self._debug:
             timer._source_traceback = self._source_traceback()
         self._timers.push(timer)
@@ -367,11 +391,6 @@ cdef class Kernel:
         pass
 
     # -- lifecycle ----------------------------------------------------------------------
-
-    cdef int _check_closed(self) except -1:
-        if self._closed:
-            raise RuntimeError("Event loop is closed")
-        return 0
 
     def is_closed(self):
         return self._closed
@@ -490,6 +509,7 @@ cdef class Kernel:
         cdef int rounds = 1
         if max_wait < 0 and timeout is not None:
             raise ValueError("timeout must be non-negative or None")
+        max_wait = _wait_limit(max_wait)
         self._external = True
         try:
             self._iterate(max_wait)
@@ -517,8 +537,8 @@ cdef class Kernel:
             timeout = 0.0
         else:
             if timers._heap:
-                timeout = timers.peek_when() - self._now()
-                if timeout < 0.0:
+                timeout = timers.peek_when() - _clock(self)
+                if not timeout > 0.0:  # (a patched clock may make it NaN)
                     timeout = 0.0
                 if max_wait >= 0.0 and timeout > max_wait:
                     timeout = max_wait
@@ -567,7 +587,7 @@ cdef class Kernel:
     cdef int _run_due_timers(self) except -1:
         cdef TimerHeap timers = self._timers
         cdef TimerHandle timer
-        cdef double end = self._now() + CLOCK_RESOLUTION_S
+        cdef double end = _clock(self) + CLOCK_RESOLUTION_S
         cdef list ready = self._ready
         while timers._heap and timers.peek_when() < end:
             timer = timers.pop()
@@ -670,246 +690,6 @@ cdef class Kernel:
                 self._remove_watcher(watcher)
         return 0
 
-    cdef uint32_t _new_gen(self) noexcept:
-        self._last_gen += 1
-        if self._last_gen == 0:
-            self._last_gen = FIRST_GEN
-        return self._last_gen
-
-    cdef int _install_watcher(self, FdWatcher watcher) except -1:
-        """Put a new watcher in the table and register what it wants with epoll."""
-        watcher.gen = self._new_gen()
-        watcher.registered = 0
-        self._watchers[watcher.fd] = watcher
-        try:
-            self._update_watcher(watcher, False)
-        except BaseException:
-            del self._watchers[watcher.fd]
-            raise
-        return 0
-
-    cdef int _remove_watcher(self, FdWatcher watcher) except -1:
-        """Take a watcher out of the table and out of epoll (its fd may be closed already)."""
-        if watcher.registered:
-            if not self._closed and not self._forked:
-                self._poller.unregister(watcher.fd)
-            watcher.registered = 0
-        if self._watchers.get(watcher.fd) is watcher:
-            del self._watchers[watcher.fd]
-        return 0
-
-    cdef int _update_watcher(self, FdWatcher watcher, bint removing) except -1:
-        """Bring the epoll registration in line with watcher.wanted(); drop the watcher from
-        the table when it wants nothing. With `removing`, an fd that was closed meanwhile
-        is not an error: its registration went with it, or lingers under a dup with a
-        generation that is now stale."""
-        cdef uint32_t wanted = watcher.wanted()
-        cdef int fd = watcher.fd
-        cdef int err = 0
-        if self._forked:
-            # The epoll set is the parent's (see _reset_kernel): removing leaves it alone,
-            # adding is refused.
-            if not removing:
-                raise RuntimeError(FORKED_MESSAGE)
-            if wanted == 0 and not watcher.persistent and self._watchers.get(fd) is watcher:
-                del self._watchers[fd]
-            return 0
-        if wanted == 0:
-            if (watcher.disarmed or watcher.registered & EPOLLET) and not watcher.persistent:
-                # A one-shot wait that fired and is done: leave the disarmed registration
-                # (and the watcher) in place, inert, so that the next wait on the fd is one
-                # EPOLL_CTL_MOD instead of a DEL now and an ADD then. Inert is the point: a
-                # disarmed registration reports nothing, even if the fd is closed while a
-                # dup keeps its file open (the trap that makes a lazily deferred DEL of a
-                # level-triggered registration unsafe). A closed fd's registration goes
-                # with its file; a reused number is caught by the MOD (ENOENT) below.
-                # An edge-triggered wait's registration stays too (see _wait_sock), armed
-                # but nearly as inert: it never spins, and the first arrival of data with
-                # nobody waiting drops it (HandleWatcher._on_events). Where the fd was
-                # closed meanwhile and a dup keeps the file open, that drop cannot reach
-                # the registration: each arrival on the file then wakes the loop once
-                # (and is ignored) until the file's last fd is closed.
-                return 0
-            if watcher.registered:
-                self._poller.unregister(fd)
-                watcher.registered = 0
-            if not watcher.persistent and self._watchers.get(fd) is watcher:
-                del self._watchers[fd]
-            return 0
-        if watcher.registered == wanted and removing and not watcher.disarmed:
-            return 0
-        # When adding, re-issue the registration even if the mask is unchanged: that is how
-        # the kernel learns (ENOENT) that the fd was closed and its number reused since.
-        if watcher.registered:
-            err = self._poller.modify(fd, wanted, _token(watcher))
-            if err == ENOENT:
-                # The fd number now names another file than the one registered: register
-                # that one afresh, under a new generation.
-                watcher.gen = self._new_gen()
-                err = self._poller.register(fd, wanted, _token(watcher))
-        else:
-            err = self._poller.register(fd, wanted, _token(watcher))
-            if err == EEXIST:
-                # Registered under this fd and file by an earlier watcher whose removal
-                # could not reach epoll; take it over.
-                err = self._poller.modify(fd, wanted, _token(watcher))
-        if err:
-            watcher.registered = 0
-            watcher.gen = self._new_gen()
-            if removing and (err == EBADF or err == ENOENT):
-                return 0
-            raise OSError(err, f"cannot watch fd {fd}: {_strerror(err)}")
-        watcher.registered = wanted
-        watcher.disarmed = False
-        return 0
-
-    def _add_reader(self, int fd, callback, tuple args):
-        return self._register_handle(fd, callback, args, True, WAIT_LEVEL)
-
-    def _add_writer(self, int fd, callback, tuple args):
-        return self._register_handle(fd, callback, args, False, WAIT_LEVEL)
-
-    def _wait_readable(self, int fd, callback, tuple args):
-        """add_reader for one wait (pollables' readability waits): the registration is
-        one-shot, so the wait's end costs no EPOLL_CTL_DEL. After a wake-up that finds the
-        fd not ready after all, call _rearm(fd)."""
-        return self._register_handle(fd, callback, args, True, WAIT_ONESHOT)
-
-    def _wait_sock_readable(self, sock, int fd, callback, tuple args):
-        """_wait_sock for the Python half (sockops.py)."""
-        return self._wait_sock(sock, fd, callback, args)
-
-    cdef Handle _wait_sock(self, object sock, int fd, object callback, tuple args):
-        """add_reader for one wait of a sock_* operation whose call on `sock` (fd `fd`)
-        just said "not ready". Such a wait may be edge-triggered: its operation has tried
-        first, so any data it waits for arrives after the registration, and an edge comes.
-        The registration stays, idle, when the wait ends, and a busy connection's next wait
-        costs no system call at all (a one-shot registration costs a re-arm per wait; the
-        echo benchmark's sock mode waits at every message). Skipping the system call needs
-        proof that the registration is still for this fd's file: a registration lives as
-        long as its file is open, the fd number may have been closed and reused since, and
-        a registration re-issued on the fd (as every other add does) is how epoll says so.
-        The proof is the socket object: the same one as at the last registration (held
-        weakly), still open with the same fd, owns the same open file. A wake-up that
-        finds nothing to read needs no re-arm: the next data brings the next edge."""
-        cdef HandleWatcher watcher
-        cdef Handle handle
-        cdef object found = self._watchers.get(fd)
-        if found is not None and type(found) is HandleWatcher:
-            watcher = <HandleWatcher>found
-            if (
-                watcher.reader is None
-                and watcher.writer is None
-                and watcher.registered == EDGE_READ
-                and watcher.sock_ref is not None
-            ):
-                # (A closed loop's table is empty: no check for that here.)
-                if cq_weakref_is(watcher.sock_ref, sock):
-                    handle = new_handle(callback, args, self, None)
-                    watcher.reader = handle
-                    return handle
-        handle = self._register_handle(fd, callback, args, True, WAIT_EDGE)
-        watcher = <HandleWatcher>self._watchers[fd]
-        if watcher.registered == EDGE_READ:
-            try:
-                watcher.sock_ref = PyWeakref_NewRef(sock, None)
-            except TypeError:
-                pass  # no weak references: every wait re-issues the registration
-        return handle
-
-    def _rearm(self, int fd):
-        """Re-arm a one-shot registration that fired while its wait goes on."""
-        cdef FdWatcher watcher
-        found = self._watchers.get(fd)
-        if found is not None:
-            watcher = <FdWatcher>found
-            if watcher.disarmed and watcher.wanted():
-                self._update_watcher(watcher, True)
-
-    def _fd_handle(self, int fd, bint reading):
-        """The handle registered to read (or write) fd, or None; a transport's watcher
-        if a transport owns fd. cqloop.pollable asks, so as never to take over or drop a
-        registration it did not make."""
-        found = self._watchers.get(fd)
-        if found is None or not isinstance(found, HandleWatcher):
-            return found
-        return (<HandleWatcher>found).reader if reading else (<HandleWatcher>found).writer
-
-    cdef Handle _register_handle(self, int fd, object callback, tuple args, bint reading,
-                                 int mode):
-        cdef HandleWatcher watcher
-        cdef Handle handle
-        cdef Handle old
-        self._check_closed()
-        handle = new_handle(callback, args, self, None)
-        found = self._watchers.get(fd)
-        if found is None:
-            watcher = HandleWatcher(fd)
-            watcher.mode = mode
-            if reading:
-                watcher.reader = handle
-            else:
-                watcher.writer = handle
-            self._install_watcher(watcher)
-            return handle
-        if not isinstance(found, HandleWatcher):
-            # Every other watcher is a transport's (asyncio's wording).
-            raise RuntimeError(f"File descriptor {fd!r} is used by transport {found!r}")
-        watcher = <HandleWatcher>found
-        # One mode per registration: level-triggered as soon as a plain add_reader or
-        # add_writer shares it; a wait's own mode when it is alone (a wait replacing one
-        # in the same direction keeps the mode it finds). Adding always re-issues the
-        # registration below, which makes epoll report an fd that is ready already.
-        if mode == WAIT_LEVEL or (watcher.reader is None and watcher.writer is None):
-            watcher.mode = mode
-        watcher.sock_ref = None
-        if reading:
-            old = watcher.reader
-            watcher.reader = handle
-        else:
-            old = watcher.writer
-            watcher.writer = handle
-        try:
-            self._update_watcher(watcher, False)
-        except BaseException:
-            if reading:
-                watcher.reader = old
-            else:
-                watcher.writer = old
-            raise
-        if old is not None:
-            old.cancel()
-        return handle
-
-    def _remove_reader(self, int fd):
-        return self._unregister_handle(fd, True)
-
-    def _remove_writer(self, int fd):
-        return self._unregister_handle(fd, False)
-
-    cdef bint _unregister_handle(self, int fd, bint reading) except -1:
-        """remove_reader/remove_writer; also how a compiled sock_* wait ends (sockio.pyx),
-        once per message in a busy connection: a C call, not a method lookup."""
-        cdef HandleWatcher watcher
-        cdef Handle handle
-        if self._closed:
-            return False
-        found = self._watchers.get(fd)
-        if found is None or not isinstance(found, HandleWatcher):
-            return False
-        watcher = <HandleWatcher>found
-        if reading:
-            handle = watcher.reader
-            watcher.reader = None
-        else:
-            handle = watcher.writer
-            watcher.writer = None
-        if handle is None:
-            return False
-        self._update_watcher(watcher, True)
-        handle.cancel()
-        return True
-
     # -- the kernel's own fds -----------------------------------------------------------
 
     cdef int _signal_wakeup(self) noexcept:
@@ -946,6 +726,7 @@ cdef class Kernel:
         """Arm the timerfd for `deadline` (absolute loop time), or disarm it."""
         cdef itimerspec spec
         cdef double secs
+        cdef double real
         if self._forked:
             return 0  # the timerfd is the parent's
         if self._tfd < 0:
@@ -957,10 +738,18 @@ cdef class Kernel:
         spec.it_value.tv_sec = 0
         spec.it_value.tv_nsec = 0
         if armed:
-            if deadline > 0.0:
-                secs = <double>(<long>deadline)
-                spec.it_value.tv_sec = <long>deadline
-                spec.it_value.tv_nsec = <long>((deadline - secs) * 1e9)
+            # The timerfd counts CLOCK_MONOTONIC: a deadline on a replaced clock is moved
+            # to it, and one past the poll's cap (an infinity, 1e300) is armed at the cap
+            # instead (the wake-up then finds nothing due and re-arms): C has no long for it.
+            real = deadline
+            if self._clock_patched:
+                real = deadline - _clock(self) + self._now()
+            if not real < self._now() + MAX_POLL_TIMEOUT_S:
+                real = self._now() + MAX_POLL_TIMEOUT_S
+            if real > 0.0:
+                secs = <double>(<long>real)
+                spec.it_value.tv_sec = <long>real
+                spec.it_value.tv_nsec = <long>((real - secs) * 1e9)
             if spec.it_value.tv_sec == 0 and spec.it_value.tv_nsec == 0:
                 # A zero it_value disarms. A deadline at or before the clock's zero (call_at
                 # accepts any number) is long past: one nanosecond after boot is too.
@@ -1025,7 +814,9 @@ cdef class Kernel:
             self._timers.drop_cancelled_head()
         if not self._timers._heap:
             return None
-        return max(0.0, self._timers.peek_when() - self._now())
+        # Never NaN, never past the kernel's own cap on one wait (select() and poll()
+        # refuse an infinite timeout).
+        return _wait_limit(max(0.0, self._timers.peek_when() - _clock(self)))
 
     def _set_wait_sigmask(self, signals):
         """The signal mask for the kernel's waits (a list of signals to block), or None
@@ -1048,13 +839,15 @@ cdef class Kernel:
         }
 
 
-cdef inline uint64_t _token(FdWatcher watcher) noexcept:
-    return (<uint64_t>watcher.gen << 32) | <uint32_t>watcher.fd
-
-
-def _strerror(int err):
-    import os
-    return os.strerror(err)
+cdef inline double _wait_limit(double seconds) noexcept:
+    """A wait's length in seconds (< 0: unbounded) as the poll takes it: a NaN is no wait
+    (as a NaN deadline is due at once), and anything past MAX_POLL_TIMEOUT_S, infinity
+    included, is MAX_POLL_TIMEOUT_S."""
+    if seconds != seconds:
+        return 0.0
+    if seconds > MAX_POLL_TIMEOUT_S:
+        return MAX_POLL_TIMEOUT_S
+    return seconds
 
 
 # -- call_soon's entry point ----------------------------------------------------------------

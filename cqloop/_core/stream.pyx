@@ -515,10 +515,16 @@ cdef class StreamTransport(FdWatcher):
         # while the protocol still wants data. A BufferedProtocol's buffer is often smaller
         # than a message (asyncio's streams and the echo benchmark use 64 KiB), and the
         # extra poll per message was a tenth of a 100 KiB echo's cost.
+        # A protocol may replace itself from buffer_updated (set_protocol): a plain
+        # Protocol has no get_buffer, so the chain ends there and the rest waits for the
+        # next readiness event (the registration is level-triggered), read the new way.
         cdef int reads = 0
         while self._read_into_buffer_once():
             reads += 1
-            if reads == MAX_READS_PER_EVENT or self._closing or self._paused or self._conn_lost:
+            if (
+                reads == MAX_READS_PER_EVENT or self._closing or self._paused
+                or self._conn_lost or not self._buffered
+            ):
                 break
         return 0
 

@@ -9,7 +9,7 @@ than half of a heap of at least MIN_COMPACT_SIZE timers is cancelled, compact() 
 without them (asyncio's rule, which keeps a loop that cancels most of its timeouts from
 growing without bound). Only the kernel calls into it.
 
-Why two arrays: with tens of thousands of timers, a heap that compares `handle._when` reads
+Why two arrays: with tens of thousands of timers, a heap that compares each handle's deadline reads
 one scattered object per level of every sift, and those cache misses, not instructions,
 dominated a 50,000-timer benchmark. Sifting here compares keys in one contiguous array and
 moves the list's item pointers directly: a move within one list changes no reference
@@ -93,7 +93,7 @@ cdef class TimerHeap:
         heap.append(timer)
         items = cq_list_items(heap)
         keys = self._keys
-        key.when = timer._when
+        key.when = timer._deadline
         key.seq = timer._seq
         while pos > 0:
             parent = (pos - 1) >> 1
@@ -225,7 +225,7 @@ cdef class TimerHeap:
         self._reserve(len(keep))
         for i in range(len(keep)):
             timer = <TimerHandle>cq_list_items(keep)[i]
-            self._keys[i].when = timer._when
+            self._keys[i].when = timer._deadline
             self._keys[i].seq = timer._seq
         return 0
 
@@ -241,4 +241,4 @@ cdef class TimerHeap:
 
 
 def _sort_key(TimerHandle timer):
-    return (timer._when, timer._seq)
+    return (timer._deadline, timer._seq)

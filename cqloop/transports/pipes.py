@@ -238,9 +238,13 @@ class ReadPipeTransport(_PipeTransport, ReadFlowMixin, asyncio.ReadTransport):
         self._loop.call_soon(self._call_connection_lost, None)
 
 
-class WritePipeTransport(_PipeTransport, WriteFlowMixin, asyncio.WriteTransport):
+class WritePipeTransport(_PipeTransport, WriteFlowMixin, asyncio.Transport):
     """The write end of a pipe (or a FIFO, socket, pty or character device) as an asyncio
-    WriteTransport with flow control. Made by connect_write_pipe."""
+    WriteTransport with flow control. Made by connect_write_pipe.
+
+    An asyncio.Transport, as asyncio's own write pipe transport is (through its flow
+    control mixin): pause_reading, resume_reading and is_reading raise
+    NotImplementedError, where a bare WriteTransport would have no such methods."""
 
     def __init__(
         self,

@@ -6,9 +6,14 @@ readiness event and makes a transport for each. When the process is out of fds (
 ENFILE, ENOBUFS, ENOMEM) it stops accepting for ACCEPT_RETRY_DELAY seconds, as asyncio does,
 and logs the condition once per episode rather than once per retry.
 
-Semantics are asyncio's Server of 3.13 on every supported Python: wait_closed waits for the
-server to be closed and its connections to be gone (the behaviour 3.12.1 settled on), and
-close_clients/abort_clients exist.
+Semantics follow the running Python where asyncio's changed between versions:
+- wait_closed: from 3.12 (3.12.1's fix) it waits for the server to be closed *and* its
+  connections to be gone; on 3.11 it returns as soon as the server is closed (so that
+  `async with server: await server.serve_forever()`, cancelled with an idle keep-alive
+  client connected, returns at once there, as it does on asyncio);
+- a Unix server removes its socket file on close from 3.13 (cleanup_socket's default,
+  UNIX_SOCKET_CLEANUP_DEFAULT); create_unix_server takes `cleanup_socket` on every version.
+close_clients/abort_clients (3.13) exist on every version.
 
 A server made with `ssl` (ServerTLS) puts an SSLProtocol (tls.py) between each accepted
 socket's transport and the protocol the factory makes; the handshake runs without a task.
@@ -24,6 +29,7 @@ import dataclasses
 import errno
 import logging
 import socket
+import sys
 import weakref
 from asyncio import constants, trsock
 from typing import TYPE_CHECKING, Any
@@ -38,13 +44,18 @@ if TYPE_CHECKING:
 
     from cqloop.loop import Loop
 
-__all__ = ["Server", "ServerTLS"]
+__all__ = ["UNIX_SOCKET_CLEANUP_DEFAULT", "Server", "ServerTLS"]
 
 logger = logging.getLogger("asyncio")
 
 # accept() failing with these means the process or system is out of a resource, not that
 # the listening socket is broken: wait and retry.
 OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# Whether create_unix_server removes the socket file on close when not told (3.13's
+# cleanup_socket=True; 3.11 and 3.12 leave the file).
+UNIX_SOCKET_CLEANUP_DEFAULT = sys.version_info >= (3, 13)
+# 3.11's wait_closed returns once the server is closed, connections or not.
+_WAIT_CLOSED_FOR_CLIENTS = sys.version_info >= (3, 12)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,8 +158,9 @@ class Server(asyncio.AbstractServer):
             self._serving_forever_fut = None
 
     async def wait_closed(self) -> None:
-        """Wait until the server is closed and every connection it accepted is gone."""
-        if self._waiters is None:
+        """Wait until the server is closed and every connection it accepted is gone (on
+        3.11: until the server is closed, as asyncio's did there)."""
+        if self._waiters is None or (not _WAIT_CLOSED_FOR_CLIENTS and self._sockets is None):
             return
         waiter = self._loop.create_future()
         self._waiters.append(waiter)

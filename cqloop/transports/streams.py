@@ -2,7 +2,7 @@
 
 StreamsMixin is a base of cqloop.loop.Loop and gives it create_connection (happy eyeballs,
 interleave, local_addr, all_errors), create_server, create_unix_connection,
-create_unix_server (with 3.13's removal of the socket file on close), connect_accepted_socket
+create_unix_server (removing its socket file on close from 3.13), connect_accepted_socket
 and loop.sendfile. Arguments are checked as asyncio checks them, with asyncio's messages.
 Resolution goes through the loop's getaddrinfo, connecting through its sock_connect (see
 sockops.py). The transports are SocketTransport (socket_transport.py); servers are Server
@@ -27,7 +27,7 @@ import ssl
 from asyncio import constants, staggered
 from typing import TYPE_CHECKING, Any
 
-from cqloop.transports.server import Server
+from cqloop.transports.server import UNIX_SOCKET_CLEANUP_DEFAULT, Server
 from cqloop.transports.server import ServerTLS as _ServerTLS
 from cqloop.transports.socket_transport import SocketTransport
 from cqloop.transports.sockutil import (
@@ -567,11 +567,13 @@ class StreamsMixin:
         ssl_handshake_timeout: float | None = None,
         ssl_shutdown_timeout: float | None = None,
         start_serving: bool = True,
-        cleanup_socket: bool = True,
+        cleanup_socket: bool | None = None,
     ) -> Server:
         """Listen on a Unix stream socket at `path` (a file, or the abstract namespace when
-        it starts with a NUL), or on `sock`. With cleanup_socket (the default, as in 3.13),
-        closing the server removes the socket file it bound."""
+        it starts with a NUL), or on `sock`. With cleanup_socket (the default from 3.13,
+        as in asyncio), closing the server removes the socket file it bound."""
+        if cleanup_socket is None:
+            cleanup_socket = UNIX_SOCKET_CLEANUP_DEFAULT
         if isinstance(ssl, bool):
             raise TypeError("ssl argument must be an SSLContext or None")
         if ssl_handshake_timeout is not None and not ssl:

@@ -11,6 +11,9 @@ cdef extern from "Python.h":
     int PyContext_Enter(object ctx)
     int PyContext_Exit(object ctx)
     int PyErr_CheckSignals() except -1
+    # With a NULL value: the generic attribute deletion (Kernel.__delattr__).
+    int cq_generic_delattr "PyObject_GenericSetAttr"(object o, object name,
+                                                     PyObject *value) except -1
 
 
 cdef extern from "cqcompat.h":
