@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import random
+import select
 import socket as pysocket
 import ssl
 import struct
 import subprocess
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -503,22 +505,29 @@ async def test_cq_server_echoes_a_blocking_ssl_client(server_ctx, ca, name):
     ctx = _client_ctx_for_thread(ca)
 
     def client() -> tuple[bytes, bytes]:
+        # One thread, non-blocking: an ssl.SSLSocket must not be read in one thread while
+        # another writes it (OpenSSL's SSL objects are not safe for that).
         with pysocket.create_connection((HOST, port), timeout=TIMEOUT) as raw:
             tls = ctx.wrap_socket(raw, server_hostname="localhost", suppress_ragged_eofs=False)
-            done = threading.Event()
+            tls.setblocking(False)
             echoed = bytearray()
-
-            def receive() -> None:
-                while chunk := tls.recv(65536):  # SSLEOFError unless close_notify came
-                    echoed.extend(chunk)
-                done.set()
-
-            reading = threading.Thread(target=receive)
-            reading.start()
-            tls.sendall(payload)
-            reading.join(TIMEOUT)
-            assert done.is_set()
-            return bytes(echoed), b"clean"
+            rest = memoryview(payload)
+            deadline = time.monotonic() + TIMEOUT
+            while time.monotonic() < deadline:
+                try:
+                    if rest:
+                        rest = rest[tls.send(rest[:65536]) :]
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    pass
+                try:
+                    chunk = tls.recv(65536)  # SSLEOFError unless close_notify came
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    select.select([tls], [tls] if rest else [], [], 0.1)
+                    continue
+                if not chunk:
+                    return bytes(echoed), b"clean"
+                echoed.extend(chunk)
+            raise AssertionError(f"no close_notify within {TIMEOUT} s ({len(echoed)} echoed)")
 
     try:
         talking = asyncio.ensure_future(_run_thread(client))

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from tests.serving import DEADLINE_S, ask, wait_for
 uvicorn = pytest.importorskip("uvicorn")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REWRITE_EVERY_S = 2.0
 
 APP = textwrap.dedent(
     """
@@ -128,10 +130,18 @@ def test_uvicorn_reload_restarts_the_app_on_cqloop(tmp_path: Path, listener, sta
     assert first["loop"] == "cqloop.loop.Loop"
     assert first["mark"] == "before"
     write_app(tmp_path, "after")
+    written = [time.monotonic()]
 
     def reloaded() -> dict[str, object] | None:
         answer = ask(port)
-        return answer if answer is not None and answer["mark"] == "after" else None
+        if answer is not None and answer["mark"] == "after":
+            return answer
+        if time.monotonic() - written[0] > REWRITE_EVERY_S:
+            # The reloader notes the files' times at its first scan, which a loaded machine
+            # may run after the first edit: edit again until it sees one.
+            write_app(tmp_path, "after")
+            written[0] = time.monotonic()
+        return None
 
     second = wait_for(reloaded, "the reloaded app", proc)
     assert second["loop"] == "cqloop.loop.Loop"
