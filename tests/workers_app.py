@@ -86,6 +86,11 @@ async def http_app(listener: socket.socket, outdir: str) -> None:
         await writer.drain()
         writer.close()
 
+    await serve_streams(handle, listener, outdir)
+
+
+async def serve_streams(handle: Any, listener: socket.socket, outdir: str) -> None:
+    """Serve `handle` with asyncio.start_server on the listener until cancelled."""
     server = await asyncio.start_server(handle, sock=listener)
     announce(outdir, listener)
     async with server:
@@ -108,10 +113,7 @@ async def keepalive_app(listener: socket.socket, outdir: str) -> None:
             await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(handle, sock=listener)
-    announce(outdir, listener)
-    async with server:
-        await server.serve_forever()
+    await serve_streams(handle, listener, outdir)
 
 
 async def lifecycle_app(listener: socket.socket, outdir: str) -> None:
