@@ -21,6 +21,9 @@ MAX_STEPS = 10
 # cqueues runs coroutines made ready together (wrapped, or woken by one signal) last
 # first; cqloop in the order they became ready (docs/cqueues-differences.md).
 READY_ORDER = "Coroutines made ready together run in the order they became ready"
+# cqueues resumes a coroutine woken by a condition signalled during a step in the next
+# step; cqloop in the same one (docs/cqueues-differences.md).
+CONDITION_IN_STEP = "A coroutine woken by a condition signalled during a step"
 
 
 def _controller(body: Callable[[Any, Recorder], None]) -> Callable[[Recorder], None]:
@@ -66,6 +69,55 @@ while not cq:empty() and n < 10 do
     n = n + 1
     out("step", n, cq:count(), table.concat(log, ","))
 end
+"""
+
+
+def _condition_wakes_within_the_step(cq: Any, out: Recorder) -> None:
+    cv = Condition()
+    log: list[str] = []
+
+    async def waiter() -> None:
+        await cv.wait()
+        log.append("woken")
+
+    async def signaller() -> None:
+        await cqloop.sleep(0)
+        cv.signal()
+        log.append("signalled")
+
+    cq.wrap(waiter).wrap(signaller)
+    cq.step(None)
+    cq.step(None)
+    out("after two steps", ",".join(log))
+    n = 2
+    while not cq.empty() and n < MAX_STEPS:
+        cq.step(None)
+        n += 1
+    out("steps", n)
+
+
+CONDITION_STEP_LUA = """
+local cq = cqueues.new()
+local cv = condition.new()
+local log = {}
+cq:wrap(function()
+    cv:wait()
+    log[#log + 1] = "woken"
+end)
+cq:wrap(function()
+    cqueues.sleep(0)
+    cv:signal()
+    log[#log + 1] = "signalled"
+end)
+assert(cq:step())
+assert(cq:step())
+out("after two steps", table.concat(log, ","))
+local n = 2
+while not cq:empty() and n < 10 do
+    assert(cq:step())
+    n = n + 1
+end
+out("steps", n)
 """
 
 
@@ -336,6 +388,15 @@ CASES = [
         _condition_lua(True, (1, 2)),
         _controller(_condition(True, (1, 2))),
         deliberate=Deliberate(READY_ORDER, python={"log": [["c|ba|"]]}),
+    ),
+    RawCase(
+        "condition_wake_up_resumes_within_the_step",
+        CONDITION_STEP_LUA,
+        _controller(_condition_wakes_within_the_step),
+        deliberate=Deliberate(
+            CONDITION_IN_STEP,
+            python={"after two steps": [["signalled,woken"]], "steps": [[2]]},
+        ),
     ),
     RawCase("promise_get_set_status", PROMISE_LUA, _controller(_promise)),
     RawCase(
