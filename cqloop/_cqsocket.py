@@ -603,6 +603,10 @@ class Socket(SocketTLS, SocketCore):
         error = self._recv_error
         if error is not None:
             self._recv_error = None  # from here on it is the channel's sticky error
+            if not (error.strerror or "").startswith("socket:"):
+                # A bare system call error (the compiled receive path keeps errno only):
+                # named after the operation, as every other error of the module is.
+                error = _io_error(op, error)
             self._raise(op, error)
 
     def _received(self, data: bytes) -> None:

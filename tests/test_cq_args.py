@@ -208,3 +208,17 @@ def test_listen_takes_an_int_mode_as_the_unix_socket_permissions(tmp_path):
         server.close()
     with pytest.raises(ValueError, match="permission"):
         socket.listen("127.0.0.1", 0, mode=0o600)
+
+
+async def test_a_read_error_names_the_operation():
+    a, b = socket.pair(mode="b")
+    try:
+        await a.write(b"x\n")  # b has unread input: closing it then resets the connection
+        b.close()
+        with pytest.raises(ConnectionResetError, match=r"socket:read: "):
+            await a.xread("*a", None, 10)
+        # Sticky, with the same words.
+        with pytest.raises(ConnectionResetError, match=r"socket:read: "):
+            await a.xread("*a", None, 10)
+    finally:
+        a.close()
