@@ -28,6 +28,16 @@ def parse_mode_flags(mode: str) -> tuple[bool, str, bool, bool]:
     return (text, buffering, autoflush, pushback)
 
 
+def mode_strings(
+    intext: bool, pushback: bool, outtext: bool, buffering: str, autoflush: bool
+) -> tuple[str, str]:
+    """(input, output) modes as cqueues' setmode() reports them: input "t-p" (translation,
+    no buffering flag, pushback), output "tla" (translation, buffering, autoflush)."""
+    inmode = ("t" if intext else "b") + "-" + ("p" if pushback else "P")
+    outmode = ("t" if outtext else "b") + buffering + ("a" if autoflush else "A")
+    return (inmode, outmode)
+
+
 def call_mode(mode: str | None) -> tuple[str | None, bool | None]:
     """The buffering flag (n/l/f) and text flag (t/b) a per-call mode string names, the
     last of each winning as in cqueues (None: the socket's own)."""

@@ -42,7 +42,7 @@ from cqloop._core.cqbuf import NEED_MORE, InputBuffer
 from cqloop._core.cqoutbuf import DEFAULT_BUFSIZ, OutputBuffer
 from cqloop._core.cqsock import SocketCore, SocketState, _Handled, _to_bytes
 from cqloop._core.cqtls import TLSChannel
-from cqloop._cqmodes import VBUF_FLAGS, VBUF_NAMES, call_mode, parse_mode_flags
+from cqloop._cqmodes import VBUF_FLAGS, VBUF_NAMES, call_mode, mode_strings, parse_mode_flags
 from cqloop._cqtls import SocketTLS
 from cqloop.condition import Condition
 from cqloop.pollable import cancel as _cancel_polls
@@ -87,7 +87,8 @@ _State = SocketState
 class _Defaults:
     """Module-wide defaults for new sockets (socket.setmode() and friends)."""
 
-    text: bool = True
+    intext: bool = True
+    outtext: bool = True
     outmode: str = "l"
     autoflush: bool = True
     pushback: bool = True
@@ -158,12 +159,12 @@ class Socket(SocketTLS, SocketCore):
         self._server_side = False
         defaults = _DEFAULTS
         self._ibuf = InputBuffer(
-            maxline=defaults.inmaxline, text=defaults.text, bufsiz=defaults.inbufsiz
+            maxline=defaults.inmaxline, text=defaults.intext, bufsiz=defaults.inbufsiz
         )
         self._obuf = OutputBuffer(
             mode=defaults.outmode,
             bufsiz=defaults.outbufsiz,
-            text=defaults.text,
+            text=defaults.outtext,
             maxline=defaults.outmaxline,
         )
         self._autoflush = defaults.autoflush
@@ -233,11 +234,9 @@ class Socket(SocketTLS, SocketCore):
         """The (input, output) modes as cqueues' setmode() reports them: input
         "t-p" (translation, no buffering flag, pushback), output "tla" (translation,
         buffering, autoflush). cqueues has no getmode: its setmode(nil, nil) reads them."""
-        inmode = ("t" if self._ibuf.text else "b") + "-" + ("p" if self._pushback else "P")
-        outmode = (
-            ("t" if self._obuf.text else "b") + self._obuf.mode + ("a" if self._autoflush else "A")
+        return mode_strings(
+            self._ibuf.text, self._pushback, self._obuf.text, self._obuf.mode, self._autoflush
         )
-        return (inmode, outmode)
 
     def setvbuf(self, mode: str, size: int | None = None) -> tuple[str, int]:
         """Lua's file:setvbuf, as cqueues: "no" (or "nobuf"), "line" or "full" (or

@@ -72,6 +72,7 @@ import ssl
 from typing import Any
 
 from cqloop._core.cqsock import INPUT_HIGH_WATER_BYTES
+from cqloop._cqmodes import mode_strings, parse_mode_flags
 from cqloop._cqsocket import (
     _DEFAULTS,
     AF_INET,
@@ -287,18 +288,21 @@ def type(obj: Any) -> str | None:  # cqueues' name; shadows the builtin in this 
     return "socket" if isinstance(obj, Socket) else None
 
 
-def setmode(input: str | None = None, output: str | None = None) -> None:
-    """Default modes for new sockets (see Socket.setmode)."""
-    for mode, is_input in ((input, True), (output, False)):
-        for flag in mode or "":
-            if flag in "tb":
-                _DEFAULTS.text = flag == "t"
-            elif flag in "nlf" and not is_input:
-                _DEFAULTS.outmode = flag
-            elif flag in "aA":
-                _DEFAULTS.autoflush = flag == "a"
-            elif flag in "pP":
-                _DEFAULTS.pushback = flag == "p"
+def setmode(input: str | None = None, output: str | None = None) -> tuple[str, str]:
+    """The default modes of new sockets, as Socket.setmode sets a socket's: each string's
+    flags applied to cqueues' initial mode ("t-p" in, "tla" out); None leaves a direction
+    as it is. Returns the previous defaults, in the same form."""
+    defaults = _DEFAULTS
+    previous = mode_strings(
+        defaults.intext, defaults.pushback, defaults.outtext, defaults.outmode, defaults.autoflush
+    )
+    # Both strings are checked before anything changes: bad input loses nothing.
+    parsed = [None if mode is None else parse_mode_flags(mode) for mode in (input, output)]
+    if parsed[0] is not None:
+        defaults.intext, _, _, defaults.pushback = parsed[0]
+    if parsed[1] is not None:
+        defaults.outtext, defaults.outmode, defaults.autoflush, _ = parsed[1]
+    return previous
 
 
 def setvbuf(mode: str, size: int | None = None) -> None:

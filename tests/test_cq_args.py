@@ -222,3 +222,24 @@ async def test_a_read_error_names_the_operation():
             await a.xread("*a", None, 10)
     finally:
         a.close()
+
+
+def test_module_setmode_sets_the_defaults_as_socket_setmode_does():
+    previous = socket.setmode("bP", "bfA")
+    try:
+        assert previous == ("t-p", "tla")  # cqueues' initial modes
+        a, b = socket.pair()
+        try:
+            assert a.getmode() == ("b-P", "bfA")
+        finally:
+            a.close()
+            b.close()
+        # Each string is applied to the initial mode, not to the current defaults.
+        assert socket.setmode(None, "n") == ("b-P", "bfA")
+        assert socket.setmode() == ("b-P", "tna")
+        with pytest.raises(ValueError, match="unknown socket mode flag"):
+            socket.setmode("b", "x")
+        assert socket.setmode() == ("b-P", "tna")  # a bad string changed nothing
+    finally:
+        socket.setmode(*previous)
+    assert socket.setmode() == ("t-p", "tla")
