@@ -987,7 +987,8 @@ class Socket(SocketTLS, SocketCore):
         return tuple(state[c] for c in which)
 
     def shutdown(self, how: str = "rw") -> None:
-        """shutdown(2): "r", "w" or "rw". Flush first if output is buffered."""
+        """shutdown(2): "r", "w" or "rw". It does not flush (nor does cqueues'): output
+        still buffered is not sent after a "w" shutdown, so call flush() first."""
         flags = {"r": _socket.SHUT_RD, "w": _socket.SHUT_WR, "rw": _socket.SHUT_RDWR}
         if how not in flags and how != "wr":
             raise ValueError(f"shutdown how must be 'r', 'w' or 'rw', not {how!r}")
