@@ -18,50 +18,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import is_cqloop, is_uvloop, skip_where_uvloop_differs
-
-
-class Collect(asyncio.Protocol):
-    """Records what the transport delivers; `lost` resolves at connection_lost."""
-
-    def __init__(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.transport: Any = None
-        self.events: list[str] = []
-        self.data = bytearray()
-        self.made = loop.create_future()
-        self.lost = loop.create_future()
-        self.eof = loop.create_future()
-        self.wanted = 0
-        self.enough = loop.create_future()
-        self.paused = 0
-        self.resumed = 0
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        self.events.append("made")
-        self.made.set_result(None)
-
-    def data_received(self, data: bytes) -> None:
-        if not self.events or self.events[-1] != "data":
-            self.events.append("data")
-        self.data += data
-        if self.wanted and len(self.data) >= self.wanted and not self.enough.done():
-            self.enough.set_result(None)
-
-    def eof_received(self) -> bool | None:
-        self.events.append("eof")
-        self.eof.set_result(None)
-        return None
-
-    def pause_writing(self) -> None:
-        self.paused += 1
-
-    def resume_writing(self) -> None:
-        self.resumed += 1
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self.events.append("lost")
-        self.lost.set_result(exc)
+from tests.protocols import Collect
 
 
 async def _tcp_pair(

@@ -44,6 +44,7 @@ from cqloop._core.stream import water_marks
 from cqloop.transports.flow import (
     ReadFlowMixin,
     WriteFlowMixin,
+    report_fatal_error,
     set_result_unless_cancelled,
 )
 from cqloop.transports.sockutil import remove_stale_unix_socket, set_reuseport
@@ -405,21 +406,9 @@ class DatagramTransport(
             self._watching_reads = False
 
     def _fatal_error(self, exc: BaseException, message: str) -> None:
-        """Report an error that ends the transport and close it at once. An OSError is the
-        network's news, logged only in debug mode; anything else is a bug, reported to the
-        exception handler."""
-        if isinstance(exc, OSError):
-            if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=True)
-        else:
-            self._loop.call_exception_handler(
-                {
-                    "message": message,
-                    "exception": exc,
-                    "transport": self,
-                    "protocol": self._protocol,
-                }
-            )
+        """Report an error that ends the transport (an OSError is the network's news,
+        anything else a bug: see report_fatal_error) and close it at once."""
+        report_fatal_error(self, exc, message, expected=isinstance(exc, OSError))
         self._force_close(exc)
 
     def _force_close(self, exc: BaseException | None) -> None:

@@ -19,7 +19,13 @@ from typing import Any
 
 from cqloop._core.stream import water_marks
 
-__all__ = ["ReadFlowMixin", "WriteFlowMixin", "call_flow_control", "set_result_unless_cancelled"]
+__all__ = [
+    "ReadFlowMixin",
+    "WriteFlowMixin",
+    "call_flow_control",
+    "report_fatal_error",
+    "set_result_unless_cancelled",
+]
 
 logger = logging.getLogger("asyncio")
 
@@ -28,6 +34,26 @@ def set_result_unless_cancelled(fut: asyncio.Future[Any], result: Any) -> None:
     """Resolve a transport's waiter, which its creator may have cancelled meanwhile."""
     if not fut.cancelled():
         fut.set_result(result)
+
+
+def report_fatal_error(transport: Any, exc: BaseException, message: str, *, expected: bool) -> None:
+    """Report an error that ends a transport, as asyncio does: an expected one (the
+    peer's or the system's news: EPIPE, a reset, a pty's EIO) is logged only in debug
+    mode; anything else is a bug, reported to the loop's exception handler. Called from
+    the except block that caught `exc` (the debug log shows its traceback)."""
+    loop = transport._loop
+    if expected:
+        if loop.get_debug():
+            logger.debug("%r: %s", transport, message, exc_info=True)
+        return
+    loop.call_exception_handler(
+        {
+            "message": message,
+            "exception": exc,
+            "transport": transport,
+            "protocol": transport._protocol,
+        }
+    )
 
 
 def call_flow_control(transport: Any, name: str) -> None:

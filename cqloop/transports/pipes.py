@@ -49,6 +49,7 @@ from cqloop._core.stream import water_marks
 from cqloop.transports.flow import (
     ReadFlowMixin,
     WriteFlowMixin,
+    report_fatal_error,
     set_result_unless_cancelled,
 )
 
@@ -185,18 +186,8 @@ class ReadPipeTransport(_PipeTransport, ReadFlowMixin, asyncio.ReadTransport):
 
     def _fatal_error(self, exc: BaseException, message: str) -> None:
         # EIO is how a pty master reports that the slave side closed: the end, not a bug.
-        if isinstance(exc, OSError) and exc.errno == errno.EIO:
-            if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=True)
-        else:
-            self._loop.call_exception_handler(
-                {
-                    "message": message,
-                    "exception": exc,
-                    "transport": self,
-                    "protocol": self._protocol,
-                }
-            )
+        eio = isinstance(exc, OSError) and exc.errno == errno.EIO
+        report_fatal_error(self, exc, message, expected=eio)
         self._close(exc)
 
     def _close(self, exc: BaseException | None) -> None:
@@ -364,18 +355,7 @@ class WritePipeTransport(_PipeTransport, WriteFlowMixin, asyncio.Transport):
 
     def _fatal_error(self, exc: BaseException, message: str) -> None:
         # An OSError (EPIPE and friends) is the pipe's news, logged only in debug mode.
-        if isinstance(exc, OSError):
-            if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=True)
-        else:
-            self._loop.call_exception_handler(
-                {
-                    "message": message,
-                    "exception": exc,
-                    "transport": self,
-                    "protocol": self._protocol,
-                }
-            )
+        report_fatal_error(self, exc, message, expected=isinstance(exc, OSError))
         self._close(exc)
 
     def _close(self, exc: BaseException | None) -> None:
