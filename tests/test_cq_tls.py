@@ -451,7 +451,14 @@ async def test_starttls_client_side_after_plaintext(server_ctx, client_ctx, fmt)
     def serve(conn: pysocket.socket) -> str:
         conn.settimeout(TIMEOUT)
         conn.sendall(b"220 ready\n")
-        assert conn.recv(100) == b"STARTTLS\n"
+        # One byte at a time: the ClientHello may follow the line in the same segment, and
+        # it must stay in the kernel for the TLS wrapper to read.
+        line = bytearray()
+        while not line.endswith(b"\n"):
+            byte = conn.recv(1)
+            assert byte, f"EOF after {bytes(line)!r}"
+            line += byte
+        assert line == b"STARTTLS\n"
         tls = server_ctx.wrap_socket(conn, server_side=True, suppress_ragged_eofs=False)
         tls.sendall(MIX)
         tls.unwrap()  # close_notify, then the client's
