@@ -23,6 +23,8 @@ cdef class Handle:
     cdef object __weakref__
 
     cdef object _get_context(self)
+    # cancel()'s work, as a C call for TimerHandle.cancel and the kernel.
+    cdef int _cancel(self) except -1
     cdef int _run(self) except -1
     cdef int _on_callback_error(self) except -1
     cdef list _repr_info(self)
