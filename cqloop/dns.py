@@ -190,6 +190,24 @@ def _server_string(server: str | tuple[str, int]) -> str:
 # --- one c-ares channel on one loop ---------------------------------------------------------
 
 
+def _watch(
+    fd: int,
+    wanted: bool,
+    watched: set[int],
+    add: Callable[..., Any],
+    remove: Callable[[int], Any],
+    callback: Callable[[int], None],
+) -> None:
+    """Make the loop's watch of fd in one direction (add/remove: add_reader/remove_reader or
+    the writer pair) what c-ares wants; `watched` holds the fds watched in that direction."""
+    if wanted and fd not in watched:
+        add(fd, callback, fd)
+        watched.add(fd)
+    elif not wanted and fd in watched:
+        remove(fd)
+        watched.discard(fd)
+
+
 class _Query:
     __slots__ = ("finish", "fired", "future", "name", "nodata_is_empty", "qtype")
 
@@ -342,18 +360,8 @@ class _Channel:
         loop = self._loop_ref()
         if self._closed or loop is None or loop.is_closed():
             return
-        if readable and fd not in self._readers:
-            loop.add_reader(fd, self._on_readable, fd)
-            self._readers.add(fd)
-        elif not readable and fd in self._readers:
-            loop.remove_reader(fd)
-            self._readers.discard(fd)
-        if writable and fd not in self._writers:
-            loop.add_writer(fd, self._on_writable, fd)
-            self._writers.add(fd)
-        elif not writable and fd in self._writers:
-            loop.remove_writer(fd)
-            self._writers.discard(fd)
+        _watch(fd, readable, self._readers, loop.add_reader, loop.remove_reader, self._on_readable)
+        _watch(fd, writable, self._writers, loop.add_writer, loop.remove_writer, self._on_writable)
 
     def _on_readable(self, fd: int) -> None:
         self._channel.process_fd(fd, _SOCKET_BAD)
