@@ -6,9 +6,10 @@
     python -m cqloop._bench.tls_echo ...     the same, directly
 
 What is measured: an echo server over TLS (create_server(ssl=...), TLS 1.3 with the
-server's default cipher) runs on each loop in its own process; a load generator in C on
-OpenSSL (tls_loadgen.c) opens `--conns` TLS connections to it (handshakes before anything
-is counted) and plays ping-pong on each with `--size`-byte messages. The figure is echoes
+server's default cipher) runs on each loop in its own process; the echo benchmark's load
+generator in C (echo/loadgen.c, built with its OpenSSL option and run with -t) opens
+`--conns` TLS connections to it (handshakes before anything is counted) and plays
+ping-pong on each with `--size`-byte messages. The figure is echoes
 per second. Modes: `protocol` (asyncio.Protocol, data_received writes back; the default)
 and `streams` (asyncio.start_server, read/write/drain). rloop is run when installed and
 shown n/a while it has no TLS.
@@ -35,7 +36,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import hashlib
 import json
 import os
 import random
@@ -69,11 +69,6 @@ STALL_RETRIES = 2
 READ_BYTES = 64 * 1024
 LISTEN_BACKLOG = 1024
 STDIN_FD = 0
-LOADGEN_SOURCE = "tls_loadgen.c"
-LOADGEN_CFLAGS = ("-O2", "-std=gnu11", "-Wall")
-LOADGEN_LIBS = ("-lssl", "-lcrypto")
-HASH_CHARS = 16
-COMPILE_TIMEOUT_S = 120.0
 GENERATOR_BUSY_FRACTION = 0.9
 PERCENT = 100
 
@@ -81,16 +76,6 @@ PERCENT = 100
 # --------------------------------------------------------------------------------------------
 # The server (runs in its own process)
 # --------------------------------------------------------------------------------------------
-
-
-class EchoProtocol(asyncio.Protocol):
-    transport: asyncio.Transport
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        self.transport.write(data)
 
 
 async def _echo_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -105,6 +90,8 @@ async def _echo_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
 
 
 async def _serve(mode: str, context: ssl.SSLContext) -> None:
+    from cqloop._bench.echo.server import EchoProtocol
+
     loop = asyncio.get_running_loop()
     server: Any
     if mode == "protocol":
@@ -203,40 +190,6 @@ class Result:
     unavailable: bool = False
 
 
-def build_loadgen() -> Path:
-    """Compile tls_loadgen.c into the echo benchmark's cache (keyed by a hash of the
-    source, compiler and flags), or raise NativeUnavailable."""
-    from cqloop._bench.echo import native
-
-    compiler = native.find_compiler()
-    source = Path(__file__).resolve().parent / LOADGEN_SOURCE
-    try:
-        text = source.read_bytes()
-    except OSError as exc:
-        raise native.NativeUnavailable(f"cannot read {source}: {exc}") from exc
-    flags = (*LOADGEN_CFLAGS, *LOADGEN_LIBS)
-    key = hashlib.sha256(b"\0".join([text, compiler.encode(), *map(str.encode, flags)]))
-    target = native.cache_dir() / f"tls_loadgen-{key.hexdigest()[:HASH_CHARS]}"
-    if os.access(target, os.X_OK):
-        return target
-    with tempfile.TemporaryDirectory(prefix=".tls_loadgen-", dir=target.parent) as scratch:
-        partial = os.path.join(scratch, "tls_loadgen")
-        argv = [compiler, *LOADGEN_CFLAGS, "-o", partial, str(source), *LOADGEN_LIBS]
-        try:
-            done = subprocess.run(
-                argv, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S, check=False
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise native.NativeUnavailable(f"cannot compile {source.name}: {exc}") from exc
-        if done.returncode != 0:
-            raise native.NativeUnavailable(
-                f"{compiler} failed on {source.name} (OpenSSL's headers are libssl-dev):\n"
-                f"{done.stderr.strip()}"
-            )
-        os.replace(partial, target)
-    return target
-
-
 def make_certificate(directory: str) -> tuple[str, str]:
     """(certificate file, key file) for the servers."""
     cert = os.path.join(directory, "cert.pem")
@@ -330,7 +283,8 @@ def measure(
     from cqloop._bench.echo import run as echo_run
 
     assert server.address is not None
-    argv = [str(loadgen), "-a", server.address, "-c", str(args.conns), "-s", str(args.size)]
+    argv = [str(loadgen), "-t", "-a", f"tcp:{server.address}", "-c", str(args.conns)]
+    argv += ["-s", str(args.size)]
     argv += ["-w", str(GENERATOR_WARMUP_S), "-d", str(duration_s)]
     if args.generator_core is not None:
         argv += ["-p", str(args.generator_core)]
@@ -544,7 +498,7 @@ def main(argv: list[str]) -> int:
     args = _parse_args(argv)
     print("TLS echo benchmark")
     try:
-        loadgen = build_loadgen()
+        loadgen = native.build_tls_loadgen()
     except native.NativeUnavailable as exc:
         print(f"skipped: the TLS benchmark needs a C compiler and OpenSSL's headers: {exc}")
         return micro.EXIT_OK

@@ -7,11 +7,13 @@
     async with dns.Resolver(servers=["192.0.2.53"], timeout=0.5, tries=2) as r:
         await r.query("_imap._tcp.example.org", "SRV")
 
-Owns: `Resolver` (options, and one c-ares channel per running loop it is used on), the
-typed records (`A`, `AAAA`, `CNAME`, `MX`, `NS`, `PTR`, `SOA`, `SRV`, `TXT`, `CAA`,
-`NAPTR`), the `DNSError` hierarchy, and the module functions `query` and `resolve_host`
-on a default resolver configured from /etc/resolv.conf. Who calls in: application code, and
-cqloop.socket's connect (through `resolve_host`), on the threads that run their loops.
+Owns: `Resolver` (options, and one c-ares channel per running loop it is used on) and the
+module functions `query` and `resolve_host` on a default resolver configured from
+/etc/resolv.conf. The typed records (`A`, `AAAA`, `CNAME`, `MX`, `NS`, `PTR`, `SOA`, `SRV`,
+`TXT`, `CAA`, `NAPTR`), `HostAddress` and the `DNSError` hierarchy live in
+cqloop/_dnsrecords.py with the conversion of pycares results; they are imported from here.
+Who calls in: application code, and cqloop.socket's connect (through `resolve_host`), on
+the threads that run their loops.
 
 How it runs c-ares: pycares (the c-ares binding aiodns is built on) in its socket-state-
 callback mode, driven by the loop itself, not by aiodns.DNSResolver. aiodns 4 on pycares 5
@@ -35,9 +37,6 @@ asyncio and uvloop alike) and run c-ares' timeouts on one loop timer. The invari
 
 Answers are cached by c-ares per channel up to their TTL (its query cache, on by default).
 
-Size: past 800 lines; the typed records and their conversion from pycares results (about
-200 lines) are what moves out next, to cqloop/_dnsrecords.py.
-
 Who may call: code running on a loop (a Resolver shared by loops on several threads is
 safe: one channel each); close() on the thread that runs those loops (from a coroutine
 too, as `async with` does), or after they stopped.
@@ -52,20 +51,43 @@ import socket
 import threading
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, NamedTuple, TypeAlias
+from typing import Any
 
+# _dnsrecords is imported first: its import of pycares fails with a clear error when pycares
+# is missing or too old.
+from cqloop._dnsrecords import (
+    AAAA,
+    CAA,
+    CNAME,
+    MX,
+    NAPTR,
+    NS,
+    PTR,
+    QUERY_TYPES,
+    SOA,
+    SRV,
+    TXT,
+    A,
+    BadQuery,
+    DNSError,
+    DNSTimeoutError,
+    HostAddress,
+    NameNotFound,
+    NoData,
+    Record,
+    Refused,
+    ServerFailure,
+    ServerUnreachable,
+    error,
+    error_for_status,
+    host_addresses,
+    records,
+)
 from cqloop._netargs import MAX_PORT, type_name
 from cqloop._netargs import port_number as _port_number
 
-try:
-    import pycares
-except ImportError as exc:  # pragma: no cover - pycares is a dependency
-    raise ImportError("cqloop.dns needs pycares 5: pip install 'pycares>=5'") from exc
-
-if int(pycares.__version__.split(".")[0]) < 5:  # pragma: no cover
-    raise ImportError(f"cqloop.dns needs pycares 5 or later; this is pycares {pycares.__version__}")
+import pycares  # isort: skip
 
 __all__ = [
     "AAAA",
@@ -110,285 +132,7 @@ MAX_TIMER_INTERVAL_S = 1.0
 
 _SOCKET_BAD = pycares.ARES_SOCKET_BAD
 
-QUERY_TYPES: dict[str, int] = {
-    "A": pycares.QUERY_TYPE_A,
-    "AAAA": pycares.QUERY_TYPE_AAAA,
-    "CNAME": pycares.QUERY_TYPE_CNAME,
-    "MX": pycares.QUERY_TYPE_MX,
-    "NS": pycares.QUERY_TYPE_NS,
-    "PTR": pycares.QUERY_TYPE_PTR,
-    "SOA": pycares.QUERY_TYPE_SOA,
-    "SRV": pycares.QUERY_TYPE_SRV,
-    "TXT": pycares.QUERY_TYPE_TXT,
-    "CAA": pycares.QUERY_TYPE_CAA,
-    "NAPTR": pycares.QUERY_TYPE_NAPTR,
-}
-
-# --- typed records --------------------------------------------------------------------------
-# Frozen and slotted; every record carries the ttl (seconds) of the answer it came from.
-# Names are returned as c-ares gives them: absolute, without the trailing dot.
-
-
-@dataclass(frozen=True, slots=True)
-class A:
-    address: str
-    ttl: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class AAAA:
-    address: str
-    ttl: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class CNAME:
-    target: str
-    ttl: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class MX:
-    priority: int
-    exchange: str
-    ttl: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class NS:
-    host: str
-    ttl: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class PTR:
-    name: str
-    ttl: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class SOA:
-    mname: str
-    rname: str
-    serial: int
-    refresh: int
-    retry: int
-    expire: int
-    minimum: int
-    ttl: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class SRV:
-    priority: int
-    weight: int
-    port: int
-    target: str
-    ttl: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class TXT:
-    """A TXT record's text: bytes, because TXT data is arbitrary octets (RFC 1035 3.3.14);
-    the record's character-strings are concatenated, which is how SPF (RFC 7208 3.3) and
-    DKIM read them. `record.text.decode()` for the usual ASCII/UTF-8 content."""
-
-    text: bytes
-    ttl: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class CAA:
-    flags: int
-    tag: str
-    value: str
-    ttl: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class NAPTR:
-    order: int
-    preference: int
-    flags: str
-    service: str
-    regexp: str
-    replacement: str
-    ttl: int = 0
-
-
-Record: TypeAlias = A | AAAA | CNAME | MX | NS | PTR | SOA | SRV | TXT | CAA | NAPTR
-
-
-class HostAddress(NamedTuple):
-    """One address of a host, ready for socket(family).connect(sockaddr)."""
-
-    family: socket.AddressFamily
-    sockaddr: tuple[Any, ...]
-
-
-# --- errors ---------------------------------------------------------------------------------
-
-
-class DNSError(socket.gaierror):
-    """A DNS query or host lookup failed.
-
-    An OSError, and a socket.gaierror (with a getaddrinfo EAI_* errno), so code written for
-    asyncio's resolution failures catches these too. Attributes: `name` and `qtype` (what was
-    asked: "A", "MX", ... or "A/AAAA" for a host lookup) and `status` (c-ares' status code, or
-    None)."""
-
-    eai_errno: int = socket.EAI_FAIL
-    name: str | None = None
-    qtype: str | None = None
-    status: int | None = None
-
-
-class NameNotFound(DNSError):
-    """The name does not exist (NXDOMAIN; for a host lookup, not in DNS nor the hosts file)."""
-
-    eai_errno = socket.EAI_NONAME
-
-
-class NoData(DNSError):
-    """The name exists but has no address of the asked family. (query() returns [] for a
-    name without records of the asked type instead of raising this.)"""
-
-    eai_errno = socket.EAI_NODATA
-
-
-class DNSTimeoutError(DNSError, TimeoutError):
-    """No server answered in the resolver's timeout and tries."""
-
-    eai_errno = socket.EAI_AGAIN
-
-
-class ServerFailure(DNSError):
-    """The server answered SERVFAIL."""
-
-    eai_errno = socket.EAI_AGAIN
-
-
-class Refused(DNSError):
-    """The server refused the query (REFUSED)."""
-
-
-class ServerUnreachable(DNSError):
-    """No server could be contacted (connection refused, no route, ...)."""
-
-    eai_errno = socket.EAI_AGAIN
-
-
-class BadQuery(DNSError):
-    """The query is malformed (bad name, bad type for the family), or the server said so
-    (FORMERR, NOTIMP)."""
-
-    eai_errno = socket.EAI_NONAME
-
-
-_ERROR_FOR_STATUS: dict[int, tuple[type[DNSError], str]] = {
-    pycares.errno.ARES_ENOTFOUND: (NameNotFound, "name not found (NXDOMAIN)"),
-    pycares.errno.ARES_ENONAME: (NameNotFound, "name not found"),
-    pycares.errno.ARES_ENODATA: (NoData, "no records of that type"),
-    pycares.errno.ARES_ETIMEOUT: (DNSTimeoutError, "timed out"),
-    pycares.errno.ARES_ESERVFAIL: (ServerFailure, "server failure (SERVFAIL)"),
-    pycares.errno.ARES_EREFUSED: (Refused, "query refused (REFUSED)"),
-    pycares.errno.ARES_ECONNREFUSED: (ServerUnreachable, "could not contact the DNS servers"),
-    pycares.errno.ARES_EFORMERR: (BadQuery, "the server could not parse the query (FORMERR)"),
-    pycares.errno.ARES_ENOTIMP: (BadQuery, "the server does not do this query (NOTIMP)"),
-    pycares.errno.ARES_EBADNAME: (BadQuery, "bad name"),
-    pycares.errno.ARES_EBADQUERY: (BadQuery, "bad query"),
-    pycares.errno.ARES_EBADFAMILY: (BadQuery, "bad address family"),
-    pycares.errno.ARES_EBADFLAGS: (BadQuery, "bad flags"),
-    pycares.errno.ARES_EBADHINTS: (BadQuery, "bad hints"),
-    pycares.errno.ARES_EBADSTR: (BadQuery, "bad string"),
-    pycares.errno.ARES_EBADRESP: (DNSError, "malformed response"),
-    pycares.errno.ARES_ECANCELLED: (DNSError, "cancelled: the resolver was closed"),
-    pycares.errno.ARES_EDESTRUCTION: (DNSError, "cancelled: the resolver was closed"),
-}
-
-
-def _error(
-    cls: type[DNSError], reason: str, name: str, qtype: str, status: int | None = None
-) -> DNSError:
-    exc = cls(cls.eai_errno, f"DNS lookup of {name!r} ({qtype}) failed: {reason}")
-    exc.name, exc.qtype, exc.status = name, qtype, status
-    return exc
-
-
-def _error_for_status(status: int, name: str, qtype: str) -> DNSError:
-    cls, reason = _ERROR_FOR_STATUS.get(
-        status, (DNSError, _text(pycares.errno.strerror(status)) or f"c-ares status {status}")
-    )
-    return _error(cls, reason, name, qtype, status)
-
-
-# --- converting pycares results -------------------------------------------------------------
-
-
-def _text(value: str | bytes) -> str:
-    # pycares hands out str when a field is ASCII, bytes otherwise.
-    return value if isinstance(value, str) else value.decode("utf-8", "backslashreplace")
-
-
-def _record(rtype: int, ttl: int, data: Any) -> Record:
-    if rtype == pycares.QUERY_TYPE_A:
-        return A(_text(data.addr), ttl)
-    if rtype == pycares.QUERY_TYPE_AAAA:
-        return AAAA(_text(data.addr), ttl)
-    if rtype == pycares.QUERY_TYPE_CNAME:
-        return CNAME(_text(data.cname), ttl)
-    if rtype == pycares.QUERY_TYPE_MX:
-        return MX(data.priority, _text(data.exchange), ttl)
-    if rtype == pycares.QUERY_TYPE_NS:
-        return NS(_text(data.nsdname), ttl)
-    if rtype == pycares.QUERY_TYPE_PTR:
-        return PTR(_text(data.dname), ttl)
-    if rtype == pycares.QUERY_TYPE_SOA:
-        return SOA(
-            _text(data.mname),
-            _text(data.rname),
-            data.serial,
-            data.refresh,
-            data.retry,
-            data.expire,
-            data.minimum,
-            ttl,
-        )
-    if rtype == pycares.QUERY_TYPE_SRV:
-        return SRV(data.priority, data.weight, data.port, _text(data.target), ttl)
-    if rtype == pycares.QUERY_TYPE_TXT:
-        return TXT(bytes(data.data), ttl)
-    if rtype == pycares.QUERY_TYPE_CAA:
-        return CAA(data.critical, _text(data.tag), _text(data.value), ttl)
-    if rtype == pycares.QUERY_TYPE_NAPTR:
-        return NAPTR(
-            data.order,
-            data.preference,
-            _text(data.flags),
-            _text(data.service),
-            _text(data.regexp),
-            _text(data.replacement),
-            ttl,
-        )
-    raise AssertionError(f"no record class for type {rtype}")  # QUERY_TYPES guards this
-
-
-def _records(result: Any, rtype: int) -> list[Record]:
-    # The answer section may start with the CNAME chain that led to the records asked for;
-    # return only the asked type (a CNAME query asks for the chain itself).
-    return [_record(rtype, rr.ttl, rr.data) for rr in result.answer if rr.type == rtype]
-
-
-def _host_addresses(result: Any) -> list[HostAddress]:
-    seen: set[HostAddress] = set()
-    out: list[HostAddress] = []
-    for node in result.nodes:
-        ip, *rest = node.addr
-        entry = HostAddress(socket.AddressFamily(node.family), (_text(ip), *rest))
-        if entry not in seen:
-            seen.add(entry)
-            out.append(entry)
-    return out
+_QTYPE_FOR_FAMILY: dict[int, str] = {socket.AF_INET: "A", socket.AF_INET6: "AAAA"}
 
 
 def _numeric_host(host: str, port: int, family: int) -> list[HostAddress] | None:
@@ -409,16 +153,13 @@ def _numeric_host(host: str, port: int, family: int) -> list[HostAddress] | None
     found = [HostAddress(fam, addr) for fam, _t, _p, _c, addr in infos]
     wanted = [a for a in found if family == socket.AF_UNSPEC or a.family == family]
     if not wanted:
-        raise _error(
+        raise error(
             BadQuery,
             f"a numeric address of another family than {socket.AddressFamily(family).name}",
             host,
             _family_qtype(family),
         )
     return wanted
-
-
-_QTYPE_FOR_FAMILY: dict[int, str] = {socket.AF_INET: "A", socket.AF_INET6: "AAAA"}
 
 
 def _family_qtype(family: int) -> str:
@@ -447,6 +188,24 @@ def _server_string(server: str | tuple[str, int]) -> str:
 
 
 # --- one c-ares channel on one loop ---------------------------------------------------------
+
+
+def _watch(
+    fd: int,
+    wanted: bool,
+    watched: set[int],
+    add: Callable[..., Any],
+    remove: Callable[[int], Any],
+    callback: Callable[[int], None],
+) -> None:
+    """Make the loop's watch of fd in one direction (add/remove: add_reader/remove_reader or
+    the writer pair) what c-ares wants; `watched` holds the fds watched in that direction."""
+    if wanted and fd not in watched:
+        add(fd, callback, fd)
+        watched.add(fd)
+    elif not wanted and fd in watched:
+        remove(fd)
+        watched.discard(fd)
 
 
 class _Query:
@@ -515,11 +274,11 @@ class _Channel:
             self._live.discard(q)
             if not q.fired:
                 status = exc.args[0] if exc.args else pycares.errno.ARES_EBADQUERY
-                q.future.set_exception(_error_for_status(status, name, qtype))
+                q.future.set_exception(error_for_status(status, name, qtype))
         except (UnicodeError, ValueError, TypeError) as exc:
             self._live.discard(q)
             if not q.fired:  # a name pycares cannot encode, or with a NUL byte
-                q.future.set_exception(_error(BadQuery, f"bad name ({exc})", name, qtype))
+                q.future.set_exception(error(BadQuery, f"bad name ({exc})", name, qtype))
         q.future.add_done_callback(lambda _fut: self._on_future_done(q))
         self._arm_timer()
         return q.future
@@ -585,7 +344,7 @@ class _Channel:
             elif status == pycares.errno.ARES_ENODATA and q.nodata_is_empty:
                 value = []  # query(): a name with no records of this type
             else:
-                raise _error_for_status(status, q.name, q.qtype)
+                raise error_for_status(status, q.name, q.qtype)
         except Exception as exc:
             if isinstance(exc, DNSError):
                 self._owner._failures += 1
@@ -601,18 +360,8 @@ class _Channel:
         loop = self._loop_ref()
         if self._closed or loop is None or loop.is_closed():
             return
-        if readable and fd not in self._readers:
-            loop.add_reader(fd, self._on_readable, fd)
-            self._readers.add(fd)
-        elif not readable and fd in self._readers:
-            loop.remove_reader(fd)
-            self._readers.discard(fd)
-        if writable and fd not in self._writers:
-            loop.add_writer(fd, self._on_writable, fd)
-            self._writers.add(fd)
-        elif not writable and fd in self._writers:
-            loop.remove_writer(fd)
-            self._writers.discard(fd)
+        _watch(fd, readable, self._readers, loop.add_reader, loop.remove_reader, self._on_readable)
+        _watch(fd, writable, self._writers, loop.add_writer, loop.remove_writer, self._on_writable)
 
     def _on_readable(self, fd: int) -> None:
         self._channel.process_fd(fd, _SOCKET_BAD)
@@ -722,7 +471,7 @@ class Resolver:
         def start(callback: Callable[[Any, int | None], None]) -> None:
             channel._channel.query(name, code, callback=callback)
 
-        return await self._run(channel, name, qtype, lambda r: _records(r, code), start, True)
+        return await self._run(channel, name, qtype, lambda r: records(r, code), start, True)
 
     async def resolve_host(
         self,
@@ -770,7 +519,7 @@ class Resolver:
                 callback=callback,
             )
 
-        return await self._run(channel, host, qtype, _host_addresses, start, False)
+        return await self._run(channel, host, qtype, host_addresses, start, False)
 
     @property
     def servers(self) -> list[str] | None:
@@ -836,7 +585,7 @@ class Resolver:
         nodata_is_empty: bool,
     ) -> Any:
         if "\x00" in name:  # C would cut the name at the NUL and ask for another one
-            raise _error(BadQuery, "bad name (a NUL character)", name, qtype)
+            raise error(BadQuery, "bad name (a NUL character)", name, qtype)
         self._queries += 1
         return await channel.submit(name, qtype, finish, start, nodata_is_empty)
 

@@ -34,7 +34,6 @@ system calls are in cqloop._core.osext.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import errno
 import os
@@ -42,7 +41,7 @@ from collections.abc import AsyncIterator, Generator, Iterator
 from typing import Any
 
 from cqloop._core import osext
-from cqloop.pollable import FdPollable, poll
+from cqloop.pollable import FdPollable, poll_until
 
 __all__ = [
     "ALL",
@@ -231,19 +230,7 @@ class Notifier(FdPollable):
         """Wait for a change and return (flags, name), name "." for the directory itself;
         None when `timeout` seconds pass first."""
         self._check_open()
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + max(0.0, timeout)
-        while True:
-            change = self.get_nowait()
-            if change is not None:
-                return change
-            if deadline is None:
-                await poll(self)
-            else:
-                remaining = deadline - loop.time()
-                if remaining <= 0.0:
-                    return None
-                await poll(self, timeout=remaining)
+        return await poll_until(self, self.get_nowait, timeout)
 
     async def changes(self, timeout: float | None = None) -> AsyncIterator[tuple[Change, str]]:
         """Each change as it comes, until `timeout` seconds pass without one (forever

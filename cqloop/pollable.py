@@ -42,7 +42,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import Any, Protocol, Self, TypeVar, runtime_checkable
 
 from cqloop._core.kernel import Kernel
 
@@ -58,6 +58,8 @@ __all__ = [
     "wait_readable",
     "wait_writable",
 ]
+
+T = TypeVar("T")
 
 _EVENT_KINDS = {"r": (True, False), "w": (False, True), "rw": (True, True), "wr": (True, True)}
 
@@ -319,6 +321,25 @@ async def _wait_fd(fd: int, reading: bool, timeout: float | None) -> bool:
             timer.cancel()
         # A no-op when it fired: firing removed it.
         registry.discard(fd, reading, waiter, None)
+
+
+async def poll_until(obj: Any, take: Callable[[], T | None], timeout: float | None) -> T | None:
+    """take() until it gives something (not None), polling obj while it gives nothing; None
+    once `timeout` seconds (None: no limit) pass first. The wait of the cqueues objects whose
+    readiness is "take_nowait() would give something" (signal listeners, notify watchers)."""
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + max(0.0, timeout)
+    while True:
+        taken = take()
+        if taken is not None:
+            return taken
+        if deadline is None:
+            await poll(obj)
+        else:
+            remaining = deadline - loop.time()
+            if remaining <= 0.0:
+                return None
+            await poll(obj, timeout=remaining)
 
 
 async def sleep(secs: float) -> None:

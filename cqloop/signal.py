@@ -82,7 +82,6 @@ Other facts:
 
 from __future__ import annotations
 
-import asyncio
 import errno as _errno
 import os
 import signal as _signal
@@ -128,7 +127,7 @@ from types import FrameType, MappingProxyType
 from typing import Any
 
 from cqloop._core import osext
-from cqloop.pollable import FdPollable, poll
+from cqloop.pollable import FdPollable, poll_until
 
 __all__ = [
     "SIGABRT",
@@ -385,19 +384,7 @@ class Listener(FdPollable):
         where it has a name), or None when `timeout` seconds pass first."""
         self._check_open()
         self._stats["waits"] += 1
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + max(0.0, timeout)
-        while True:
-            signo = self.get_nowait()
-            if signo is not None:
-                return signo
-            if deadline is None:
-                await poll(self)
-            else:
-                remaining = deadline - loop.time()
-                if remaining <= 0.0:
-                    return None
-                await poll(self, timeout=remaining)
+        return await poll_until(self, self.get_nowait, timeout)
 
     def __await__(self) -> Generator[Any, None, int | None]:
         return self.wait().__await__()

@@ -12,13 +12,22 @@
  * counted interval (C / T near 1.0 would mean the generator, not the server, is the
  * bottleneck). On any error it prints {"error": "..."} instead and exits with status 1.
  *
- *   loadgen -a tcp:HOST:PORT|unix:PATH -c CONNS -s SIZE -w WARMUP -d DURATION [-p CPU] [-l]
+ *   loadgen -a tcp:HOST:PORT|unix:PATH -c CONNS -s SIZE -w WARMUP -d DURATION [-p CPU] [-l] [-t]
  *
  * -l sends text lines for line-echo servers: printable bytes ending in CRLF, the sequence
  * number written in hex at the start, so that no byte but the last is a line feed.
  *
  * -p pins the generator to one CPU, so that it does not compete with a server pinned to
  * another. benchmarks/echo/native.py compiles this file; benchmarks/echo/run.py runs it.
+ *
+ * -t speaks TLS (OpenSSL) on every connection, for benchmarks/tls_echo.py. Only a build with
+ * -DLOADGEN_TLS (and -lssl -lcrypto) has it, so that the plain build needs no OpenSSL
+ * headers; native.build_tls_loadgen() makes that build. Each handshake is done, blocking,
+ * before anything is counted, and certificates are not verified: the benchmark measures the
+ * record path, not PKI. With non-blocking sockets OpenSSL reports WANT_READ/WANT_WRITE;
+ * SSL_write is then retried with the same arguments when the socket allows (a message goes
+ * out whole or not at all), and reads go on until WANT_READ, so that no decrypted byte is
+ * left inside OpenSSL where epoll cannot see it. TLS echoes are always compared whole.
  *
  * Every message differs from the one before (its first bytes, and in binary messages its
  * last bytes too, carry a sequence number) and echoes are compared with what was sent, so a
@@ -45,6 +54,10 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#ifdef LOADGEN_TLS
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#endif
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
@@ -69,9 +82,13 @@
 #define FULL_CHECK_EVERY 8               /* and one in this many larger ones */
 #define SCRATCH_BYTES (64 * 1024)        /* where skipped bytes go when MSG_TRUNC cannot */
 _Static_assert(WHOLE_CHECK_MAX_BYTES >= 2 * CHECK_BYTES, "the checked ends must not overlap");
+#define USAGE "loadgen -a ADDRESS -c CONNS -s SIZE -w WARMUP -d DURATION [-p CPU] [-l] [-t]"
 
 struct conn {
     int fd;
+#ifdef LOADGEN_TLS
+    SSL *ssl; /* with -t */
+#endif
     int watching_output; /* EPOLLOUT is registered: part of the message is unsent */
     size_t sent;         /* bytes of the current message written */
     size_t received;     /* bytes of its echo read */
@@ -85,6 +102,7 @@ static int epfd;
 static size_t message_bytes;
 static int lines; /* -l: messages are CRLF-terminated text lines */
 static int discards; /* TCP: recv(MSG_TRUNC) drops received bytes without copying them */
+static int tls;      /* -t: every connection speaks TLS */
 static uint64_t completed; /* echoes completed on all connections */
 static unsigned char scratch[SCRATCH_BYTES];
 
@@ -101,6 +119,20 @@ static void fail(const char *what, const char *detail)
 }
 
 static void fail_errno(const char *what) { fail(what, strerror(errno)); }
+
+#ifdef LOADGEN_TLS
+static void fail_ssl(const char *what)
+{
+    char text[256];
+    unsigned long code = ERR_get_error();
+    if (code == 0)
+        snprintf(text, sizeof(text), "%s", errno ? strerror(errno) : "connection closed");
+    else
+        ERR_error_string_n(code, text, sizeof(text));
+    /* OpenSSL's texts contain colons but no quotes or backslashes. */
+    fail(what, text);
+}
+#endif
 
 static int64_t clock_ns(clockid_t clock)
 {
@@ -156,10 +188,48 @@ static int connect_to(const char *address)
     } else {
         fail("address", "expected tcp:HOST:PORT or unix:PATH");
     }
-    if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0)
-        fail_errno("fcntl");
     return fd;
 }
+
+#ifdef LOADGEN_TLS
+/* The client's handshake on the connected, still blocking, socket. */
+static void start_tls(struct conn *c, SSL_CTX *ctx)
+{
+    c->ssl = SSL_new(ctx);
+    if (!c->ssl || SSL_set_fd(c->ssl, c->fd) != 1)
+        fail_ssl("SSL_new");
+    if (SSL_connect(c->ssl) != 1)
+        fail_ssl("SSL_connect");
+}
+
+/* (Re)try writing the current message over TLS: it goes out whole or not at all. */
+static void tls_send(struct conn *c)
+{
+    int n = SSL_write(c->ssl, c->out, (int)message_bytes);
+    if (n > 0) {
+        c->sent = message_bytes;
+        return;
+    }
+    int err = SSL_get_error(c->ssl, n);
+    if (err != SSL_ERROR_WANT_WRITE && err != SSL_ERROR_WANT_READ)
+        fail_ssl("SSL_write");
+}
+
+/* recv()'s contract for SSL_read: bytes, 0 at the end, or -1 with EAGAIN for "nothing yet". */
+static ssize_t tls_receive(struct conn *c)
+{
+    int n = SSL_read(c->ssl, c->in + c->received, (int)(message_bytes - c->received));
+    if (n > 0)
+        return n;
+    int err = SSL_get_error(c->ssl, n);
+    if (err == SSL_ERROR_ZERO_RETURN)
+        return 0;
+    if (err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE)
+        fail_ssl("SSL_read");
+    errno = EAGAIN;
+    return -1;
+}
+#endif
 
 static void watch(struct conn *c, int op, int want_output)
 {
@@ -176,7 +246,11 @@ static void watch(struct conn *c, int op, int want_output)
 /* Write what is unsent of the current message; watch for output only while some is. */
 static void send_rest(struct conn *c)
 {
-    while (c->sent < message_bytes) {
+#ifdef LOADGEN_TLS
+    if (tls)
+        tls_send(c);
+#endif
+    while (!tls && c->sent < message_bytes) {
         ssize_t n = send(c->fd, c->out + c->sent, message_bytes - c->sent, MSG_NOSIGNAL);
         if (n < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK)
@@ -221,6 +295,10 @@ static int checked_whole(const struct conn *c)
  * and dropped (the bytes between). */
 static ssize_t receive(struct conn *c, int whole)
 {
+#ifdef LOADGEN_TLS
+    if (tls)
+        return tls_receive(c);
+#endif
     size_t at = c->received, tail = message_bytes - CHECK_BYTES;
     if (whole || at >= tail)
         return recv(c->fd, c->in + at, message_bytes - at, 0);
@@ -231,31 +309,36 @@ static ssize_t receive(struct conn *c, int whole)
     return recv(c->fd, scratch, tail - at < SCRATCH_BYTES ? tail - at : SCRATCH_BYTES, 0);
 }
 
+/* Read the echo; when it is complete, check it and start the next message. Over TLS the
+ * next echo may already be decrypted inside OpenSSL, where epoll cannot see it: go on
+ * reading until OpenSSL wants more from the socket. */
 static void on_readable(struct conn *c)
 {
-    int whole = checked_whole(c);
-    while (c->received < message_bytes) {
-        ssize_t n = receive(c, whole);
-        if (n == 0)
-            fail("recv", "the server closed the connection");
-        if (n < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
-                return;
-            if (errno == EINTR)
-                continue;
-            fail_errno("recv");
+    do {
+        int whole = tls || checked_whole(c);
+        while (c->received < message_bytes) {
+            ssize_t n = receive(c, whole);
+            if (n == 0)
+                fail("recv", "the server closed the connection");
+            if (n < 0) {
+                if (errno == EAGAIN || errno == EWOULDBLOCK)
+                    return;
+                if (errno == EINTR)
+                    continue;
+                fail_errno("recv");
+            }
+            c->received += (size_t)n;
         }
-        c->received += (size_t)n;
-    }
-    int same = whole ? memcmp(c->in, c->out, message_bytes) == 0
-                     : memcmp(c->in, c->out, CHECK_BYTES) == 0
-                           && memcmp(c->in + message_bytes - CHECK_BYTES,
-                                     c->out + message_bytes - CHECK_BYTES, CHECK_BYTES) == 0;
-    if (c->received > c->sent || !same)
-        fail("echo", "the bytes echoed differ from the bytes sent");
-    c->seq++;
-    completed++;
-    start_message(c);
+        int same = whole ? memcmp(c->in, c->out, message_bytes) == 0
+                         : memcmp(c->in, c->out, CHECK_BYTES) == 0
+                               && memcmp(c->in + message_bytes - CHECK_BYTES,
+                                         c->out + message_bytes - CHECK_BYTES, CHECK_BYTES) == 0;
+        if (c->received > c->sent || !same)
+            fail("echo", "the bytes echoed differ from the bytes sent");
+        c->seq++;
+        completed++;
+        start_message(c);
+    } while (tls);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -268,7 +351,7 @@ int main(int argc, char **argv)
     long conns = 0, size = 0, cpu = -1;
     double warmup_s = 0, duration_s = 0;
     int opt;
-    while ((opt = getopt(argc, argv, "a:c:s:w:d:p:l")) != -1) {
+    while ((opt = getopt(argc, argv, "a:c:s:w:d:p:lt")) != -1) {
         switch (opt) {
         case 'a': address = optarg; break;
         case 'c': conns = (long)parse_number(optarg, "-c"); break;
@@ -277,17 +360,24 @@ int main(int argc, char **argv)
         case 'd': duration_s = parse_number(optarg, "-d"); break;
         case 'p': cpu = (long)parse_number(optarg, "-p"); break;
         case 'l': lines = 1; break;
-        default: fail("usage", "loadgen -a ADDRESS -c CONNS -s SIZE -w WARMUP -d DURATION [-p CPU] [-l]");
+        case 't': tls = 1; break;
+        default: fail("usage", USAGE);
         }
     }
     if (!address || conns < 1 || conns > MAX_CONNS || size < 1 || size > MAX_MESSAGE_BYTES
         || duration_s <= 0 || (lines && size < 3))
-        fail("usage", "loadgen -a ADDRESS -c CONNS -s SIZE -w WARMUP -d DURATION [-p CPU] [-l]");
+        fail("usage", USAGE);
+#ifndef LOADGEN_TLS
+    if (tls)
+        fail("usage", "-t: this loadgen was built without TLS (build it with -DLOADGEN_TLS)");
+#endif
     message_bytes = (size_t)size;
     discards = strncmp(address, "tcp:", 4) == 0;
 
     /* The harness may die without killing us (SIGKILL): go with it. */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
+    /* OpenSSL writes with write(), not send(MSG_NOSIGNAL): a closed peer must not kill us. */
+    signal(SIGPIPE, SIG_IGN);
     if (cpu >= 0) {
         cpu_set_t set;
         CPU_ZERO(&set);
@@ -296,6 +386,15 @@ int main(int argc, char **argv)
             fail_errno("sched_setaffinity");
     }
 
+#ifdef LOADGEN_TLS
+    SSL_CTX *ctx = NULL;
+    if (tls) {
+        ctx = SSL_CTX_new(TLS_client_method());
+        if (!ctx)
+            fail_ssl("SSL_CTX_new");
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    }
+#endif
     epfd = epoll_create1(EPOLL_CLOEXEC);
     if (epfd < 0)
         fail_errno("epoll_create1");
@@ -317,6 +416,12 @@ int main(int argc, char **argv)
             c->out[message_bytes - 1] = '\n';
         }
         c->fd = connect_to(address);
+#ifdef LOADGEN_TLS
+        if (tls)
+            start_tls(c, ctx); /* the handshake, blocking: it is not what is measured */
+#endif
+        if (fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK) < 0)
+            fail_errno("fcntl");
         watch(c, EPOLL_CTL_ADD, 0);
     }
     for (long i = 0; i < conns; i++)
@@ -352,9 +457,12 @@ int main(int argc, char **argv)
         }
         for (int i = 0; i < n; i++) {
             struct conn *c = events[i].data.ptr;
+            /* OpenSSL wants a write it refused retried before anything else. */
+            if (tls && (events[i].events & EPOLLOUT) && c->watching_output)
+                send_rest(c);
             if (events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))
                 on_readable(c);
-            if ((events[i].events & EPOLLOUT) && c->watching_output)
+            if (!tls && (events[i].events & EPOLLOUT) && c->watching_output)
                 send_rest(c);
         }
     }

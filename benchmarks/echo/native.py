@@ -1,12 +1,16 @@
-"""The echo benchmark's C programs: finding a compiler and building them into a cache.
+"""The benchmarks' C programs: finding a compiler and building them into a cache.
 
 loadgen.c (the load generator) and ceiling.c (the C echo server whose figure is the
 ceiling) ship as sources beside this file and are compiled on first use with `cc -O2`. The
 binaries go to a cache directory under a name that carries a hash of the source, the
 compiler and its flags, so that a changed source is rebuilt and an unchanged one is not,
 and so that runs from different checkouts or with different compilers do not collide.
+build_tls_loadgen() builds loadgen.c a second time with its TLS option (-DLOADGEN_TLS,
+linked with OpenSSL): only that build needs OpenSSL's headers (Debian's libssl-dev), so the
+plain benchmarks build on a machine without them.
 
-Only benchmarks/echo/run.py calls into this module.
+Callers: benchmarks/echo/run.py and benchmarks/scale.py (build), benchmarks/tls_echo.py
+(build_tls_loadgen).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from pathlib import Path
 SOURCE_DIR = Path(__file__).resolve().parent
 PROGRAMS = ("loadgen", "ceiling")
 CFLAGS = ("-O2", "-std=gnu11", "-Wall")
+TLS_DEFINES = ("-DLOADGEN_TLS",)
+TLS_LIBS = ("-lssl", "-lcrypto")
 COMPILERS = ("cc", "gcc", "clang")  # tried in this order when $CC is not set
 HASH_CHARS = 16
 COMPILE_TIMEOUT_S = 120.0
@@ -75,31 +81,49 @@ def build() -> Programs:
     return Programs(loadgen=built["loadgen"], ceiling=built["ceiling"], compiler=compiler)
 
 
-def _build_one(compiler: str, name: str, directory: Path) -> Path:
+def build_tls_loadgen() -> Path:
+    """Compile (or find already compiled) loadgen.c with its TLS option (-t); raise
+    NativeUnavailable if not (no compiler, or no OpenSSL headers)."""
+    return _build_one(find_compiler(), "loadgen", cache_dir(), TLS_DEFINES, TLS_LIBS, "tls_loadgen")
+
+
+def _build_one(
+    compiler: str,
+    name: str,
+    directory: Path,
+    defines: tuple[str, ...] = (),
+    libs: tuple[str, ...] = (),
+    binary: str | None = None,
+) -> Path:
+    """Compile SOURCE_DIR/name.c with CFLAGS, defines and libs into the cache as `binary`
+    (name by default) plus the hash of all that."""
+    binary = binary or name
     source = SOURCE_DIR / f"{name}.c"
     try:
         text = source.read_bytes()
     except OSError as exc:
         raise NativeUnavailable(f"cannot read {source}: {exc}") from exc
-    key = hashlib.sha256(b"\0".join([text, compiler.encode(), *map(str.encode, CFLAGS)]))
-    target = directory / f"{name}-{key.hexdigest()[:HASH_CHARS]}"
+    flags = (*CFLAGS, *defines, *libs)
+    key = hashlib.sha256(b"\0".join([text, compiler.encode(), *map(str.encode, flags)]))
+    target = directory / f"{binary}-{key.hexdigest()[:HASH_CHARS]}"
     if os.access(target, os.X_OK):
         return target
     # Built in a private directory, then renamed into place: a run building at the same
     # time never sees, or runs, a half-written binary.
-    with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=directory) as scratch:
-        partial = os.path.join(scratch, name)
+    with tempfile.TemporaryDirectory(prefix=f".{binary}-", dir=directory) as scratch:
+        partial = os.path.join(scratch, binary)
         try:
             result = subprocess.run(
-                [compiler, *CFLAGS, "-o", partial, str(source)],
+                [compiler, *CFLAGS, *defines, "-o", partial, str(source), *libs],
                 capture_output=True,
                 text=True,
                 timeout=COMPILE_TIMEOUT_S,
                 check=False,
             )
             if result.returncode != 0:
+                needs = " (OpenSSL's headers are libssl-dev)" if libs == TLS_LIBS else ""
                 raise NativeUnavailable(
-                    f"{compiler} failed on {source.name}:\n{result.stderr.strip()}"
+                    f"{compiler} failed on {source.name}{needs}:\n{result.stderr.strip()}"
                 )
             os.replace(partial, target)
         except (OSError, subprocess.TimeoutExpired) as exc:

@@ -54,6 +54,16 @@ cdef int INITIAL_CAPACITY = 64
 cdef int MAX_CAPACITY = 4096
 
 
+cdef inline int _ctl(int epfd, int op, int fd, uint32_t events, uint64_t data) noexcept:
+    """epoll_ctl ADD or MOD: 0, or the errno (inlined into register and modify)."""
+    cdef epoll_event ev
+    ev.events = events
+    ev.data.u64 = data
+    if epoll_ctl(epfd, op, fd, &ev) < 0:
+        return errno
+    return 0
+
+
 cdef class Poller:
     def __cinit__(self):
         self.epfd = -1
@@ -77,20 +87,10 @@ cdef class Poller:
         return self.epfd
 
     cdef int register(self, int fd, uint32_t events, uint64_t data) noexcept:
-        cdef epoll_event ev
-        ev.events = events
-        ev.data.u64 = data
-        if epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
-            return errno
-        return 0
+        return _ctl(self.epfd, EPOLL_CTL_ADD, fd, events, data)
 
     cdef int modify(self, int fd, uint32_t events, uint64_t data) noexcept:
-        cdef epoll_event ev
-        ev.events = events
-        ev.data.u64 = data
-        if epoll_ctl(self.epfd, EPOLL_CTL_MOD, fd, &ev) < 0:
-            return errno
-        return 0
+        return _ctl(self.epfd, EPOLL_CTL_MOD, fd, events, data)
 
     cdef int unregister(self, int fd) noexcept:
         cdef epoll_event ev

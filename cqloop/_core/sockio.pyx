@@ -54,7 +54,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.object cimport PyObject
 
 from cqloop._core.handles cimport Handle
-from cqloop._core.includes.members cimport PyMemberDescrObject
+from cqloop._core.includes.members cimport MEMBER_OBJECT_EX, PyMemberDef, PyMemberDescrObject
 from cqloop._core.includes.rawbytes cimport (
     cq_bytes_data,
     cq_bytes_new,
@@ -325,15 +325,50 @@ cdef object _CLOSED_MESSAGE = os.strerror(_errno.EBADF)
 
 cdef Py_ssize_t _slot_offset(type cls, str name):
     """Where the __slots__ attribute `name` of cls lives in its instances; -1 when it is not
-    a plain slot (then the attribute is read by name)."""
+    an object slot of cls that reads back, in place, what the attribute was set to (then
+    the attribute is read by name). Checked on an instance made with cls.__new__(cls): the
+    offset is trusted only if two values written through the attribute are the pointers
+    found at it, so a CPython whose member layout differs from members.pxd's falls back to
+    the attribute instead of reading the wrong memory."""
+    cdef PyMemberDef *member
+    cdef Py_ssize_t offset
     descr = cls.__dict__.get(name)
-    if type(descr) is not MemberDescriptorType:
+    if type(descr) is not MemberDescriptorType or descr.__objclass__ is not cls:
         return -1
-    return (<PyMemberDescrObject *>descr).d_member.offset
+    member = (<PyMemberDescrObject *>descr).d_member
+    offset = member.offset
+    if (
+        member.type != MEMBER_OBJECT_EX
+        or offset < <Py_ssize_t>sizeof(PyObject)
+        or offset + <Py_ssize_t>sizeof(PyObject *) > cls.__basicsize__
+    ):
+        return -1
+    try:
+        probe = cls.__new__(cls)
+        for marker in (object(), object()):
+            setattr(probe, name, marker)
+            if (<PyObject **>(<char *><PyObject *>probe + offset))[0] is not <PyObject *>marker:
+                return -1
+    except Exception:
+        return -1
+    return offset
 
 
-# socket.socket's `_io_refs` slot, read in place on the waiting path (see _claim).
+# socket.socket's `_io_refs` slot, read in place on the waiting path (see _claim); -1 when
+# the check at import failed and _claim reads it by name. A socket.socket made by __new__
+# alone has no fd (fileno() is -1), so the probe opens and closes nothing.
 cdef Py_ssize_t _IO_REFS_OFFSET = _slot_offset(_PLAIN_SOCKET, "_io_refs")
+
+
+def slot_offset(cls, name):
+    """The offset _claim would read `name` at in instances of cls, or -1 (read by name):
+    the import-time check, for the tests."""
+    return _slot_offset(cls, name)
+
+
+def io_refs_offset():
+    """Where socket.socket's `_io_refs` is read in place, or -1 when it is read by name."""
+    return _IO_REFS_OFFSET
 
 
 cdef class FdClaim:

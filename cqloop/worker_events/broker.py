@@ -59,13 +59,13 @@ from cqloop.worker_events.codec import (
     CREDIT,
     GAP_RANGE,
     KEY_LENGTH,
-    MAX_CREDIT_PER_FRAME,
     PROTOCOL_VERSION,
     SEQ,
     Codec,
     FrameKind,
     FrameReader,
     ProtocolError,
+    append_credit,
     decode_json,
     encode_blob,
     frame,
@@ -256,12 +256,8 @@ class _Peer(asyncio.Protocol):
 
     def flush(self) -> None:
         if self.post_credit_owed:
-            owed = self.post_credit_owed
+            append_credit(self.out, FrameKind.POST_CREDIT, self.post_credit_owed)
             self.post_credit_owed = 0
-            while owed:
-                chunk = min(owed, MAX_CREDIT_PER_FRAME)
-                self.out.append(frame(FrameKind.POST_CREDIT, CREDIT.pack(chunk)))
-                owed -= chunk
         if self.out and self.transport is not None and not self.transport.is_closing():
             data = b"".join(self.out) if len(self.out) > 1 else self.out[0]
             self.transport.write(data)
@@ -404,13 +400,7 @@ class Broker:
                 "worker_events broker: no client to handle unique event %r; dropped", unique.key
             )
             # The seq stays used: every client gets a SKIP, so sequences stay gap-free.
-        event_frame = frame(FrameKind.UNIQUE, SEQ.pack(seq) + blob)
-        skip_frame = frame(FrameKind.SKIP, SEQ.pack(seq))
-        for peer in active:
-            if peer is target:
-                peer.enqueue(seq, event_frame, unique)
-            else:
-                peer.enqueue(seq, skip_frame, None)
+        self._send_unique(active, target, seq, blob, unique)
 
     def _sequence_post(self, key: str | None, blob: bytes) -> None:
         if key is None:
@@ -456,15 +446,26 @@ class Broker:
             seq = self._next_seq
             self._next_seq += 1
             self._sequenced += 1
-            target = self._pick_target(active)
-            event_frame = frame(FrameKind.UNIQUE, SEQ.pack(seq) + post.blob)
-            skip_frame = frame(FrameKind.SKIP, SEQ.pack(seq))
-            for peer in active:
-                if peer is target:
-                    peer.enqueue(seq, event_frame, post)
-                else:
-                    peer.enqueue(seq, skip_frame, None)
+            self._send_unique(active, self._pick_target(active), seq, post.blob, post)
         self._flush_soon()
+
+    def _send_unique(
+        self,
+        active: list[_Peer],
+        target: _Peer | None,
+        seq: int,
+        blob: bytes,
+        unique: _UniquePost,
+    ) -> None:
+        """The unique event `seq` to `target` and a SKIP of it to every other active client
+        (to all of them when target is None)."""
+        event_frame = frame(FrameKind.UNIQUE, SEQ.pack(seq) + blob)
+        skip_frame = frame(FrameKind.SKIP, SEQ.pack(seq))
+        for peer in active:
+            if peer is target:
+                peer.enqueue(seq, event_frame, unique)
+            else:
+                peer.enqueue(seq, skip_frame, None)
 
     # -- flow control --
 

@@ -40,7 +40,6 @@ from cqloop.worker_events.codec import (
     CREDIT,
     GAP_RANGE,
     KEY_LENGTH,
-    MAX_CREDIT_PER_FRAME,
     MAX_UNIQUE_KEY_BYTES,
     PROTOCOL_VERSION,
     SEQ,
@@ -48,6 +47,7 @@ from cqloop.worker_events.codec import (
     FrameKind,
     FrameReader,
     ProtocolError,
+    append_credit,
     decode_blob,
     decode_json,
     encode_blob,
@@ -554,12 +554,8 @@ class Client(asyncio.Protocol):
             self._welcomed.set_result(None)
 
     def _send_credit(self) -> None:
-        owed = self._unacked
+        append_credit(self._out, FrameKind.CREDIT, self._unacked)
         self._unacked = 0
-        while owed:
-            chunk = min(owed, MAX_CREDIT_PER_FRAME)
-            self._out.append(frame(FrameKind.CREDIT, CREDIT.pack(chunk)))
-            owed -= chunk
 
     def _flush(self) -> None:
         self._flush_scheduled = False

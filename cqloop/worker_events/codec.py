@@ -113,6 +113,15 @@ def frame(kind: FrameKind, body: bytes = b"") -> bytes:
     return FRAME_HEADER.pack(len(body) + 1, kind) + body
 
 
+def append_credit(out: list[bytes], kind: FrameKind, amount: int) -> None:
+    """Append to `out` the frames of `kind` (CREDIT or POST_CREDIT) that return `amount`
+    bytes of credit: one a MAX_CREDIT_PER_FRAME, since a frame's count is 32 bits."""
+    while amount:
+        chunk = min(amount, MAX_CREDIT_PER_FRAME)
+        out.append(frame(kind, CREDIT.pack(chunk)))
+        amount -= chunk
+
+
 def json_frame(kind: FrameKind, value: dict[str, Any]) -> bytes:
     return frame(kind, _JSON_ENCODER.encode(value).encode())
 
