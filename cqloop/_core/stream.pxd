@@ -55,6 +55,7 @@ cdef class StreamTransport(FdWatcher):
 
     # -- the handles the kernel queues when the fd is ready ------------------------------
     cdef Handle _read_handle
+    # Made on the first writable event (see _on_events).
     cdef Handle _write_handle
 
     # -- methods ----------------------------------------------------------------------

@@ -177,7 +177,9 @@ cdef class StreamTransport(FdWatcher):
         self._high_water, self._low_water = water_marks()
         self._set_protocol(protocol)
         self._read_handle = _ready_handle(self, False, self._read_ready)
-        self._write_handle = _ready_handle(self, True, self._write_ready)
+        # The write handle is made when the socket first reports writable (_on_events):
+        # most connections never fill the socket's buffer, and an idle one never writes
+        # (200 bytes per connection).
         loop._install_watcher(self)
 
     def __repr__(self):
@@ -202,6 +204,8 @@ cdef class StreamTransport(FdWatcher):
         if events & ~EPOLLOUT and self.registered & EPOLLIN:
             ready.append(self._read_handle)
         if events & ~EPOLLIN and self.registered & EPOLLOUT:
+            if self._write_handle is None:
+                self._write_handle = _ready_handle(self, True, self._write_ready)
             ready.append(self._write_handle)
         return 0
 
