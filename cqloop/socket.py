@@ -42,7 +42,8 @@ defaults for new sockets (setmode, setvbuf, setbufsiz, setmaxline, settimeout,
 setmaxerrs, onerror). The Socket object itself, with lazy set-up (name lookup through
 cqloop.dns, connect and the TLS handshake happen as part of the first I/O, as in
 cqueues), every cqueues read format, cqueues' output modes, TLS, timeouts and sticky
-errors, is in cqloop/_cqsocket.py. A Socket works on any asyncio loop (cqloop, stock,
+errors, is in cqloop/_cqsocket.py (its set-up in _cqsetup.py, its TLS in _cqtls.py, what
+they share in _cqcommon.py). A Socket works on any asyncio loop (cqloop, stock,
 uvloop) and is pollable (`pollfd()`, `events()`, `timeout()`).
 
 Differences from cqueues, on purpose (also in docs/design.md):
@@ -72,8 +73,7 @@ import ssl
 from typing import Any
 
 from cqloop._core.cqsock import INPUT_HIGH_WATER_BYTES
-from cqloop._cqmodes import mode_strings, parse_mode_flags
-from cqloop._cqsocket import (
+from cqloop._cqcommon import (
     _DEFAULTS,
     AF_INET,
     AF_INET6,
@@ -84,7 +84,6 @@ from cqloop._cqsocket import (
     SOCK_DGRAM,
     SOCK_STREAM,
     ErrorHandler,
-    Socket,
     _apply_options,
     _channels_and_limit,
     _fd_of,
@@ -92,6 +91,8 @@ from cqloop._cqsocket import (
     _positive,
     _State,
 )
+from cqloop._cqmodes import mode_strings, parse_mode_flags
+from cqloop._cqsocket import Socket
 from cqloop._cqsocket import fdopen as _fdopen
 from cqloop._netargs import MAX_PORT, type_name
 from cqloop._netargs import port_number as _port_number
