@@ -20,6 +20,9 @@ paths touch and runs them compiled: read() with one format on a ready socket, wr
 a ready plain socket, and the receive callback. They fall through to the methods here
 (_read_formats, _write_pieces, _receive, _wait_input, _send_all, _raise, ...) for
 everything else, so the semantics live here; cqsock.pyx's header lists what it calls.
+DatagramSocket (cqloop/_cqdgram.py) is the subclass for datagram sockets.
+
+Size: past 800 lines. Next to split out: descriptor passing (sendfd, recvfd, fdopen).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from cqloop._cqcommon import (
     _DEFAULTS,
     _STICKY_CHANNEL,
     RECV_CHUNK_BYTES,
+    SOCK_DGRAM,
     ErrorHandler,
     _as_oserror,
     _channels_and_limit,
@@ -804,4 +808,13 @@ def fdopen(fd: int) -> Socket:
     sock.setblocking(False)
     listening = bool(sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ACCEPTCONN))
     options = _Options(family=sock.family, type=sock.type)
-    return Socket(sock, options, _State.LISTENING if listening else _State.READY)
+    return socket_class(sock.type)(sock, options, _State.LISTENING if listening else _State.READY)
+
+
+def socket_class(socktype: int) -> type[Socket]:
+    """The Socket class for a socket type: DatagramSocket for SOCK_DGRAM."""
+    if socktype == SOCK_DGRAM:
+        from cqloop._cqdgram import DatagramSocket  # a subclass: it imports this module
+
+        return DatagramSocket
+    return Socket
