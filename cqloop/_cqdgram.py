@@ -30,12 +30,14 @@ carries it (`unsent`).
 
 Bad input and failures: EMSGSIZE as above; an error the kernel reports for an earlier
 datagram (ECONNREFUSED on a connected UDP socket whose peer is gone) is raised by the
-read or write that meets it, and sticks to that channel as every I/O error does; TLS
+read or write that meets it, and sticks to that channel as every I/O error does (a write
+that fails sent nothing: its datagram is in the raised error's `unsent`); TLS
 (DTLS) is not supported and says so; accept() raises EOPNOTSUPP, as cqueues.
 """
 
 from __future__ import annotations
 
+import copy
 import errno
 import socket as _socket
 from typing import Any, NoReturn
@@ -177,6 +179,25 @@ class DatagramSocket(Socket):
         if due:
             await self._send_all(due, deadline, "write")
 
+    def send(self, *args: Any, **kwargs: Any) -> int:
+        """As a stream socket's send(): what this call makes due goes as one datagram,
+        if the kernel takes it now. A datagram too long to send raises EMSGSIZE (with
+        it in `unsent`) without sticking."""
+        try:
+            return super().send(*args, **kwargs)
+        except OSError as exc:
+            if exc.errno == errno.EMSGSIZE:
+                self._set_sticky("w", None)  # the datagram's fault, not the socket's
+            raise
+
+    def _send_nowait(self, view: memoryview) -> int:
+        try:
+            return super()._send_nowait(view)
+        except OSError as exc:
+            if exc.errno == errno.EMSGSIZE:
+                raise _too_long("send", bytes(view)) from None
+            raise
+
     async def _send_all(self, data: bytes, deadline: float | None, op: str) -> None:
         """Send data as one datagram, waiting while the kernel has no room for it."""
         view = memoryview(data)
@@ -186,7 +207,14 @@ class DatagramSocket(Socket):
             except OSError as exc:
                 if exc.errno == errno.EMSGSIZE:
                     self._raise(op, _too_long(op, data), sticky=False)
-                self._raise(op, _io_error(op, exc))
+                # A failed send sent nothing (ECONNREFUSED here reports an earlier
+                # datagram's fate): this one goes back to the caller in `unsent`; the
+                # channel's sticky error is the same error without it.
+                error = _io_error(op, exc)
+                self._set_sticky("w", error)
+                carried = copy.copy(error)
+                carried.unsent = bytes(data)  # type: ignore[attr-defined]
+                self._raise(op, carried, sticky=False)
             if sent:
                 return
             await self._wait(False, deadline, op)

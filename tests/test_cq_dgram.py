@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import select
 import socket as pysocket
 
 import pytest
@@ -170,6 +171,18 @@ async def test_a_datagram_too_long_to_send_raises_and_carries_it(dgram_pair):
     assert await b.xread("*a", None, 10) == b"fits"
 
 
+async def test_send_of_a_datagram_too_long_raises_and_carries_it(dgram_pair):
+    a, b = dgram_pair
+    too_long = b"y" * (a._sock.getsockopt(pysocket.SOL_SOCKET, pysocket.SO_SNDBUF) + 1)
+    with pytest.raises(OSError) as raised:
+        a.send(too_long)
+    assert raised.value.errno == errno.EMSGSIZE
+    assert raised.value.unsent == too_long
+    assert (a.pending(), a.error("w")) == ((0, 0), (None,))
+    assert a.send(b"fits") == 4
+    assert await b.xread("*a", None, 10) == b"fits"
+
+
 # -- UDP connect and listen ------------------------------------------------------------
 
 
@@ -189,6 +202,19 @@ async def test_udp_connect_and_listen_exchange_datagrams():
         server.close()
 
 
+async def test_unix_datagram_connect_and_listen_by_path(tmp_path):
+    path = str(tmp_path / "dgram.sock")
+    server = cqsocket.listen(path=path, type="dgram", mode="bn")
+    client = cqsocket.connect(path=path, type="dgram", mode="bn")
+    try:
+        await client.write(b"by path")
+        assert await server.xread("*a", None, 10) == b"by path"
+        assert client.peername() == (pysocket.AF_UNIX, path)
+    finally:
+        client.close()
+        server.close()
+
+
 async def test_a_datagram_listener_neither_accepts_nor_writes():
     server = cqsocket.listen("127.0.0.1", 0, type=cqsocket.SOCK_DGRAM, mode="bn")
     try:
@@ -202,19 +228,38 @@ async def test_a_datagram_listener_neither_accepts_nor_writes():
         server.close()
 
 
-async def test_a_peer_that_is_gone_is_connection_refused_and_sticks():
+@pytest.fixture
+def client_of_a_gone_peer():
+    """A UDP cq socket connected to a port nobody listens on."""
     client = cqsocket.connect("127.0.0.1", _free_udp_port(), type="dgram", mode="bn")
-    try:
-        await client.write(b"anyone?")
-        with pytest.raises(ConnectionRefusedError, match="socket:read"):
-            await client.xread("*a", None, 10)
-        with pytest.raises(ConnectionRefusedError):
-            await client.read("*a")  # sticky, as every I/O error
-        assert client.clearerr("r")[0].errno == errno.ECONNREFUSED
-        with pytest.raises(TimeoutError):
-            await client.xread("*a", None, 0.01)
-    finally:
-        client.close()
+    yield client
+    client.close()
+
+
+async def test_a_peer_that_is_gone_is_connection_refused_and_sticks(client_of_a_gone_peer):
+    client = client_of_a_gone_peer
+    await client.write(b"anyone?")
+    with pytest.raises(ConnectionRefusedError, match="socket:read"):
+        await client.xread("*a", None, 10)
+    with pytest.raises(ConnectionRefusedError):
+        await client.read("*a")  # sticky, as every I/O error
+    assert client.clearerr("r")[0].errno == errno.ECONNREFUSED
+    with pytest.raises(TimeoutError):
+        await client.xread("*a", None, 0.01)
+
+
+async def test_a_write_refused_returns_its_datagram_in_the_error(client_of_a_gone_peer):
+    client = client_of_a_gone_peer
+    await client.write(b"first")
+    # The port unreachable comes back at once on loopback; select() sees it pending.
+    assert select.select([client.fileno()], [], [], 10)[0]
+    with pytest.raises(ConnectionRefusedError, match="socket:write") as raised:
+        await client.write(b"second")
+    assert raised.value.unsent == b"second"
+    assert client.pending() == (0, 0)
+    sticky = client.error("w")[0]
+    assert sticky.errno == errno.ECONNREFUSED
+    assert not hasattr(sticky, "unsent")
 
 
 async def test_dup_and_fdopen_of_a_udp_socket_are_datagram_sockets():
