@@ -1,7 +1,8 @@
 """Differential cases, datagram sockets: a connected UDP cq socket in Lua's cqueues and
 in cqloop.socket against one scripted UDP peer (tests/cqoracle/dgram.py), compared
 datagram by datagram: reads within a datagram, writes in each output mode, recv, unget,
-timeouts, a zero-length datagram, an oversized one, a peer that is gone. cqueues
+timeouts, a zero-length datagram, an oversized one, a peer that is gone; and, without a
+peer, a Unix datagram pair and a bound UDP socket (accept and write refused). cqueues
 (lua5.3 + lua-cqueues) is the oracle; the differences kept on purpose are rows of
 docs/cqueues-differences.md."""
 
@@ -9,7 +10,19 @@ from __future__ import annotations
 
 import pytest
 
-from tests.cqoracle import SIGNAL, Both, Call, Deliberate, WaitPeer, check, params
+from tests.cqoracle import (
+    SIGNAL,
+    Both,
+    Call,
+    Deliberate,
+    RawCase,
+    Recorder,
+    WaitPeer,
+    check,
+    check_raw,
+    params,
+    raw_params,
+)
 from tests.cqoracle.dgram import GONE, Datagrams, DgramCase
 
 # Rows of docs/cqueues-differences.md.
@@ -198,3 +211,64 @@ async def _record_length(s, out, label: str) -> None:
 @pytest.mark.parametrize("case", params(DGRAM_CASES))
 async def test_datagram_socket_matches_cqueues(case: DgramCase) -> None:
     await check(case)
+
+
+# -- Unix datagram pairs and bound (listening) datagram sockets, without a peer -----------
+
+PAIR_AND_LISTENER_LUA = """
+local cq = cqueues.new()
+cq:wrap(function()
+    local a, b = socket.pair(socket.SOCK_DGRAM)
+    a:setmode("b", "bn")
+    b:setmode("b", "bn")
+    step("write", "ok", a.write, a, "one\\ntwo")
+    step("write", "ok", a.write, a, "three")
+    step("read", "out", b.read, b, "*l")
+    step("read", "out", b.read, b, 10)
+    step("read", "out", b.read, b, "*a")
+    step("peername", "out", a.peername, a)
+    a:close()
+    b:close()
+    local l = socket.listen{host = "127.0.0.1", port = 0, type = socket.SOCK_DGRAM}
+    step("listen", "ok", l.listen, l)
+    step("accept", "out", l.accept, l, 0.1)
+    l:setmode("b", "bn")
+    step("write", "ok", l.write, l, "nowhere")
+    l:close()
+end)
+local okay, err = cq:loop()
+if not okay then error(err) end
+"""
+
+
+async def _pair_and_listener(out: Recorder) -> None:
+    from cqloop import socket as cqsocket
+
+    a, b = cqsocket.pair(cqsocket.SOCK_DGRAM, mode="bn")
+    try:
+        await out.call("write", a.write(b"one\ntwo"), ok=True)
+        await out.call("write", a.write(b"three"), ok=True)
+        await out.call("read", b.read("*l"))
+        await out.call("read", b.read(10))
+        await out.call("read", b.read("*a"))
+        out.sync("peername", a.peername)
+    finally:
+        a.close()
+        b.close()
+    listener = cqsocket.listen("127.0.0.1", 0, type=cqsocket.SOCK_DGRAM, mode="bn")
+    try:
+        await out.call("listen", listener.listen(), ok=True)
+        await out.call("accept", listener.accept(0.1))
+        await out.call("write", listener.write(b"nowhere"), ok=True)
+    finally:
+        listener.close()
+
+
+RAW_CASES = [RawCase("unix_pair_and_a_bound_listener", PAIR_AND_LISTENER_LUA, _pair_and_listener)]
+
+
+@pytest.mark.parametrize("case", raw_params(RAW_CASES))
+async def test_datagram_pair_and_listener_match_cqueues(case: RawCase) -> None:
+    out = Recorder()
+    await case.python(out)
+    check_raw(case, out.records)
