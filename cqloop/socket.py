@@ -93,7 +93,7 @@ from cqloop._cqcommon import (
     _positive,
     _State,
 )
-from cqloop._cqdgram import dtls_unsupported
+from cqloop._cqdgram import DatagramSocket, dtls_unsupported
 from cqloop._cqmodes import mode_strings, parse_mode_flags
 from cqloop._cqsocket import Socket, socket_class
 from cqloop._cqsocket import fdopen as _fdopen
@@ -110,6 +110,7 @@ __all__ = [
     "RECV_CHUNK_BYTES",
     "SOCK_DGRAM",
     "SOCK_STREAM",
+    "DatagramSocket",
     "Socket",
     "connect",
     "dup",

@@ -191,7 +191,8 @@ async def test_udp_connect_and_listen_exchange_datagrams():
     family, host, port = server.localname()
     client = cqsocket.connect("127.0.0.1", port, type=cqsocket.SOCK_DGRAM, mode="bn")
     try:
-        assert type(server).__name__ == type(client).__name__ == "DatagramSocket"
+        assert isinstance(server, cqsocket.DatagramSocket)
+        assert isinstance(client, cqsocket.DatagramSocket)
         await client.write(b"ping\nmore")
         assert await server.xread("*l", None, 10) == b"ping"
         assert await server.read("*a") == b"more"
@@ -267,7 +268,7 @@ async def test_dup_and_fdopen_of_a_udp_socket_are_datagram_sockets():
         raw.bind(("127.0.0.1", 0))
         dup = cqsocket.dup(raw, mode="bn")
     try:
-        assert type(dup).__name__ == "DatagramSocket"
+        assert isinstance(dup, cqsocket.DatagramSocket)
         sender = cqsocket.connect("127.0.0.1", dup.localname()[2], type="dgram", mode="bn")
         try:
             await sender.write(b"a")
