@@ -1,13 +1,15 @@
-"""The cq socket object (cqloop.socket's Socket) and everything it runs on.
+"""The cq socket object (cqloop.socket's Socket): reading, writing, errors, the ending.
 
-Owns Socket: lazy set-up (name lookup through cqloop.dns, connect, TLS handshake at the
-first I/O), buffered reads in every cqueues format over the compiled buffers
+Owns Socket: buffered reads in every cqueues format over the compiled buffers
 (cqloop/_core/cqbuf.pyx, whose header gives each format's exact semantics), buffered
-writes in cqueues' modes, timeouts, sticky errors,
-descriptor passing and peer credentials. TLS (the handshake, records, the close_notify
-exchange) is its base SocketTLS's, in cqloop/_cqtls.py. cqloop/socket.py is the public module (its
-docstring says how this differs from cqueues, and why); it holds the module functions and
-the defaults they set, and is the only importer of this file besides tests.
+writes in cqueues' modes, timeouts, sticky errors and the onerror handler, descriptor
+passing, and the close. Its bases own the rest: SocketSetup (cqloop/_cqsetup.py) the
+lazy set-up (name lookup through cqloop.dns, connect, listen, accept) and the names;
+SocketTLS (cqloop/_cqtls.py) the handshake, records and the close_notify exchange.
+What they share (constants, defaults, options, the error builders) is in
+cqloop/_cqcommon.py. cqloop/socket.py is the public module (its docstring says how
+this differs from cqueues, and why); it holds the module functions and the defaults
+they set, and is the only importer of this file besides tests.
 
 Waiting goes through cqloop.pollable's registry, so a Socket works on cqloop (one-shot
 epoll registrations and subscriptions straight in the kernel), stock asyncio and uvloop,
@@ -18,9 +20,9 @@ paths touch and runs them compiled: read() with one format on a ready socket, wr
 a ready plain socket, and the receive callback. They fall through to the methods here
 (_read_formats, _write_pieces, _receive, _wait_input, _send_all, _raise, ...) for
 everything else, so the semantics live here; cqsock.pyx's header lists what it calls.
+DatagramSocket (cqloop/_cqdgram.py) is the subclass for datagram sockets.
 
-Size: past 1,100 lines. Next to split out: the connection set-up (resolve, connect,
-listen, the TLS handshake) into a mixin of its own.
+Size: past 800 lines. Next to split out: descriptor passing (sendfd, recvfd, fdopen).
 """
 
 from __future__ import annotations
@@ -28,123 +30,43 @@ from __future__ import annotations
 import asyncio
 import copy
 import errno
-import functools
 import os
 import socket as _socket
 import ssl
-import struct
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 from cqloop._core.cqbuf import NEED_MORE, InputBuffer
 from cqloop._core.cqoutbuf import DEFAULT_BUFSIZ, OutputBuffer
-from cqloop._core.cqsock import SocketCore, SocketState, _Handled, _to_bytes
+from cqloop._core.cqsock import SocketCore, _Handled, _to_bytes
 from cqloop._core.cqtls import TLSChannel
+from cqloop._cqcommon import (
+    _DEFAULTS,
+    _STICKY_CHANNEL,
+    RECV_CHUNK_BYTES,
+    SOCK_DGRAM,
+    ErrorHandler,
+    _as_oserror,
+    _channels_and_limit,
+    _expire,
+    _fd_of,
+    _handler_result,
+    _io_error,
+    _Options,
+    _oserror,
+    _positive,
+    _State,
+    _timeout_error,
+)
 from cqloop._cqmodes import VBUF_FLAGS, VBUF_NAMES, call_mode, mode_strings, parse_mode_flags
+from cqloop._cqsetup import SocketSetup
 from cqloop._cqtls import SocketTLS
 from cqloop.condition import Condition
-from cqloop.pollable import cancel as _cancel_polls
 from cqloop.pollable import subscribe, unsubscribe, wait_readable, wait_writable
 
-MSG_NOSIGNAL = _socket.MSG_NOSIGNAL
-AF_INET = _socket.AF_INET
-AF_INET6 = _socket.AF_INET6
-AF_UNIX = _socket.AF_UNIX
-AF_UNSPEC = _socket.AF_UNSPEC
-SOCK_STREAM = _socket.SOCK_STREAM
-SOCK_DGRAM = _socket.SOCK_DGRAM
 
-# Bytes asked of the kernel per recv: at least this, or the input buffer size if larger.
-RECV_CHUNK_BYTES = 65536
-# INPUT_HIGH_WATER_BYTES (cqsock.pyx): receiving stops when this much input is buffered
-# and nobody reads it.
-# cqueues' initial unchecked-error limit per channel (socket:setmaxerrs).
-DEFAULT_MAXERRS = 100
-
-# Operations whose errors stick to a channel until clearerr() (cqueues' `preserve`).
-_STICKY_CHANNEL = {
-    "read": "r",
-    "lines": "r",
-    "fill": "r",
-    "unpack": "r",
-    "recvfd": "r",
-    "write": "w",
-    "flush": "w",
-    "pack": "w",
-    "sendfd": "w",
-}
-
-ErrorHandler = Callable[["Socket", str, OSError], Any]
-
-
-# The socket's life cycle (new, connected, ready, listening, closed); the compiled half's.
-_State = SocketState
-
-
-@dataclass
-class _Defaults:
-    """Module-wide defaults for new sockets (socket.setmode() and friends)."""
-
-    intext: bool = True
-    outtext: bool = True
-    outmode: str = "l"
-    autoflush: bool = True
-    pushback: bool = True
-    inbufsiz: int = 4096
-    outbufsiz: int = 4096
-    inmaxline: int = 4096
-    outmaxline: int = 4096
-    timeout: float | None = None
-    maxerrs: dict[str, int] = field(default_factory=lambda: {"r": DEFAULT_MAXERRS, "w": 0})
-    onerror: ErrorHandler | None = None
-
-
-_DEFAULTS = _Defaults()
-_DEFAULTS.maxerrs["w"] = DEFAULT_MAXERRS
-
-
-def _oserror(code: int, message: str) -> OSError:
-    """OSError(code, message): Python picks the subclass (TimeoutError, ...)."""
-    return OSError(code, message)
-
-
-def _handler_result(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Make a public async method return what an onerror handler returned."""
-
-    @functools.wraps(method)
-    async def wrapper(self: Socket, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await method(self, *args, **kwargs)
-        except _Handled as handled:
-            return handled.value
-
-    return wrapper
-
-
-@dataclass
-class _Options:
-    host: str | None = None
-    port: int | str | None = None
-    path: str | bytes | None = None
-    family: int = AF_UNSPEC
-    type: int = SOCK_STREAM
-    nodelay: bool = False
-    reuseaddr: bool = True
-    reuseport: bool = False
-    v6only: bool | None = None
-    unlink: bool = False
-    mode: int | None = None
-    backlog: int = 128
-    tls: bool = False
-    context: ssl.SSLContext | None = None
-    verify: bool = True
-    sendname: bool | str = True
-    resolver: Any = None
-
-
-class Socket(SocketTLS, SocketCore):
+class Socket(SocketSetup, SocketTLS, SocketCore):
     """A cqueues socket: buffered, pollable, awaitable. Make them with connect(),
     listen(), pair(), dup() or fdopen().
 
@@ -317,126 +239,6 @@ class Socket(SocketTLS, SocketCore):
             self._set_sticky(channel, None)
             self._errcount[channel] = 0
         return previous
-
-    # -- set-up ------------------------------------------------------------------------
-
-    @_handler_result
-    async def connect(self, timeout: float | None = None) -> Socket:
-        """Wait until the connection (and a TLS handshake asked for) is established."""
-        await self._establish(self._deadline(timeout), "connect")
-        return self
-
-    @_handler_result
-    async def listen(self, timeout: float | None = None) -> Socket:
-        """Wait until the listening socket is bound."""
-        await self._establish(self._deadline(timeout), "listen")
-        return self
-
-    @_handler_result
-    async def starttls(
-        self,
-        context: ssl.SSLContext | None = None,
-        timeout: float | None = None,
-        *,
-        server_side: bool | None = None,
-        server_hostname: str | None = None,
-    ) -> Socket:
-        """Switch to TLS and wait for the handshake. Pending output is flushed first;
-        with pushback (the default) input buffered so far is handed to TLS, never read
-        as plaintext."""
-        deadline = self._deadline(timeout)
-        if self._tls is not None:
-            return self
-        if context is not None:
-            self._opts.context = context
-        if server_side is not None:
-            self._server_side = server_side
-        if server_hostname is not None:
-            self._opts.sendname = server_hostname
-        self._tls_pending = True
-        await self._establish(deadline, "starttls")
-        return self
-
-    def checktls(self) -> ssl.SSLObject | None:
-        """The ssl.SSLObject once TLS is on, else None."""
-        return None if self._tls is None else self._tls.sslobj
-
-    async def _establish(self, deadline: float | None, op: str) -> None:
-        """Finish whatever set-up is due (resolve, connect, TLS), once, whichever task
-        gets here first; the others wait for it."""
-        while self._state is not _State.READY and self._state is not _State.LISTENING:
-            if self._state is _State.CLOSED:
-                raise _oserror(errno.EBADF, f"socket:{op}: socket is closed")
-            if self._setup_error is not None:
-                self._raise(op, self._setup_error, sticky=False)
-            if self._setting_up:
-                signalled = await self._setup_done.wait(timeout=_remaining(deadline))
-                if not signalled and deadline is not None and time.monotonic() >= deadline:
-                    self._raise(op, _timeout_error(op), sticky=False)
-                continue
-            self._setting_up = True
-            try:
-                await self._setup_step(deadline, op)
-            except (OSError, ssl.SSLError) as exc:
-                if not isinstance(exc, TimeoutError):
-                    self._setup_error = _as_oserror(exc)
-                self._raise(op, _as_oserror(exc), sticky=False)
-            finally:
-                self._setting_up = False
-                self._setup_done.signal()
-        if self._tls_pending and self._state is _State.READY:
-            self._state = _State.CONNECTED
-            await self._establish(deadline, op)
-
-    async def _setup_step(self, deadline: float | None, op: str) -> None:
-        if self._state is _State.NEW:
-            await self._connect_somewhere(deadline)
-            self._state = _State.CONNECTED
-        if self._state is _State.CONNECTED:
-            if self._tls_pending:
-                await self._handshake(deadline)
-            self._state = _State.READY
-
-    async def _connect_somewhere(self, deadline: float | None) -> None:
-        opts = self._opts
-        candidates: list[tuple[int, Any]]
-        if opts.path is not None:
-            candidates = [(AF_UNIX, opts.path)]
-        else:
-            candidates = await _resolve(opts, deadline)
-        last_error: OSError | None = None
-        for family, address in candidates:
-            sock = _socket.socket(family, opts.type)
-            try:
-                _apply_options(sock, opts, listening=False)
-                sock.setblocking(False)
-                self._adopt(sock)
-                err = sock.connect_ex(address)
-                if err == errno.EINPROGRESS:
-                    await self._wait(False, deadline, "connect")
-                    err = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
-                if err:
-                    raise _oserror(err, f"connect to {address!r}: {os.strerror(err)}")
-                return
-            except TimeoutError:
-                self._drop_sock()
-                raise
-            except OSError as exc:
-                last_error = exc
-                self._drop_sock()
-        assert last_error is not None
-        raise last_error
-
-    def _adopt(self, sock: _socket.socket) -> None:
-        self._sock = sock
-        self._fd = sock.fileno()
-
-    def _drop_sock(self) -> None:
-        sock, self._sock = self._sock, None
-        self._fd = -1
-        if sock is not None:
-            _cancel_polls(sock.fileno())
-            sock.close()
 
     # -- reading -----------------------------------------------------------------------
 
@@ -807,11 +609,14 @@ class Socket(SocketTLS, SocketCore):
     @_handler_result
     async def pack(self, value: int, nbits: int, mode: str | None = None) -> Socket:
         """cqueues' socket:pack: append nbits of value (big-endian bit order) to the
-        output buffer; full bytes are sent as the output mode says."""
+        output buffer; full bytes are sent as `mode`'s buffering flag says for this call
+        (n, l or f; the socket's own output mode when mode names none). Packed bytes are
+        never translated."""
+        buffering, _ = call_mode(mode)  # checked first: bad input loses nothing
         deadline = self._deadline(None)
         await self._ready_for("pack", deadline)
         self._check_sticky("w", "pack")
-        due = self._obuf.pack(value, nbits)
+        due = self._obuf.pack(value, nbits, buffering)
         if due:
             await self._send_all(due, deadline, "pack")
         return self
@@ -829,54 +634,6 @@ class Socket(SocketTLS, SocketCore):
                     return self._raise("unpack", _oserror(errno.EPIPE, "unpack: end of input"))
                 return value
             await self._fill_once(deadline, "unpack")
-
-    # -- listening -----------------------------------------------------------------------
-
-    @_handler_result
-    async def accept(self, timeout: float | None = None) -> Socket:
-        """The next incoming connection, as a Socket with this one's modes."""
-        deadline = self._deadline(timeout)
-        await self._establish(deadline, "accept")
-        sock = self._sock
-        assert sock is not None
-        while True:
-            try:
-                conn, _ = sock.accept()
-                break
-            except (BlockingIOError, InterruptedError):
-                await self._wait(True, deadline, "accept")
-            except OSError as exc:
-                return self._raise("accept", exc, sticky=False)
-        conn.setblocking(False)
-        if conn.family in (AF_INET, AF_INET6) and self._opts.nodelay:
-            conn.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
-        context = self._opts.context
-        options = _Options(type=self._opts.type, tls=context is not None, context=context)
-        # With a context the connection starts TLS (server side) at its first I/O.
-        child = Socket(conn, options, _State.CONNECTED if context is not None else _State.READY)
-        child._server_side = True
-        child._inherit(self)
-        return child
-
-    async def clients(self, timeout: float | None = None) -> AsyncIterator[Socket]:
-        """accept() forever: `async for con in srv.clients(): ...`."""
-        while True:
-            yield await self.accept(timeout)
-
-    def _inherit(self, parent: Socket) -> None:
-        self._ibuf.text = parent._ibuf.text
-        self._ibuf.maxline = parent._ibuf.maxline
-        self._ibuf.bufsiz = parent._ibuf.bufsiz
-        self._obuf.maxline = parent._obuf.maxline
-        self._recv_bytes = parent._recv_bytes
-        self._obuf.text = parent._obuf.text
-        self._obuf.mode = parent._obuf.mode
-        self._obuf.bufsiz = parent._obuf.bufsiz
-        self._autoflush = parent._autoflush
-        self._pushback = parent._pushback
-        self._timeout = parent._timeout
-        self._onerror = parent._onerror
-        self._maxerrs = dict(parent._maxerrs)
 
     # -- descriptor passing and names ------------------------------------------------------
 
@@ -935,42 +692,6 @@ class Socket(SocketTLS, SocketCore):
         if not msg and not fds:
             return (None, None)
         return (msg, fdopen(fds[0]) if fds else None)
-
-    def peername(self) -> tuple[Any, ...]:
-        return self._name(getpeer=True)
-
-    def localname(self) -> tuple[Any, ...]:
-        return self._name(getpeer=False)
-
-    def _name(self, getpeer: bool) -> tuple[Any, ...]:
-        sock = self._sock
-        if sock is None:
-            return (AF_UNSPEC,)
-        try:
-            address = sock.getpeername() if getpeer else sock.getsockname()
-        except OSError as exc:
-            if exc.errno == errno.ENOTCONN:
-                return (AF_UNSPEC,)
-            raise
-        if sock.family == AF_UNIX:
-            return (AF_UNIX, address or None)
-        return (sock.family, address[0], address[1])
-
-    def peereid(self) -> tuple[int, int]:
-        """The peer's effective (uid, gid) on a Unix stream socket (SO_PEERCRED)."""
-        _, uid, gid = self._peercred()
-        return (uid, gid)
-
-    def peerpid(self) -> int:
-        return self._peercred()[0]
-
-    def _peercred(self) -> tuple[int, int, int]:
-        sock = self._sock
-        if sock is None or sock.family != AF_UNIX:
-            raise _oserror(errno.EINVAL, "peer credentials need a connected Unix socket")
-        creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i"))
-        pid, uid, gid = struct.unpack("3i", creds)
-        return (pid, uid, gid)
 
     def stat(self) -> dict[str, dict[str, Any]]:
         return {
@@ -1087,92 +808,13 @@ def fdopen(fd: int) -> Socket:
     sock.setblocking(False)
     listening = bool(sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ACCEPTCONN))
     options = _Options(family=sock.family, type=sock.type)
-    return Socket(sock, options, _State.LISTENING if listening else _State.READY)
+    return socket_class(sock.type)(sock, options, _State.LISTENING if listening else _State.READY)
 
 
-# -- helpers ----------------------------------------------------------------------------
+def socket_class(socktype: int) -> type[Socket]:
+    """The Socket class for a socket type: DatagramSocket for SOCK_DGRAM."""
+    if socktype == SOCK_DGRAM:
+        from cqloop._cqdgram import DatagramSocket  # a subclass: it imports this module
 
-
-def _channels_and_limit(which: str | int, limit: int | None) -> tuple[str, int | None]:
-    # cqueues' setmaxerrs([which,] limit): a lone number is the limit for both channels.
-    if isinstance(which, int):
-        return ("rw", which)
-    return (which, limit)
-
-
-def _positive(value: int, what: str) -> int:
-    value = int(value)
-    if value <= 0:
-        raise ValueError(f"{what} must be positive, not {value}")
-    return value
-
-
-def _expire(waiter: asyncio.Future[bool]) -> None:
-    if not waiter.done():
-        waiter.set_result(False)
-
-
-def _remaining(deadline: float | None) -> float | None:
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-
-def _timeout_error(op: str) -> TimeoutError:
-    return TimeoutError(errno.ETIMEDOUT, f"socket:{op}: {os.strerror(errno.ETIMEDOUT)}")
-
-
-def _as_oserror(exc: BaseException) -> OSError:
-    if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError):
-        return exc
-    if isinstance(exc, ssl.SSLError):
-        # Keep the SSLError itself (it is an OSError): the reason is in it.
-        return exc
-    return _oserror(errno.EIO, str(exc))
-
-
-def _io_error(op: str, exc: BaseException) -> OSError:
-    """A system call's error as this module's errors read: "socket:OP: reason", with the
-    same errno (so the same OSError subclass: BrokenPipeError, ConnectionResetError...)
-    and the original as its cause. TLS errors stay as they are."""
-    if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError) and exc.errno:
-        error = _oserror(exc.errno, f"socket:{op}: {os.strerror(exc.errno)}")
-        error.__cause__ = exc
-        return error
-    return _as_oserror(exc)
-
-
-def _fd_of(obj: Any) -> int:
-    if isinstance(obj, int):
-        return obj
-    fileno = getattr(obj, "fileno", None)
-    if fileno is None:
-        raise TypeError(f"not a descriptor: {obj!r}")
-    return int(fileno())
-
-
-def _apply_options(sock: _socket.socket, opts: _Options, *, listening: bool) -> None:
-    if sock.family in (AF_INET, AF_INET6):
-        if listening and opts.reuseaddr:
-            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
-        if opts.reuseport:
-            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEPORT, 1)
-        if sock.type == SOCK_STREAM and opts.nodelay:
-            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
-        if sock.family == AF_INET6 and opts.v6only is not None:
-            sock.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, int(opts.v6only))
-
-
-async def _resolve(opts: _Options, deadline: float | None) -> list[tuple[int, Any]]:
-    """The addresses to try for connect(), through cqloop.dns (no query for numeric
-    hosts; /etc/hosts honoured)."""
-    import cqloop.dns as dns  # pycares is imported only by programs that resolve
-
-    assert opts.host is not None and opts.port is not None
-    lookup = dns.resolve_host(opts.host, opts.port, family=opts.family, resolver=opts.resolver)
-    timeout = _remaining(deadline)
-    try:
-        found = await asyncio.wait_for(lookup, timeout)
-    except dns.DNSError:
-        raise  # the resolver's own errors, its timeouts included, as they are
-    except TimeoutError:
-        raise _timeout_error("connect") from None
-    return [(int(address.family), address.sockaddr) for address in found]
+        return DatagramSocket
+    return Socket

@@ -42,7 +42,10 @@ defaults for new sockets (setmode, setvbuf, setbufsiz, setmaxline, settimeout,
 setmaxerrs, onerror). The Socket object itself, with lazy set-up (name lookup through
 cqloop.dns, connect and the TLS handshake happen as part of the first I/O, as in
 cqueues), every cqueues read format, cqueues' output modes, TLS, timeouts and sticky
-errors, is in cqloop/_cqsocket.py. A Socket works on any asyncio loop (cqloop, stock,
+errors, is in cqloop/_cqsocket.py (its set-up in _cqsetup.py, its TLS in _cqtls.py, what
+they share in _cqcommon.py); type=SOCK_DGRAM makes its datagram subclass, in
+cqloop/_cqdgram.py (one read never spans two datagrams; one flush decision sends one
+datagram). A Socket works on any asyncio loop (cqloop, stock,
 uvloop) and is pollable (`pollfd()`, `events()`, `timeout()`).
 
 Differences from cqueues, on purpose (also in docs/design.md):
@@ -72,8 +75,7 @@ import ssl
 from typing import Any
 
 from cqloop._core.cqsock import INPUT_HIGH_WATER_BYTES
-from cqloop._cqmodes import mode_strings, parse_mode_flags
-from cqloop._cqsocket import (
+from cqloop._cqcommon import (
     _DEFAULTS,
     AF_INET,
     AF_INET6,
@@ -84,7 +86,6 @@ from cqloop._cqsocket import (
     SOCK_DGRAM,
     SOCK_STREAM,
     ErrorHandler,
-    Socket,
     _apply_options,
     _channels_and_limit,
     _fd_of,
@@ -92,6 +93,9 @@ from cqloop._cqsocket import (
     _positive,
     _State,
 )
+from cqloop._cqdgram import DatagramSocket, dtls_unsupported
+from cqloop._cqmodes import mode_strings, parse_mode_flags
+from cqloop._cqsocket import Socket, socket_class
 from cqloop._cqsocket import fdopen as _fdopen
 from cqloop._netargs import MAX_PORT, type_name
 from cqloop._netargs import port_number as _port_number
@@ -106,6 +110,7 @@ __all__ = [
     "RECV_CHUNK_BYTES",
     "SOCK_DGRAM",
     "SOCK_STREAM",
+    "DatagramSocket",
     "Socket",
     "connect",
     "dup",
@@ -131,7 +136,7 @@ def connect(
     *,
     path: str | bytes | None = None,
     family: int = AF_UNSPEC,
-    type: int = SOCK_STREAM,
+    type: int | str = SOCK_STREAM,
     tls: bool = False,
     context: ssl.SSLContext | None = None,
     verify: bool = True,
@@ -145,7 +150,10 @@ def connect(
     of its first I/O. TLS verifies the server's certificate and name unless verify=False.
     mode: cqueues' mode string for both directions, as `setmode(mode, mode)` ("b" for
     bytes as they are; the default text mode writes "\n" as "\r\n"; see
-    docs/cq-sockets.md). Arguments are checked here, not at the first I/O."""
+    docs/cq-sockets.md). Arguments are checked here, not at the first I/O.
+    type=SOCK_DGRAM (or "dgram") makes a connected datagram socket (UDP, or a Unix
+    datagram socket at path): one read never spans two datagrams, and each flush
+    decision sends one datagram (docs/cq-sockets.md, "Datagram sockets")."""
     port_number: int | None = None
     if path is None:
         if host is None or port is None:
@@ -157,6 +165,9 @@ def connect(
     else:
         _check_path(path, "connect")
     _check_mode(mode, "connect")
+    type = _socktype(type, "connect")
+    if type == SOCK_DGRAM and (tls or context is not None):
+        dtls_unsupported("connect")
     options = _Options(
         host=host,
         port=port_number,
@@ -170,7 +181,7 @@ def connect(
         nodelay=nodelay,
         resolver=resolver,
     )
-    return _with_mode(Socket(None, options, _State.NEW), mode)
+    return _with_mode(socket_class(type)(None, options, _State.NEW), mode)
 
 
 def listen(
@@ -179,7 +190,7 @@ def listen(
     *,
     path: str | bytes | None = None,
     family: int = AF_UNSPEC,
-    type: int = SOCK_STREAM,
+    type: int | str = SOCK_STREAM,
     reuseaddr: bool = True,
     reuseport: bool = False,
     v6only: bool | None = None,
@@ -194,7 +205,9 @@ def listen(
     context they start TLS on the server side at their first I/O.
     mode: a str is cqueues' mode string, applied as `setmode(mode, mode)` and inherited
     by accepted connections (see connect()); an int is the permission bits of the Unix
-    socket at path (cqueues' `.mode` option of listen)."""
+    socket at path (cqueues' `.mode` option of listen).
+    type=SOCK_DGRAM (or "dgram") binds a datagram socket, ready at once: it reads the
+    datagrams sent to it (as cqueues, it cannot accept() nor write, having no peer)."""
     perm: int | None = None
     iomode: str | None = None
     if isinstance(mode, int) and not isinstance(mode, bool):
@@ -204,6 +217,9 @@ def listen(
     elif mode is not None:
         _check_mode(mode, "listen")
         iomode = str(mode)
+    type = _socktype(type, "listen")
+    if type == SOCK_DGRAM and context is not None:
+        dtls_unsupported("listen")
     if path is None:
         if host is not None:
             _check_host(host, "listen")
@@ -248,24 +264,25 @@ def listen(
     except BaseException:
         sock.close()
         raise
-    return _with_mode(Socket(sock, options, _State.LISTENING), iomode)
+    # A datagram socket is ready once bound: it reads what is sent to it (and writes
+    # nowhere, having no peer: EDESTADDRREQ, as in cqueues).
+    state = _State.LISTENING if type == SOCK_STREAM else _State.READY
+    return _with_mode(socket_class(type)(sock, options, state), iomode)
 
 
 def pair(type: int | str = SOCK_STREAM, *, mode: str | None = None) -> tuple[Socket, Socket]:
-    """Two connected Unix sockets. mode: cqueues' mode string for both sockets and both
-    directions (see connect())."""
-    if isinstance(type, str):
-        try:
-            type = {"stream": SOCK_STREAM, "dgram": SOCK_DGRAM}[type]
-        except KeyError:
-            raise ValueError(f"pair: type must be 'stream' or 'dgram', not {type!r}") from None
+    """Two connected Unix sockets, of type SOCK_STREAM (or "stream") or SOCK_DGRAM (or
+    "dgram"; see connect() for datagram sockets). mode: cqueues' mode string for both
+    sockets and both directions (see connect())."""
+    type = _socktype(type, "pair")
     _check_mode(mode, "pair")
     a, b = _socket.socketpair(AF_UNIX, type)
     a.setblocking(False)
     b.setblocking(False)
+    cls = socket_class(type)
     return (
-        _with_mode(Socket(a, _Options(family=AF_UNIX, type=type), _State.READY), mode),
-        _with_mode(Socket(b, _Options(family=AF_UNIX, type=type), _State.READY), mode),
+        _with_mode(cls(a, _Options(family=AF_UNIX, type=type), _State.READY), mode),
+        _with_mode(cls(b, _Options(family=AF_UNIX, type=type), _State.READY), mode),
     )
 
 
@@ -363,6 +380,22 @@ def _check_mode(mode: object, what: str) -> None:
             "t/b (text, binary), n/l/f (output buffering: none, line, full), a/A "
             "(autoflush on, off), p/P (pushback on, off)"
         )
+
+
+# The socket types a cq socket can have, by the names pair() also takes.
+_SOCKET_TYPES = {"stream": SOCK_STREAM, "dgram": SOCK_DGRAM}
+
+
+def _socktype(value: Any, what: str) -> int:
+    if isinstance(value, str):
+        if value not in _SOCKET_TYPES:
+            raise ValueError(f"{what}: type must be 'stream' or 'dgram', not {value!r}")
+        return _SOCKET_TYPES[value]
+    if value not in (SOCK_STREAM, SOCK_DGRAM) or isinstance(value, bool):
+        raise ValueError(
+            f"{what}: type must be SOCK_STREAM or SOCK_DGRAM (or 'stream', 'dgram'), not {value!r}"
+        )
+    return int(value)
 
 
 def _with_mode(sock: Socket, mode: str | None) -> Socket:

@@ -138,6 +138,21 @@ WRITE_CASES = [
         ],
     ),
     SocketCase(
+        "pack_mode_decides_this_calls_flush",
+        [],
+        [
+            Call("setmode", None, "tf"),
+            Call("pack", 0x41, 8, "n", ok=True),
+            Call("pending"),
+            Call("pack", 0x42, 8, ok=True),
+            Call("pending"),
+            Call("pack", 0x43, 8, "bn", ok=True),
+            Call("pending"),
+            Call("pack", 0x0A44, 16, "l", ok=True),
+            Call("pending"),
+        ],
+    ),
+    SocketCase(
         "autoflush_before_a_read",
         [Expect(b"q\r\n"), b"r\n", EOF],
         [Call("setmode", None, "tfa"), Call("write", "q\n", ok=True), Call("read", "*l")],

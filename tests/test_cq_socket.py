@@ -744,6 +744,26 @@ async def test_pack_and_unpack_bits(pair):
     assert await b.unpack(16) == 0xABCD
 
 
+async def test_pack_mode_sends_in_that_calls_buffering_only(raw_pair):
+    con, peer = raw_pair
+    con.setmode(None, "bf")
+    await con.pack(0x41, 8)  # full buffering: held
+    assert con.pending() == (0, 1)
+    await con.pack(0x42, 8, "n")  # this call unbuffered: both bytes go
+    assert con.pending() == (0, 0)
+    assert await _recv_raw(peer, 2) == b"AB"
+    await con.pack(0x43, 8)  # the socket's own mode again
+    assert con.pending() == (0, 1)
+
+
+async def test_pack_with_a_bad_mode_raises_and_buffers_nothing(raw_pair):
+    con, _ = raw_pair
+    with pytest.raises(ValueError, match="mode flag"):
+        await con.pack(0x41, 8, "x")
+    assert con.pending() == (0, 0)
+    assert con.error("w") == (None,)
+
+
 async def test_seterror_makes_a_channel_fail_until_clearerr(pair):
     a, b = pair
     a.seterror("w", errno.ECONNABORTED)

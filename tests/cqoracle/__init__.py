@@ -25,7 +25,8 @@ and it runs on every loop. A difference kept on purpose is a case with
 of docs/cqueues-differences.md's table.
 
 Other cases (RawCase: controllers, conditions, promises) give the Lua body and a Python
-function that records through the same Recorder.
+function that records through the same Recorder. Datagram sockets have their own case
+and UDP peer, in tests/cqoracle/dgram.py, on the same Recorder and report.
 
 Normalised form, both sides: bytes as strings whose code points are the byte values;
 nil/None as null and trailing nulls dropped (Lua's `return` of nothing); an error as
@@ -553,12 +554,30 @@ class SocketCase:
     marks: Sequence[Any] = field(default_factory=tuple)
     deliberate: Deliberate | None = None
 
+    # What a kind of case (tests/cqoracle/dgram.py: datagrams) changes: its peer, how the
+    # socket under test is opened in each language, and the peer's record.
+    LUA_CONNECT = 'socket.connect{{host = "127.0.0.1", port = {port}}}'
+    LUA_OPENED = ""
+
+    def make_peer(self) -> Any:
+        return Peer(self.peer)
+
+    async def open_python(self, peer: Any) -> Any:
+        from cqloop import socket as cqsocket
+
+        s = cqsocket.connect("127.0.0.1", peer.port)
+        await s.connect()
+        return s
+
+    def peer_values(self, received: Any) -> list[bytes]:
+        return [received]
+
     def lua(self, port: int) -> str:
         body = "\n    ".join(step.lua() for step in self.steps)
         return f"""local cq = cqueues.new()
 cq:wrap(function()
-    local s = socket.connect{{host = "127.0.0.1", port = {port}}}
-    assert(s:connect())
+    local s = {self.LUA_CONNECT.format(port=port)}
+    assert(s:connect()){self.LUA_OPENED}
     {body}
     s:close()
 end)
@@ -566,12 +585,9 @@ local okay, err = cq:loop()
 if not okay then error(err) end
 """
 
-    async def python(self, peer: Peer, out: Recorder) -> None:
-        from cqloop import socket as cqsocket
-
-        s = cqsocket.connect("127.0.0.1", peer.port)
+    async def python(self, peer: Any, out: Recorder) -> None:
+        s = await self.open_python(peer)
         try:
-            await s.connect()
             for step in self.steps:
                 if isinstance(step, WaitPeer):
                     await step.python(s, out, peer)
@@ -586,12 +602,12 @@ _LUA_REPORTS: dict[str, list[list[Any]]] = {}
 
 def lua_report(case: SocketCase) -> list[list[Any]]:
     if case.name not in _LUA_REPORTS:
-        peer = Peer(case.peer)
+        peer = case.make_peer()
         try:
             records = run_lua(case.lua(peer.port), peer)
         finally:
             received = peer.join()
-        records.append(["peer", [received.decode("latin-1")]])
+        records.append(["peer", [v.decode("latin-1") for v in case.peer_values(received)]])
         _LUA_REPORTS[case.name] = records
     return _LUA_REPORTS[case.name]
 
@@ -599,13 +615,13 @@ def lua_report(case: SocketCase) -> list[list[Any]]:
 async def python_report(case: SocketCase) -> list[list[Any]]:
     import asyncio
 
-    peer = Peer(case.peer)
+    peer = case.make_peer()
     out = Recorder()
     try:
         await case.python(peer, out)
     finally:
         received = await asyncio.get_running_loop().run_in_executor(None, peer.join)
-    out("peer", received)
+    out("peer", *case.peer_values(received))
     return out.records
 
 
