@@ -45,6 +45,7 @@ too, as `async with` does), or after they stopped.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import ipaddress
 import os
 import socket
@@ -228,6 +229,19 @@ class _Query:
         self.fired = False
 
 
+# pycares channels not closed by the time the interpreter exits (a resolver dropped with
+# its loop still alive, say) are closed by an atexit hook, while pycares' module is still
+# whole: left to the final garbage collection, each Channel.__del__ would print an
+# AttributeError about pycares' globals, already torn down.
+_unclosed_channels: weakref.WeakSet[pycares.Channel] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_unclosed_channels() -> None:
+    for channel in list(_unclosed_channels):
+        channel.close()
+
+
 class _Channel:
     """A pycares channel in socket-state-callback mode, driven by one loop."""
 
@@ -250,6 +264,7 @@ class _Channel:
                 this._on_sock_state(fd, readable, writable)
 
         self._channel = pycares.Channel(sock_state_cb=on_sock_state, **owner._options)
+        _unclosed_channels.add(self._channel)
 
     @property
     def pending(self) -> int:

@@ -13,6 +13,9 @@ import asyncio
 import gc
 import os
 import socket
+import subprocess
+import sys
+import textwrap
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -709,3 +712,41 @@ def test_any_name_is_refused_or_answered_never_hangs(
         assert result == []  # one of the table's names: none has TXT records (NODATA)
     assert server.count() - asked <= 1
     assert resolver.statistics()["in_flight"] == 0
+
+
+def test_channels_left_open_are_closed_at_exit_before_pycares_is_torn_down():
+    # A resolver dropped unclosed with its loop alive: its pycares channel must be closed
+    # by cqloop.dns's atexit hook, not by Channel.__del__ during module teardown (which
+    # prints AttributeErrors about pycares' globals). atexit runs hooks last-registered
+    # first, so the checker registered before cqloop.dns is imported runs after its hook.
+    program = textwrap.dedent(
+        """
+        import atexit, asyncio
+
+        def check():
+            print("closed" if channel._channel is None else "open")
+
+        atexit.register(check)
+
+        import cqloop
+        from cqloop import dns
+
+        resolver = dns.Resolver(servers=["127.0.0.1:9"], timeout=0.2, tries=1)
+
+        async def main():
+            try:
+                await resolver.query("nothing.invalid", "A")
+            except dns.DNSError:
+                pass
+            return resolver._channels[asyncio.get_running_loop()]._channel
+
+        loop = cqloop.new_event_loop()
+        channel = loop.run_until_complete(main())
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["closed"]
+    assert "Exception ignored" not in done.stderr
