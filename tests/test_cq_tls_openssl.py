@@ -34,6 +34,7 @@ Every wait is bounded (TIMEOUT): a stall fails the test instead of hanging it.
 from __future__ import annotations
 
 import asyncio
+import socket as pysocket
 import ssl
 import subprocess
 import tempfile
@@ -51,6 +52,7 @@ from tests.test_cq_tls import (
     PAYLOADS,
     STREAM_FORMATS,
     TIMEOUT,
+    ThreadListener,
     _cq_accept,
     _cq_client,
     _cq_listen,
@@ -63,6 +65,8 @@ LINES_1000 = [b"line %d" % i for i in range(1000)]
 REVERSED = b"".join(line[::-1] + b"\n" for line in LINES_1000)
 # How the cq client gets into TLS: at connect(), or by starttls() on the plain socket.
 HOW = ["connect", "starttls"]
+# The socket timeout aclose() is given when the peer never answers its close_notify.
+CLOSE_WAIT_SECONDS = 0.3
 
 
 # -- certificates (the session's CA and server certificate, as PEM files) ----------------
@@ -250,6 +254,36 @@ async def test_cq_close_sends_close_notify_to_openssl_s_server(pem_files, client
         assert b"CONNECTION CLOSED" in output  # s_server read our close_notify
     finally:
         server.stop()
+
+
+async def test_cq_aclose_waits_for_close_notify_no_longer_than_the_socket_timeout(
+    server_ctx, client_ctx
+):
+    # What no openssl mode does: a peer that reads our close_notify and then holds the
+    # connection open without answering (Python's ssl module, in a thread).
+    released = threading.Event()
+
+    def serve(conn: pysocket.socket) -> bytes:
+        conn.settimeout(TIMEOUT)
+        tls = server_ctx.wrap_socket(conn, server_side=True)
+        got = tls.recv(100)  # b"" once our close_notify came
+        released.wait(TIMEOUT)
+        return got
+
+    listener = ThreadListener(serve)
+    serving = listener.start()
+    try:
+        con = _cq_client(listener.port, client_ctx)
+        await con.connect()
+        con.settimeout(CLOSE_WAIT_SECONDS)
+        await con.aclose()  # returns at the timeout, without raising
+        assert not released.is_set()  # the peer still holds the connection open
+        assert con.eof("r") == (False,)  # no close_notify came
+        released.set()
+        assert await asyncio.wait_for(serving, TIMEOUT) == b""
+    finally:
+        released.set()
+        listener.close()
 
 
 @pytest.mark.parametrize("how", HOW)
