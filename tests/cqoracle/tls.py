@@ -28,7 +28,8 @@ case asks (report_end), how the stream from the socket under test ended: "close_
 alert, or otherwise broke the session).
 
 Errors from TLS itself have no errno: both sides report them as {"error": "TLS"}
-(Python's ssl.SSLError; cqueues' SSL error codes, negative numbers in its error space).
+(Python's ssl.SSLError; what cqueues throws for them names OpenSSL's reason, "error:...:SSL
+routines::wrong version number", or says "Unknown TLS/SSL error").
 """
 
 from __future__ import annotations
