@@ -49,6 +49,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -120,6 +121,8 @@ def normalise(value: Any) -> Any:
         return value
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value).decode("latin-1")
+    if isinstance(value, ssl.SSLError):
+        return {"error": "TLS"}  # no errno: see tests/cqoracle/tls.py
     if isinstance(value, OSError):
         return {"error": _errno_name(value.errno) if value.errno else type(value).__name__}
     if isinstance(value, Socket):
@@ -144,6 +147,8 @@ def _from_lua(record: Any) -> Any:
         message = record["raised"]
         if "bad argument" in message:
             return {"raised": BAD_ARGUMENT}
+        if "SSL routines" in message or "TLS/SSL" in message:
+            return {"error": "TLS"}  # OpenSSL's reason, or cqueues' word for one
         reason = message.rsplit(": ", 1)[-1]
         if reason in _BY_STRERROR:
             return {"error": _BY_STRERROR[reason]}
@@ -447,22 +452,26 @@ class Call:
 class ReadAll:
     """read(fmt) until it yields nothing (or fails), recorded as one joined value plus
     whether every piece respected `limit` bytes: for formats whose piece sizes depend
-    on how the bytes arrived (-n with 1-byte pieces)."""
+    on how the bytes arrived (-n with 1-byte pieces). "*l" pieces are joined with the line
+    ends they lost; with count=True the number of pieces follows the joined value."""
 
     fmt: Any
     limit: int
     label: str = "readall"
+    count: bool = False
 
     def lua(self) -> str:
+        newline = ' .. "\\n"' if self.fmt == "*l" else ""
+        count = "#parts, " if self.count else ""
         return f"""do
   local parts, within, last = {{}}, true, nil
   while true do
     local v, e = s:read({lua_repr(self.fmt)})
     if not v then last = e and {{error = e}} or nil break end
     if #v > {self.limit} then within = false end
-    parts[#parts + 1] = v
+    parts[#parts + 1] = v{newline}
   end
-  out({lua_repr(self.label)}, table.concat(parts), within, last)
+  out({lua_repr(self.label)}, table.concat(parts), {count}within, last)
 end"""
 
     async def python(self, s: Any, out: Recorder) -> None:
@@ -478,7 +487,9 @@ end"""
                 break
             parts.append(value)
         within = all(len(p) <= self.limit for p in parts)
-        out(self.label, b"".join(parts), within, last)
+        joined = b"".join(p + b"\n" for p in parts) if self.fmt == "*l" else b"".join(parts)
+        counted = [len(parts)] if self.count else []
+        out(self.label, joined, *counted, within, last)
 
 
 @dataclass(frozen=True)
@@ -572,6 +583,10 @@ class SocketCase:
     def peer_values(self, received: Any) -> list[bytes]:
         return [received]
 
+    def peer_report(self, peer: Any, received: Any) -> list[list[Any]]:
+        """The peer's records in the report: what it received (peer_values), as "peer"."""
+        return [["peer", [v.decode("latin-1") for v in self.peer_values(received)]]]
+
     def lua(self, port: int) -> str:
         body = "\n    ".join(step.lua() for step in self.steps)
         return f"""local cq = cqueues.new()
@@ -607,7 +622,7 @@ def lua_report(case: SocketCase) -> list[list[Any]]:
             records = run_lua(case.lua(peer.port), peer)
         finally:
             received = peer.join()
-        records.append(["peer", [v.decode("latin-1") for v in case.peer_values(received)]])
+        records += case.peer_report(peer, received)
         _LUA_REPORTS[case.name] = records
     return _LUA_REPORTS[case.name]
 
@@ -621,8 +636,7 @@ async def python_report(case: SocketCase) -> list[list[Any]]:
         await case.python(peer, out)
     finally:
         received = await asyncio.get_running_loop().run_in_executor(None, peer.join)
-    out("peer", *case.peer_values(received))
-    return out.records
+    return out.records + case.peer_report(peer, received)
 
 
 async def check(case: SocketCase) -> None:
