@@ -326,3 +326,48 @@ async def test_wait_closed_after_close_with_a_client_follows_the_running_version
     await waiter
     transport.close()
     await client.lost
+
+
+# -- extra info --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("side", ["server", "client"])
+async def test_socket_extra_info_first_asked_after_close_still_names_the_ends(side):
+    # cqloop reads "socket", "sockname" and "peername" from the socket when first asked;
+    # asked for the first time once the transport is closed and its socket gone, they must
+    # be what they were while it was open, as asyncio keeps them.
+    loop = asyncio.get_running_loop()
+    skip_where_uvloop_differs(loop, "a closed transport's 'socket' extra info is None")
+    lost: dict[str, asyncio.Future[asyncio.Transport]] = {
+        "server": loop.create_future(),
+        "client": loop.create_future(),
+    }
+
+    class Ends(asyncio.Protocol):
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+            if self.name == "server":
+                transport.close()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            lost[self.name].set_result(self.transport)
+
+    server = await loop.create_server(lambda: Ends("server"), "127.0.0.1", 0)
+    address = server.sockets[0].getsockname()
+    try:
+        await loop.create_connection(lambda: Ends("client"), *address)
+        transport = await asyncio.wait_for(lost[side], 10)
+        sockname = transport.get_extra_info("sockname")
+        peername = transport.get_extra_info("peername")
+        ends = (sockname, peername) if side == "server" else (peername, sockname)
+        assert ends[0] == address
+        assert ends[1][0] == "127.0.0.1" and ends[1][1] not in (0, address[1])
+        assert transport.get_extra_info("socket") is not None
+        assert transport.get_extra_info("socket") is transport.get_extra_info("socket")
+    finally:
+        lost["client"].done() or (await asyncio.wait_for(lost["client"], 10))
+        server.close()
+        await server.wait_closed()

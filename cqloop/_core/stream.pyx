@@ -27,6 +27,7 @@ queued (`wanted()`); `_sync_interest` brings the registration in line after ever
 
 import logging
 from asyncio import BufferedProtocol, constants
+from asyncio.trsock import TransportSocket
 
 from libc.string cimport strerror
 
@@ -392,6 +393,7 @@ cdef class StreamTransport(FdWatcher):
             if self._loop is not None:
                 self._loop._remove_watcher(self)
             if self._sock is not None:
+                self.fill_socket_info()
                 self._sock.close()
             self._sock = None
             self._protocol = None
@@ -403,6 +405,27 @@ cdef class StreamTransport(FdWatcher):
             if server is not None:
                 self._server = None
                 server._detach(owner)
+
+    def fill_socket_info(self):
+        """Put asyncio's "socket", "sockname" and "peername" in the extra info, those not
+        there yet. The public transport asks when one is first wanted; the socket's close
+        asks last, so that they outlive it as asyncio's do."""
+        cdef dict extra = self._extra
+        sock = self._sock
+        if sock is None:
+            return
+        if "socket" not in extra:
+            extra["socket"] = TransportSocket(sock)
+        if "sockname" not in extra:
+            try:
+                extra["sockname"] = sock.getsockname()
+            except OSError:
+                extra["sockname"] = None
+        if "peername" not in extra:
+            try:
+                extra["peername"] = sock.getpeername()
+            except OSError:
+                extra["peername"] = None
 
     def _make_empty_waiter(self):
         if self._empty_waiter is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import warnings
-from asyncio import constants, trsock
+from asyncio import constants
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +25,10 @@ __all__ = ["SocketTransport"]
 def _set_result_unless_cancelled(fut: asyncio.Future[None], result: None) -> None:
     if not fut.cancelled():
         fut.set_result(result)
+
+
+# The extra info taken from the socket, made on demand (see __init__).
+_SOCKET_INFO = frozenset(("socket", "sockname", "peername"))
 
 
 class _EngineMethod:
@@ -58,6 +62,8 @@ class SocketTransport(asyncio.Transport):
     are bound onto the instance from it on first use (_EngineMethod).
     """
 
+    _extra: dict[str, Any]  # set by BaseTransport.__init__ (a slot there)
+
     # loop.sendfile may hand the socket to os.sendfile once the write buffer is empty.
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
 
@@ -70,17 +76,10 @@ class SocketTransport(asyncio.Transport):
         extra: dict[str, Any] | None = None,
         server: Any = None,
     ) -> None:
+        # "socket", "sockname" and "peername" are filled in when first asked for, or
+        # before the socket closes (the engine's fill_socket_info), not here: an idle
+        # connection keeps no copy of what the kernel knows (about 200 bytes each).
         info = {} if extra is None else dict(extra)
-        info["socket"] = trsock.TransportSocket(sock)
-        try:
-            info["sockname"] = sock.getsockname()
-        except OSError:
-            info["sockname"] = None
-        if "peername" not in info:
-            try:
-                info["peername"] = sock.getpeername()
-            except OSError:
-                info["peername"] = None
         set_nodelay(sock)
         self._loop = loop
         self._core = core = StreamTransport(loop, self, sock, protocol, info, server)
@@ -104,6 +103,12 @@ class SocketTransport(asyncio.Transport):
     resume_reading: Any = _EngineMethod()
     is_reading: Any = _EngineMethod()
     get_write_buffer_size: Any = _EngineMethod()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        extra = self._extra
+        if name not in extra and name in _SOCKET_INFO:
+            self._core.fill_socket_info()
+        return extra.get(name, default)
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
         return self._core.get_write_buffer_limits()
