@@ -53,6 +53,14 @@ from typing import IO, Any, cast
 HOST = "127.0.0.1"
 LOOPS = ("cqloop", "asyncio", "uvloop", "rloop")
 MODES = ("protocol", "streams")
+# The cq TLS benchmark's modes (cqtls.py), served by this file's --serve too: LF-terminated
+# lines through asyncio streams' readline() and through cq sockets' read("*l"), and bulk
+# echo through cq sockets' read(-n) (the bulk figure's asyncio side is "streams").
+CQ_TLS_MODES = ("readline", "cqlines", "cqbulk")
+SERVE_MODES = MODES + CQ_TLS_MODES
+# A cq socket's line limit in these servers: longer than any line the benchmark sends (a
+# line past maxline comes back cut, as cqueues specifies).
+CQ_MAXLINE_BYTES = 64 * 1024 * 1024
 DEFAULT_MODES = ("protocol",)
 DEFAULT_SIZE = 1024  # bytes per message
 DEFAULT_CONNS = 10
@@ -104,10 +112,73 @@ async def _echo_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
         writer.close()
 
 
+async def _echo_lines(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while line := await reader.readline():
+            writer.write(line)
+            await writer.drain()
+    except (ConnectionError, ssl.SSLError):
+        pass
+    finally:
+        writer.close()
+
+
+async def _echo_cq_lines(con: Any) -> None:
+    # Binary mode, line-buffered output: the write of the line and its LF goes out whole
+    # at the LF, one TLS record per line, as an echo must.
+    try:
+        while (line := await con.read("*l")) is not None:
+            await con.write(line, b"\n")
+    except (ConnectionError, ssl.SSLError):
+        pass
+    finally:
+        con.close()
+
+
+async def _echo_cq_bulk(con: Any) -> None:
+    # Unbuffered output: what a read brought goes back at once.
+    con.setmode(None, "bn")
+    try:
+        while (data := await con.read(-READ_BYTES)) is not None:
+            await con.write(data)
+    except (ConnectionError, ssl.SSLError):
+        pass
+    finally:
+        con.close()
+
+
+async def _serve_cq(mode: str, context: ssl.SSLContext) -> Any:
+    from cqloop import socket as cqsocket
+
+    listener = cqsocket.listen(
+        HOST, 0, backlog=LISTEN_BACKLOG, nodelay=True, context=context, mode="b"
+    )
+    listener.setmaxline(CQ_MAXLINE_BYTES, CQ_MAXLINE_BYTES)
+    handler = _echo_cq_lines if mode == "cqlines" else _echo_cq_bulk
+    tasks: set[asyncio.Future[Any]] = set()
+
+    async def accept_forever() -> None:
+        async for con in listener.clients():
+            task = asyncio.ensure_future(handler(con))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    tasks.add(asyncio.ensure_future(accept_forever()))
+    return listener, tasks
+
+
 async def _serve(mode: str, context: ssl.SSLContext) -> None:
     loop = asyncio.get_running_loop()
     server: Any
-    if mode == "protocol":
+    if mode in ("cqlines", "cqbulk"):
+        listener, _tasks = await _serve_cq(mode, context)  # this frame keeps them referenced
+        print(json.dumps({"address": f"{HOST}:{listener.localname()[2]}"}), flush=True)
+        await loop.create_future()  # until the process ends
+    if mode == "readline":
+        server = await asyncio.start_server(
+            _echo_lines, HOST, 0, ssl=context, backlog=LISTEN_BACKLOG
+        )
+    elif mode == "protocol":
         server = await loop.create_server(
             EchoProtocol, HOST, 0, ssl=context, backlog=LISTEN_BACKLOG
         )
@@ -149,7 +220,7 @@ def _exit_at_end_of_stdin() -> None:
 def serve_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description="TLS echo server for the TLS benchmark.")
     parser.add_argument("--loop", choices=LOOPS, required=True)
-    parser.add_argument("--mode", choices=MODES, required=True)
+    parser.add_argument("--mode", choices=SERVE_MODES, required=True)
     parser.add_argument("--cert", required=True)
     parser.add_argument("--key", required=True)
     parser.add_argument("--cpu", type=int, default=None)
@@ -254,29 +325,29 @@ def make_certificate(directory: str) -> tuple[str, str]:
 
 
 def start_servers(
-    loops: list[str], modes: list[str], cert: tuple[str, str], core: int | None
+    pairs: list[tuple[str, str]], cert: tuple[str, str], core: int | None
 ) -> tuple[list[Server], dict[tuple[str, str], Result]]:
+    """A server per (loop, mode) pair, each started, then each asked for its address."""
     from cqloop._bench.echo import run as echo_run
 
     environment = echo_run._server_environment()
     launched = []
-    for mode in modes:
-        for name in loops:
-            argv = [sys.executable, __file__, "--serve", "--loop", name, "--mode", mode]
-            argv += ["--cert", cert[0], "--key", cert[1]]
-            if core is not None:
-                argv += ["--cpu", str(core)]
-            stderr = tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace")  # noqa: SIM115
-            process = subprocess.Popen(
-                argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                text=True,
-                start_new_session=True,
-                env=environment,
-            )
-            launched.append(Server(name, mode, process, stderr))
+    for name, mode in pairs:
+        argv = [sys.executable, __file__, "--serve", "--loop", name, "--mode", mode]
+        argv += ["--cert", cert[0], "--key", cert[1]]
+        if core is not None:
+            argv += ["--cpu", str(core)]
+        stderr = tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace")  # noqa: SIM115
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            start_new_session=True,
+            env=environment,
+        )
+        launched.append(Server(name, mode, process, stderr))
     results = {(s.loop, s.mode): Result() for s in launched}
     serving = []
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
@@ -332,6 +403,8 @@ def measure(
     assert server.address is not None
     argv = [str(loadgen), "-a", server.address, "-c", str(args.conns), "-s", str(args.size)]
     argv += ["-w", str(GENERATOR_WARMUP_S), "-d", str(duration_s)]
+    if getattr(args, "lines", False):
+        argv.append("-l")
     if args.generator_core is not None:
         argv += ["-p", str(args.generator_core)]
     timeout = GENERATOR_WARMUP_S + duration_s + MEASUREMENT_GRACE_S
@@ -386,7 +459,7 @@ def run_rounds(
     args: argparse.Namespace,
 ) -> None:
     _log(f"  warming up {len(serving)} servers ...")
-    for server in serving:
+    for server in serving if args.warmup > 0 else ():
         measure_server(loadgen, server, results[(server.loop, server.mode)], args, args.warmup)
     for round_no in range(args.rounds):
         _log(f"  round {round_no + 1}/{args.rounds} ...")
@@ -566,9 +639,8 @@ def main(argv: list[str]) -> int:
     print()
     with tempfile.TemporaryDirectory(prefix="cqloop-tls-bench-") as directory:
         cert = make_certificate(directory)
-        serving, results = start_servers(
-            [info.name for info in loops], args.mode_list, cert, server_core
-        )
+        pairs = [(info.name, mode) for mode in args.mode_list for info in loops]
+        serving, results = start_servers(pairs, cert, server_core)
         try:
             run_rounds(loadgen, serving, results, args)
         except KeyboardInterrupt:

@@ -13,7 +13,11 @@
  * the server, is the bottleneck). On an error it prints {"error": "..."} and exits with 1;
  * a connection that completed no echo in the counted time is the error "stall: ...".
  *
- *   tls_loadgen -a HOST:PORT -c CONNS -s SIZE -w WARMUP -d DURATION [-p CPU]
+ *   tls_loadgen -a HOST:PORT -c CONNS -s SIZE -w WARMUP -d DURATION [-p CPU] [-l]
+ *
+ * -l sends text lines for line-echo servers: printable bytes ending in one LF (no CR, so
+ * that a binary-mode line read and a readline() both give back what was sent), the
+ * sequence number written in hex at the start, so that no byte but the last is a line feed.
  *
  * benchmarks/tls_echo.py compiles it (cc -O2 ... -lssl -lcrypto) and runs it.
  *
@@ -49,7 +53,7 @@
 #define NS_PER_S 1000000000LL
 #define NS_PER_MS 1000000LL
 #define SEQ_BYTES sizeof(uint64_t)
-#define USAGE "tls_loadgen -a HOST:PORT -c CONNS -s SIZE -w WARMUP -d DURATION [-p CPU]"
+#define USAGE "tls_loadgen -a HOST:PORT -c CONNS -s SIZE -w WARMUP -d DURATION [-p CPU] [-l]"
 
 struct conn {
     int fd;
@@ -66,6 +70,7 @@ struct conn {
 static int epfd;
 static size_t message_bytes;
 static uint64_t completed;
+static int lines; /* -l: messages are LF-terminated text lines */
 
 static void fail(const char *what, const char *detail)
 {
@@ -154,7 +159,15 @@ static void try_write(struct conn *c)
 
 static void start_message(struct conn *c)
 {
-    memcpy(c->out, &c->seq, message_bytes < SEQ_BYTES ? message_bytes : SEQ_BYTES);
+    /* The sequence number makes each message differ from the one before. */
+    if (lines) {
+        static const char hex[] = "0123456789abcdef";
+        size_t digits = message_bytes - 1 < 2 * SEQ_BYTES ? message_bytes - 1 : 2 * SEQ_BYTES;
+        for (size_t j = 0; j < digits; j++)
+            c->out[j] = (unsigned char)hex[(c->seq >> (4 * j)) & 0xf];
+    } else {
+        memcpy(c->out, &c->seq, message_bytes < SEQ_BYTES ? message_bytes : SEQ_BYTES);
+    }
     c->received = 0;
     try_write(c);
 }
@@ -190,7 +203,7 @@ int main(int argc, char **argv)
     long conns = 0, size = 0, cpu = -1;
     double warmup_s = 0, duration_s = 0;
     int opt;
-    while ((opt = getopt(argc, argv, "a:c:s:w:d:p:")) != -1) {
+    while ((opt = getopt(argc, argv, "a:c:s:w:d:p:l")) != -1) {
         switch (opt) {
         case 'a': address = optarg; break;
         case 'c': conns = (long)parse_number(optarg, "-c"); break;
@@ -198,11 +211,12 @@ int main(int argc, char **argv)
         case 'w': warmup_s = parse_number(optarg, "-w"); break;
         case 'd': duration_s = parse_number(optarg, "-d"); break;
         case 'p': cpu = (long)parse_number(optarg, "-p"); break;
+        case 'l': lines = 1; break;
         default: fail("usage", USAGE);
         }
     }
     if (!address || conns < 1 || conns > MAX_CONNS || size < 1 || size > MAX_MESSAGE_BYTES
-        || duration_s <= 0)
+        || duration_s <= 0 || (lines && size < 2))
         fail("usage", USAGE);
     message_bytes = (size_t)size;
 
@@ -234,7 +248,10 @@ int main(int argc, char **argv)
         if (!c->out || !c->in)
             fail("malloc", "out of memory");
         for (size_t j = 0; j < message_bytes; j++)
-            c->out[j] = (unsigned char)(j * 7 + (size_t)i * 13);
+            c->out[j] = lines ? (unsigned char)('a' + (j + (size_t)i) % 26)
+                              : (unsigned char)(j * 7 + (size_t)i * 13);
+        if (lines)
+            c->out[message_bytes - 1] = '\n';
         c->fd = connect_tcp(address);
         c->ssl = SSL_new(ctx);
         if (!c->ssl || SSL_set_fd(c->ssl, c->fd) != 1)
