@@ -38,15 +38,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import random
-import ssl
 import statistics
 import sys
-import tempfile
 from typing import Any
 
 from cqloop._bench import micro, tls_echo
-from cqloop._bench.echo import native
 from cqloop._bench.echo import run as echo_run
 
 KIB = 1024
@@ -58,9 +54,6 @@ DEFAULT_BULK_CONNS = 1
 DEFAULT_ROUNDS = 7
 DEFAULT_DURATION_S = 0.5
 DEFAULT_WARMUP_S = 2.0
-QUICK_ROUNDS = 2
-QUICK_DURATION_S = 0.3
-QUICK_WARMUP_S = 0.3
 DEFAULT_CQ_LOOPS = ("cqloop",)
 PERCENT = 100
 US_PER_S = 1e6
@@ -101,36 +94,6 @@ def _pairs(rows: list[Row], loops: list[str], cq_loops: list[str]) -> list[tuple
         pairs += [(name, row.streams_mode) for name in loops]
         pairs += [(name, row.cq_mode) for name in cq_loops]
     return pairs
-
-
-def run_rounds(
-    rows: list[Row],
-    serving: list[tls_echo.Server],
-    results: dict[tuple[str, str], tls_echo.Result],
-    args: argparse.Namespace,
-) -> None:
-    load_of = {mode: row.load for row in rows for mode in (row.cq_mode, row.streams_mode)}
-    loadgen = args.loadgen
-    tls_echo._log(f"  warming up {len(serving)} servers ...")
-    for server in serving if args.warmup > 0 else ():
-        result = results[(server.loop, server.mode)]
-        tls_echo.measure_server(loadgen, server, result, load_of[server.mode], args.warmup)
-    for round_no in range(args.rounds):
-        tls_echo._log(f"  round {round_no + 1}/{args.rounds} ...")
-        order = list(serving)
-        random.Random(round_no).shuffle(order)
-        for server in order:
-            result = results[(server.loop, server.mode)]
-            load = load_of[server.mode]
-            got = tls_echo.measure_server(loadgen, server, result, load, args.duration)
-            if got is None:
-                continue
-            rate, generator_cpu, server_cpu = got
-            result.rates.append(rate)
-            result.by_round[round_no] = rate
-            result.generator_cpu.append(generator_cpu)
-            if server_cpu is not None:
-                result.server_cpu.append(server_cpu)
 
 
 def _median(values: list[float]) -> float | None:
@@ -261,20 +224,7 @@ def write_json(
             }
             for row in rows
         ],
-        "results": [
-            {
-                "loop": name,
-                "mode": mode,
-                "rates": r.rates,
-                "by_round": r.by_round,
-                "median": _median(r.rates) if r.error is None else None,
-                "server_cpu": r.server_cpu,
-                "generator_cpu": r.generator_cpu,
-                "error": r.error,
-                "unavailable": r.unavailable,
-            }
-            for (name, mode), r in results.items()
-        ],
+        "results": [tls_echo.result_record(name, mode, r) for (name, mode), r in results.items()],
     }
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(out, fh, indent=2)
@@ -285,10 +235,7 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
         prog="python -m cqloop bench cqtls",
         description="cq sockets over TLS against asyncio streams over TLS on each loop.",
     )
-    parser.add_argument("--quick", action="store_true", help="a short smoke run")
-    parser.add_argument("--rounds", type=int, help=f"measured rounds (default {DEFAULT_ROUNDS})")
-    parser.add_argument("--duration", type=float, help="seconds counted per measurement")
-    parser.add_argument("--warmup", type=float, help="seconds of load per server before measuring")
+    tls_echo.add_timing_args(parser, DEFAULT_ROUNDS)
     parser.add_argument("--loops", default=",".join(tls_echo.LOOPS), help="streams loops")
     parser.add_argument(
         "--cq-loops", default=",".join(DEFAULT_CQ_LOOPS), help="loops the cq servers run on"
@@ -297,15 +244,8 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--line-conns", type=int, default=DEFAULT_LINE_CONNS)
     parser.add_argument("--bulk-size", type=int, default=DEFAULT_BULK_SIZE, help="bytes/echo")
     parser.add_argument("--bulk-conns", type=int, default=DEFAULT_BULK_CONNS)
-    parser.add_argument("--pin", choices=("split", "same", "none"), default="split")
-    parser.add_argument("--json", metavar="PATH", default=None, help="write results here")
     args = parser.parse_args(argv)
-    if args.rounds is None:
-        args.rounds = QUICK_ROUNDS if args.quick else DEFAULT_ROUNDS
-    if args.duration is None:
-        args.duration = QUICK_DURATION_S if args.quick else DEFAULT_DURATION_S
-    if args.warmup is None:
-        args.warmup = QUICK_WARMUP_S if args.quick else DEFAULT_WARMUP_S
+    tls_echo.apply_timing_defaults(args, DEFAULT_ROUNDS, DEFAULT_DURATION_S, DEFAULT_WARMUP_S)
     counts = (args.rounds, args.line_size - 1, args.line_conns, args.bulk_size, args.bulk_conns)
     if min(counts) < 1 or args.duration <= 0 or args.warmup < 0:
         parser.error("--rounds, --duration, sizes and conns must be positive (lines >= 2 B)")
@@ -321,44 +261,25 @@ def main(argv: list[str]) -> int:
     """`python -m cqloop bench cqtls`: see the module docstring."""
     args = _parse_args(argv)
     print("cq TLS benchmark: cq sockets against asyncio streams, over TLS")
-    try:
-        args.loadgen = tls_echo.build_loadgen()
-    except native.NativeUnavailable as exc:
-        print(f"skipped: the cq TLS benchmark needs a C compiler and OpenSSL's headers: {exc}")
+    args.loadgen = tls_echo.loadgen_or_skip("the cq TLS benchmark")
+    if args.loadgen is None:
         return micro.EXIT_OK
-    loops = []
-    for name in dict.fromkeys(args.loop_names + args.cq_loop_names):
-        found = micro._find_loop(name)
-        if isinstance(found, str):
-            print(f"note: {found}")
-        else:
-            loops.append(found)
-            print(f"  {found.name:<8} {found.version}")
+    loops = micro.installed_loops(list(dict.fromkeys(args.loop_names + args.cq_loop_names)))
     installed = {info.name for info in loops}
     loop_names = [name for name in args.loop_names if name in installed]
     cq_loops = [name for name in args.cq_loop_names if name in installed]
-    print(f"  OpenSSL {ssl.OPENSSL_VERSION}")
-    server_core, args.generator_core, pinning = echo_run._cores(args.pin)
-    print(f"  {pinning}")
-    print(
-        f"{args.warmup:g}s warm-up per server, then {args.rounds} interleaved rounds of "
-        f"{args.duration:g}s per server, median reported{' (quick)' if args.quick else ''}"
-    )
-    print()
+    server_core = tls_echo.print_setup(args)
     rows = make_rows(args)
-    with tempfile.TemporaryDirectory(prefix="cqloop-cqtls-bench-") as directory:
-        cert = tls_echo.make_certificate(directory)
-        serving, results = tls_echo.start_servers(
-            _pairs(rows, loop_names, cq_loops), cert, server_core
+    loads = {mode: row.load for row in rows for mode in (row.cq_mode, row.streams_mode)}
+    try:
+        results = tls_echo.run_servers(
+            _pairs(rows, loop_names, cq_loops),
+            server_core,
+            lambda serving, got: tls_echo.run_rounds(args.loadgen, serving, got, args, loads),
         )
-        try:
-            run_rounds(rows, serving, results, args)
-        except KeyboardInterrupt:
-            print("interrupted")
-            return echo_run.EXIT_INTERRUPTED
-        finally:
-            for server in serving:
-                tls_echo.stop_server(server)
+    except KeyboardInterrupt:
+        print("interrupted")
+        return echo_run.EXIT_INTERRUPTED
     print()
     print_results(rows, loop_names, cq_loops, results)
     if args.json:

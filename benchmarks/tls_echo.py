@@ -47,6 +47,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -102,20 +103,20 @@ class EchoProtocol(asyncio.Protocol):
 
 
 async def _echo_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(READ_BYTES):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, ssl.SSLError):
-        pass
-    finally:
-        writer.close()
+    await _echo_with(writer, reader.read, READ_BYTES)
 
 
 async def _echo_lines(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await _echo_with(writer, reader.readline)
+
+
+async def _echo_with(
+    writer: asyncio.StreamWriter, read: Callable[..., Awaitable[bytes]], *args: int
+) -> None:
+    """Echo what each read(*args) brings until it brings nothing."""
     try:
-        while line := await reader.readline():
-            writer.write(line)
+        while data := await read(*args):
+            writer.write(data)
             await writer.drain()
     except (ConnectionError, ssl.SSLError):
         pass
@@ -308,6 +309,17 @@ def build_loadgen() -> Path:
     return target
 
 
+def loadgen_or_skip(what: str) -> Path | None:
+    """The load generator, or None after saying why `what` is skipped."""
+    from cqloop._bench.echo import native
+
+    try:
+        return build_loadgen()
+    except native.NativeUnavailable as exc:
+        print(f"skipped: {what} needs a C compiler and OpenSSL's headers: {exc}")
+        return None
+
+
 def make_certificate(directory: str) -> tuple[str, str]:
     """(certificate file, key file) for the servers."""
     cert = os.path.join(directory, "cert.pem")
@@ -457,17 +469,25 @@ def run_rounds(
     serving: list[Server],
     results: dict[tuple[str, str], Result],
     args: argparse.Namespace,
+    loads: dict[str, argparse.Namespace] | None = None,
 ) -> None:
+    """The warm-up, then the rounds. What the generator plays (size, conns, lines)
+    comes from args, or from loads[mode] for a server of a mode listed there."""
+
+    def load(server: Server) -> argparse.Namespace:
+        return loads.get(server.mode, args) if loads else args
+
     _log(f"  warming up {len(serving)} servers ...")
     for server in serving if args.warmup > 0 else ():
-        measure_server(loadgen, server, results[(server.loop, server.mode)], args, args.warmup)
+        result = results[(server.loop, server.mode)]
+        measure_server(loadgen, server, result, load(server), args.warmup)
     for round_no in range(args.rounds):
         _log(f"  round {round_no + 1}/{args.rounds} ...")
         order = list(serving)
         random.Random(round_no).shuffle(order)
         for server in order:
             result = results[(server.loop, server.mode)]
-            got = measure_server(loadgen, server, result, args, args.duration)
+            got = measure_server(loadgen, server, result, load(server), args.duration)
             if got is None:
                 continue
             rate, generator_cpu, server_cpu = got
@@ -552,23 +572,81 @@ def write_json(
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "loops": {info.name: info.version for info in loops},
-        "results": [
-            {
-                "loop": name,
-                "mode": mode,
-                "rates": r.rates,
-                "by_round": r.by_round,
-                "median": statistics.median(r.rates) if r.rates and not r.error else None,
-                "generator_cpu": r.generator_cpu,
-                "server_cpu": r.server_cpu,
-                "error": r.error,
-                "unavailable": r.unavailable,
-            }
-            for (name, mode), r in results.items()
-        ],
+        "results": [result_record(name, mode, r) for (name, mode), r in results.items()],
     }
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(out, fh, indent=2)
+
+
+def print_setup(args: argparse.Namespace) -> int | None:
+    """Print OpenSSL's version, the pinning and the method; set args.generator_core and
+    return the servers' CPU (None: not pinned)."""
+    from cqloop._bench.echo import run as echo_run
+
+    print(f"  OpenSSL {ssl.OPENSSL_VERSION}")
+    server_core, args.generator_core, pinning = echo_run._cores(args.pin)
+    print(f"  {pinning}")
+    print(
+        f"{args.warmup:g}s warm-up per server, then {args.rounds} interleaved rounds of "
+        f"{args.duration:g}s per server, median reported{' (quick)' if args.quick else ''}"
+    )
+    print()
+    return server_core
+
+
+def run_servers(
+    pairs: list[tuple[str, str]],
+    server_core: int | None,
+    measure: Callable[[list[Server], dict[tuple[str, str], Result]], None],
+) -> dict[tuple[str, str], Result]:
+    """Start a server per (loop, mode) pair with a throwaway certificate, let `measure`
+    fill in their results, stop them all however it ends."""
+    with tempfile.TemporaryDirectory(prefix="cqloop-tls-bench-") as directory:
+        serving, results = start_servers(pairs, make_certificate(directory), server_core)
+        try:
+            measure(serving, results)
+        finally:
+            for server in serving:
+                stop_server(server)
+    return results
+
+
+def result_record(name: str, mode: str, r: Result) -> dict[str, Any]:
+    """One server's figures, as the JSON output gives them."""
+    return {
+        "loop": name,
+        "mode": mode,
+        "rates": r.rates,
+        "by_round": r.by_round,
+        "median": statistics.median(r.rates) if r.rates and not r.error else None,
+        "generator_cpu": r.generator_cpu,
+        "server_cpu": r.server_cpu,
+        "error": r.error,
+        "unavailable": r.unavailable,
+    }
+
+
+def add_timing_args(parser: argparse.ArgumentParser, default_rounds: int) -> None:
+    """The options every TLS suite takes: --quick, --rounds, --duration, --warmup, --pin
+    and --json (apply_timing_defaults fills in what was not given)."""
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--rounds", type=int, help=f"measured rounds (default {default_rounds})")
+    parser.add_argument("--duration", type=float, help="seconds counted per measurement")
+    parser.add_argument("--warmup", type=float, help="seconds of load per server before measuring")
+    parser.add_argument("--pin", choices=("split", "same", "none"), default="split")
+    parser.add_argument("--json", metavar="PATH", default=None, help="write results here")
+
+
+def apply_timing_defaults(
+    args: argparse.Namespace, rounds: int, duration: float, warmup: float
+) -> None:
+    """The defaults of add_timing_args' options, and the quick run's."""
+    if args.rounds is None:
+        args.rounds = QUICK_ROUNDS if args.quick else rounds
+    if args.duration is None:
+        args.duration = QUICK_DURATION_S if args.quick else duration
+    if args.warmup is None:
+        args.warmup = QUICK_WARMUP_S if args.quick else warmup
 
 
 def _log(message: str) -> None:
@@ -581,23 +659,13 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
         prog="python -m cqloop bench tls",
         description="TLS echo benchmark: cqloop against asyncio, uvloop (and rloop).",
     )
-    parser.add_argument("--quick", action="store_true", help="a short smoke run")
-    parser.add_argument("--rounds", type=int, help=f"measured rounds (default {DEFAULT_ROUNDS})")
-    parser.add_argument("--duration", type=float, help="seconds counted per measurement")
-    parser.add_argument("--warmup", type=float, help="seconds of load per server before measuring")
+    add_timing_args(parser, DEFAULT_ROUNDS)
     parser.add_argument("--loops", default=",".join(LOOPS), help="comma-separated loops")
     parser.add_argument("--modes", default=",".join(DEFAULT_MODES), help="protocol,streams")
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="bytes per message")
     parser.add_argument("--conns", type=int, default=DEFAULT_CONNS, help="connections")
-    parser.add_argument("--pin", choices=("split", "same", "none"), default="split")
-    parser.add_argument("--json", metavar="PATH", default=None, help="write results here")
     args = parser.parse_args(argv)
-    if args.rounds is None:
-        args.rounds = QUICK_ROUNDS if args.quick else DEFAULT_ROUNDS
-    if args.duration is None:
-        args.duration = QUICK_DURATION_S if args.quick else DEFAULT_DURATION_S
-    if args.warmup is None:
-        args.warmup = QUICK_WARMUP_S if args.quick else DEFAULT_WARMUP_S
+    apply_timing_defaults(args, DEFAULT_ROUNDS, DEFAULT_DURATION_S, DEFAULT_WARMUP_S)
     if args.rounds < 1 or args.duration <= 0 or args.warmup < 0 or args.size < 1 or args.conns < 1:
         parser.error("--rounds, --duration, --size and --conns must be positive")
     args.mode_list = [m for m in args.modes.split(",") if m]
@@ -611,44 +679,23 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     """`python -m cqloop bench tls`: see the module docstring."""
     from cqloop._bench import micro
-    from cqloop._bench.echo import native
     from cqloop._bench.echo import run as echo_run
 
     args = _parse_args(argv)
     print("TLS echo benchmark")
-    try:
-        loadgen = build_loadgen()
-    except native.NativeUnavailable as exc:
-        print(f"skipped: the TLS benchmark needs a C compiler and OpenSSL's headers: {exc}")
+    loadgen = loadgen_or_skip("the TLS benchmark")
+    if loadgen is None:
         return micro.EXIT_OK
-    loops = []
-    for name in args.loop_names:
-        found = micro._find_loop(name)
-        if isinstance(found, str):
-            print(f"note: {found}")
-        else:
-            loops.append(found)
-            print(f"  {found.name:<8} {found.version}")
-    print(f"  OpenSSL {ssl.OPENSSL_VERSION}")
-    server_core, args.generator_core, pinning = echo_run._cores(args.pin)
-    print(f"  {pinning}")
-    print(
-        f"{args.warmup:g}s warm-up per server, then {args.rounds} interleaved rounds of "
-        f"{args.duration:g}s per server, median reported{' (quick)' if args.quick else ''}"
-    )
-    print()
-    with tempfile.TemporaryDirectory(prefix="cqloop-tls-bench-") as directory:
-        cert = make_certificate(directory)
-        pairs = [(info.name, mode) for mode in args.mode_list for info in loops]
-        serving, results = start_servers(pairs, cert, server_core)
-        try:
-            run_rounds(loadgen, serving, results, args)
-        except KeyboardInterrupt:
-            print("interrupted")
-            return echo_run.EXIT_INTERRUPTED
-        finally:
-            for server in serving:
-                stop_server(server)
+    loops = micro.installed_loops(args.loop_names)
+    server_core = print_setup(args)
+    pairs = [(info.name, mode) for mode in args.mode_list for info in loops]
+    try:
+        results = run_servers(
+            pairs, server_core, lambda serving, got: run_rounds(loadgen, serving, got, args)
+        )
+    except KeyboardInterrupt:
+        print("interrupted")
+        return echo_run.EXIT_INTERRUPTED
     print()
     print_results(loops, results, args)
     if args.json:

@@ -67,9 +67,7 @@ async def _read_to_end(con: cqsocket.Socket) -> bytes:
 
 
 @pytest.mark.parametrize("mode", ["bn", "bf", "bl"])
-async def test_tls_writes_larger_than_the_kernel_takes_arrive_whole_and_in_order(
-    contexts, mode
-):
+async def test_tls_writes_larger_than_the_kernel_takes_arrive_whole_and_in_order(contexts, mode):
     # Two tasks write at once: the first write's ciphertext does not all go at once, and
     # the second must not be sent past what waits (the records would then arrive out of
     # sequence and fail to decrypt).
