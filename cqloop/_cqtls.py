@@ -68,7 +68,6 @@ class SocketTLS:
         _tls_pending: bool
         _raw_out: bytearray
         _ibuf: InputBuffer
-        _rcvd: int
         _pushback: bool
         _server_side: bool
         _input_fresh: bool

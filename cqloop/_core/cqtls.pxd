@@ -29,5 +29,6 @@ cdef class TLSChannel(TLSSession):
     cdef Py_ssize_t _decrypt_all(self, InputBuffer ibuf) except -1
     cdef Py_ssize_t _receive_into(self, InputBuffer ibuf, int fd) except -2
     cdef int _feed(self, const unsigned char *data, Py_ssize_t n) except -1
+    cdef ssize_t _recv_and_feed(self, int fd) except -2
     # encrypt() of a C buffer (the compiled write: the output buffer's due bytes).
     cdef int _encrypt_from(self, const char *data, Py_ssize_t n) except -1

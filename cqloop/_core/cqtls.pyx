@@ -31,6 +31,7 @@ from os import strerror
 from ssl import SSL_ERROR_EOF, MemoryBIO, SSLEOFError, SSLSyscallError, SSLWantReadError
 
 from cpython.buffer cimport PyBUF_READ, PyBUF_WRITE
+from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.memoryview cimport PyMemoryView_FromMemory
 
 from cqloop._core.byteregion cimport _reserve
@@ -48,9 +49,12 @@ cdef enum:
 
 
 # Ciphertext is received here and fed to the session's incoming BIO (which copies it)
-# before anything else runs: one buffer serves every channel (the GIL is held from the
-# recv to the feed), so that a connection does not keep 256 KiB of its own.
+# at once: one buffer serves every channel, so that a connection does not keep 256 KiB
+# of its own. It is taken for the recv and the feed only; the feed makes a memoryview,
+# which may run the garbage collector and a finalizer, which may let another thread run
+# (and receive): a receive that finds the buffer taken uses one of its own.
 cdef char _cipher_chunk[CIPHER_CHUNK_BYTES]
+cdef bint _cipher_chunk_taken = False
 
 
 cdef class TLSChannel(TLSSession):
@@ -105,21 +109,14 @@ cdef class TLSChannel(TLSSession):
         # last one were all read, see _drained).
         if self._incoming.pending != 0 or self._ssl_pending() != 0:
             total = self._decrypt_all(ibuf)
-        cdef char *cipher = _cipher_chunk
         cdef ssize_t n
-        cdef int err
         if self._pending_error is not None:
             error, self._pending_error = self._pending_error, None
             raise error
         while total == 0 and not self.peer_closed:
-            n = recv(fd, cipher, CIPHER_CHUNK_BYTES, 0)
-            if n < 0:
-                err = errno
-                if err == EINTR:
-                    continue
-                if err == EAGAIN:
-                    return -1
-                raise OSError(err, strerror(err))
+            n = self._recv_and_feed(fd)
+            if n == -1:
+                return -1
             if n == 0:
                 if self._body_left != 0 or self._header_have != 0:
                     raise SSLEOFError(
@@ -127,9 +124,39 @@ cdef class TLSChannel(TLSSession):
                     )
                 self.peer_closed = True
                 break
-            self._feed(<unsigned char *>cipher, n)
             total = self._decrypt_all(ibuf)
         return total
+
+    cdef ssize_t _recv_and_feed(self, int fd) except -2:
+        # One recv into the shared buffer (or one of our own while it is taken), fed to
+        # the incoming BIO: the count, 0 at EOF, -1 when nothing came; OSError else.
+        global _cipher_chunk_taken
+        cdef bytearray own = None
+        cdef char *cipher = _cipher_chunk
+        cdef bint shared = not _cipher_chunk_taken
+        cdef ssize_t n
+        cdef int err
+        if shared:
+            _cipher_chunk_taken = True
+        else:
+            own = bytearray(CIPHER_CHUNK_BYTES)
+            cipher = PyByteArray_AS_STRING(own)
+        try:
+            while True:
+                n = recv(fd, cipher, CIPHER_CHUNK_BYTES, 0)
+                if n >= 0:
+                    break
+                err = errno
+                if err == EAGAIN:
+                    return -1
+                if err != EINTR:
+                    raise OSError(err, strerror(err))
+            if n > 0:
+                self._feed(<unsigned char *>cipher, n)
+            return n
+        finally:
+            if shared:
+                _cipher_chunk_taken = False
 
     cdef int _feed(self, const unsigned char *data, Py_ssize_t n) except -1:
         cdef Py_ssize_t i = 0
