@@ -13,6 +13,9 @@ Suites:
     lines          line echo: cq sockets' read("*l") against asyncio streams' readline()
                    on each loop (echo/ with its line modes)
     tls            TLS echo, 1 KiB, 10 connections (tls_echo.py)
+    cqtls          cq sockets over TLS against asyncio streams over TLS on each loop: line
+                   echo (read("*l")/write against readline()/write()) and 1 MiB echoes
+                   (cqtls.py)
     http           HTTP servers (a bare Protocol with httptools, uvicorn with httptools and
                    with h11, aiohttp.web) driven by wrk (http.py)
     scale          costs as they grow: memory per idle connection and echoes per second at
@@ -33,7 +36,7 @@ import os
 import tempfile
 from collections.abc import Callable
 
-SUITES = ("micro", "echo", "lines", "tls", "http", "scale", "worker_events")
+SUITES = ("micro", "echo", "lines", "tls", "cqtls", "http", "scale", "worker_events")
 NAMED_ONLY = ("soak",)
 
 
@@ -76,6 +79,10 @@ def _suite(name: str) -> Callable[[list[str]], int]:
         from cqloop._bench import tls_echo
 
         return tls_echo.main
+    if name == "cqtls":
+        from cqloop._bench import cqtls
+
+        return cqtls.main
     if name == "http":
         from cqloop._bench import http
 

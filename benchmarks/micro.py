@@ -316,6 +316,20 @@ def _find_loop(name: str) -> LoopInfo | str:
     return f"unknown loop {name!r}"
 
 
+def installed_loops(names: list[str]) -> list[LoopInfo]:
+    """The loops called `names` that are installed, each printed with its version (a
+    note for each that is not)."""
+    loops = []
+    for name in names:
+        found = _find_loop(name)
+        if isinstance(found, str):
+            print(f"note: {found}")
+        else:
+            loops.append(found)
+            print(f"  {found.name:<8} {found.version}")
+    return loops
+
+
 # --------------------------------------------------------------------------------------------
 # Measurement
 # --------------------------------------------------------------------------------------------
@@ -606,14 +620,7 @@ def main(argv: list[str]) -> int:
         f"Python {platform.python_version()} ({platform.python_implementation()}) on "
         f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs"
     )
-    loops: list[LoopInfo] = []
-    for name in args.loop_names:
-        found = _find_loop(name)
-        if isinstance(found, str):
-            print(f"note: {found}")
-        else:
-            loops.append(found)
-            print(f"  {found.name:<8} {found.version}")
+    loops = installed_loops(args.loop_names)
     if not loops:
         print("no loops to benchmark")
         return EXIT_OK

@@ -47,12 +47,21 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, Any, cast
 
 HOST = "127.0.0.1"
 LOOPS = ("cqloop", "asyncio", "uvloop", "rloop")
 MODES = ("protocol", "streams")
+# The cq TLS benchmark's modes (cqtls.py), served by this file's --serve too: LF-terminated
+# lines through asyncio streams' readline() and through cq sockets' read("*l"), and bulk
+# echo through cq sockets' read(-n) (the bulk figure's asyncio side is "streams").
+CQ_TLS_MODES = ("readline", "cqlines", "cqbulk")
+SERVE_MODES = MODES + CQ_TLS_MODES
+# A cq socket's line limit in these servers: longer than any line the benchmark sends (a
+# line past maxline comes back cut, as cqueues specifies).
+CQ_MAXLINE_BYTES = 64 * 1024 * 1024
 DEFAULT_MODES = ("protocol",)
 DEFAULT_SIZE = 1024  # bytes per message
 DEFAULT_CONNS = 10
@@ -79,8 +88,19 @@ PERCENT = 100
 
 
 async def _echo_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await _echo_with(writer, reader.read, READ_BYTES)
+
+
+async def _echo_lines(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await _echo_with(writer, reader.readline)
+
+
+async def _echo_with(
+    writer: asyncio.StreamWriter, read: Callable[..., Awaitable[bytes]], *args: int
+) -> None:
+    """Echo what each read(*args) brings until it brings nothing."""
     try:
-        while data := await reader.read(READ_BYTES):
+        while data := await read(*args):
             writer.write(data)
             await writer.drain()
     except (ConnectionError, ssl.SSLError):
@@ -89,12 +109,64 @@ async def _echo_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
         writer.close()
 
 
+async def _echo_cq_lines(con: Any) -> None:
+    # Binary mode, line-buffered output: the write of the line and its LF goes out whole
+    # at the LF, one TLS record per line, as an echo must.
+    try:
+        while (line := await con.read("*l")) is not None:
+            await con.write(line, b"\n")
+    except (ConnectionError, ssl.SSLError):
+        pass
+    finally:
+        con.close()
+
+
+async def _echo_cq_bulk(con: Any) -> None:
+    # Unbuffered output: what a read brought goes back at once.
+    con.setmode(None, "bn")
+    try:
+        while (data := await con.read(-READ_BYTES)) is not None:
+            await con.write(data)
+    except (ConnectionError, ssl.SSLError):
+        pass
+    finally:
+        con.close()
+
+
+async def _serve_cq(mode: str, context: ssl.SSLContext) -> Any:
+    from cqloop import socket as cqsocket
+
+    listener = cqsocket.listen(
+        HOST, 0, backlog=LISTEN_BACKLOG, nodelay=True, context=context, mode="b"
+    )
+    listener.setmaxline(CQ_MAXLINE_BYTES, CQ_MAXLINE_BYTES)
+    handler = _echo_cq_lines if mode == "cqlines" else _echo_cq_bulk
+    tasks: set[asyncio.Future[Any]] = set()
+
+    async def accept_forever() -> None:
+        async for con in listener.clients():
+            task = asyncio.ensure_future(handler(con))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    tasks.add(asyncio.ensure_future(accept_forever()))
+    return listener, tasks
+
+
 async def _serve(mode: str, context: ssl.SSLContext) -> None:
     from cqloop._bench.echo.server import EchoProtocol
 
     loop = asyncio.get_running_loop()
     server: Any
-    if mode == "protocol":
+    if mode in ("cqlines", "cqbulk"):
+        listener, _tasks = await _serve_cq(mode, context)  # this frame keeps them referenced
+        print(json.dumps({"address": f"{HOST}:{listener.localname()[2]}"}), flush=True)
+        await loop.create_future()  # until the process ends
+    if mode == "readline":
+        server = await asyncio.start_server(
+            _echo_lines, HOST, 0, ssl=context, backlog=LISTEN_BACKLOG
+        )
+    elif mode == "protocol":
         server = await loop.create_server(
             EchoProtocol, HOST, 0, ssl=context, backlog=LISTEN_BACKLOG
         )
@@ -136,7 +208,7 @@ def _exit_at_end_of_stdin() -> None:
 def serve_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description="TLS echo server for the TLS benchmark.")
     parser.add_argument("--loop", choices=LOOPS, required=True)
-    parser.add_argument("--mode", choices=MODES, required=True)
+    parser.add_argument("--mode", choices=SERVE_MODES, required=True)
     parser.add_argument("--cert", required=True)
     parser.add_argument("--key", required=True)
     parser.add_argument("--cpu", type=int, default=None)
@@ -190,6 +262,18 @@ class Result:
     unavailable: bool = False
 
 
+def loadgen_or_skip(what: str) -> Path | None:
+    """The load generator with its TLS option (echo/loadgen.c built with -t), or None
+    after saying why `what` is skipped."""
+    from cqloop._bench.echo import native
+
+    try:
+        return native.build_tls_loadgen()
+    except native.NativeUnavailable as exc:
+        print(f"skipped: {what} needs a C compiler and OpenSSL's headers: {exc}")
+        return None
+
+
 def make_certificate(directory: str) -> tuple[str, str]:
     """(certificate file, key file) for the servers."""
     cert = os.path.join(directory, "cert.pem")
@@ -207,29 +291,29 @@ def make_certificate(directory: str) -> tuple[str, str]:
 
 
 def start_servers(
-    loops: list[str], modes: list[str], cert: tuple[str, str], core: int | None
+    pairs: list[tuple[str, str]], cert: tuple[str, str], core: int | None
 ) -> tuple[list[Server], dict[tuple[str, str], Result]]:
+    """A server per (loop, mode) pair, each started, then each asked for its address."""
     from cqloop._bench.echo import run as echo_run
 
     environment = echo_run._server_environment()
     launched = []
-    for mode in modes:
-        for name in loops:
-            argv = [sys.executable, __file__, "--serve", "--loop", name, "--mode", mode]
-            argv += ["--cert", cert[0], "--key", cert[1]]
-            if core is not None:
-                argv += ["--cpu", str(core)]
-            stderr = tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace")  # noqa: SIM115
-            process = subprocess.Popen(
-                argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                text=True,
-                start_new_session=True,
-                env=environment,
-            )
-            launched.append(Server(name, mode, process, stderr))
+    for name, mode in pairs:
+        argv = [sys.executable, __file__, "--serve", "--loop", name, "--mode", mode]
+        argv += ["--cert", cert[0], "--key", cert[1]]
+        if core is not None:
+            argv += ["--cpu", str(core)]
+        stderr = tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace")  # noqa: SIM115
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            start_new_session=True,
+            env=environment,
+        )
+        launched.append(Server(name, mode, process, stderr))
     results = {(s.loop, s.mode): Result() for s in launched}
     serving = []
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
@@ -286,6 +370,8 @@ def measure(
     argv = [str(loadgen), "-t", "-a", f"tcp:{server.address}", "-c", str(args.conns)]
     argv += ["-s", str(args.size)]
     argv += ["-w", str(GENERATOR_WARMUP_S), "-d", str(duration_s)]
+    if getattr(args, "lines", False):
+        argv.append("-l")
     if args.generator_core is not None:
         argv += ["-p", str(args.generator_core)]
     timeout = GENERATOR_WARMUP_S + duration_s + MEASUREMENT_GRACE_S
@@ -338,17 +424,25 @@ def run_rounds(
     serving: list[Server],
     results: dict[tuple[str, str], Result],
     args: argparse.Namespace,
+    loads: dict[str, argparse.Namespace] | None = None,
 ) -> None:
+    """The warm-up, then the rounds. What the generator plays (size, conns, lines)
+    comes from args, or from loads[mode] for a server of a mode listed there."""
+
+    def load(server: Server) -> argparse.Namespace:
+        return loads.get(server.mode, args) if loads else args
+
     _log(f"  warming up {len(serving)} servers ...")
-    for server in serving:
-        measure_server(loadgen, server, results[(server.loop, server.mode)], args, args.warmup)
+    for server in serving if args.warmup > 0 else ():
+        result = results[(server.loop, server.mode)]
+        measure_server(loadgen, server, result, load(server), args.warmup)
     for round_no in range(args.rounds):
         _log(f"  round {round_no + 1}/{args.rounds} ...")
         order = list(serving)
         random.Random(round_no).shuffle(order)
         for server in order:
             result = results[(server.loop, server.mode)]
-            got = measure_server(loadgen, server, result, args, args.duration)
+            got = measure_server(loadgen, server, result, load(server), args.duration)
             if got is None:
                 continue
             rate, generator_cpu, server_cpu = got
@@ -433,23 +527,81 @@ def write_json(
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "loops": {info.name: info.version for info in loops},
-        "results": [
-            {
-                "loop": name,
-                "mode": mode,
-                "rates": r.rates,
-                "by_round": r.by_round,
-                "median": statistics.median(r.rates) if r.rates and not r.error else None,
-                "generator_cpu": r.generator_cpu,
-                "server_cpu": r.server_cpu,
-                "error": r.error,
-                "unavailable": r.unavailable,
-            }
-            for (name, mode), r in results.items()
-        ],
+        "results": [result_record(name, mode, r) for (name, mode), r in results.items()],
     }
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(out, fh, indent=2)
+
+
+def print_setup(args: argparse.Namespace) -> int | None:
+    """Print OpenSSL's version, the pinning and the method; set args.generator_core and
+    return the servers' CPU (None: not pinned)."""
+    from cqloop._bench.echo import run as echo_run
+
+    print(f"  OpenSSL {ssl.OPENSSL_VERSION}")
+    server_core, args.generator_core, pinning = echo_run._cores(args.pin)
+    print(f"  {pinning}")
+    print(
+        f"{args.warmup:g}s warm-up per server, then {args.rounds} interleaved rounds of "
+        f"{args.duration:g}s per server, median reported{' (quick)' if args.quick else ''}"
+    )
+    print()
+    return server_core
+
+
+def run_servers(
+    pairs: list[tuple[str, str]],
+    server_core: int | None,
+    measure: Callable[[list[Server], dict[tuple[str, str], Result]], None],
+) -> dict[tuple[str, str], Result]:
+    """Start a server per (loop, mode) pair with a throwaway certificate, let `measure`
+    fill in their results, stop them all however it ends."""
+    with tempfile.TemporaryDirectory(prefix="cqloop-tls-bench-") as directory:
+        serving, results = start_servers(pairs, make_certificate(directory), server_core)
+        try:
+            measure(serving, results)
+        finally:
+            for server in serving:
+                stop_server(server)
+    return results
+
+
+def result_record(name: str, mode: str, r: Result) -> dict[str, Any]:
+    """One server's figures, as the JSON output gives them."""
+    return {
+        "loop": name,
+        "mode": mode,
+        "rates": r.rates,
+        "by_round": r.by_round,
+        "median": statistics.median(r.rates) if r.rates and not r.error else None,
+        "generator_cpu": r.generator_cpu,
+        "server_cpu": r.server_cpu,
+        "error": r.error,
+        "unavailable": r.unavailable,
+    }
+
+
+def add_timing_args(parser: argparse.ArgumentParser, default_rounds: int) -> None:
+    """The options every TLS suite takes: --quick, --rounds, --duration, --warmup, --pin
+    and --json (apply_timing_defaults fills in what was not given)."""
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--rounds", type=int, help=f"measured rounds (default {default_rounds})")
+    parser.add_argument("--duration", type=float, help="seconds counted per measurement")
+    parser.add_argument("--warmup", type=float, help="seconds of load per server before measuring")
+    parser.add_argument("--pin", choices=("split", "same", "none"), default="split")
+    parser.add_argument("--json", metavar="PATH", default=None, help="write results here")
+
+
+def apply_timing_defaults(
+    args: argparse.Namespace, rounds: int, duration: float, warmup: float
+) -> None:
+    """The defaults of add_timing_args' options, and the quick run's."""
+    if args.rounds is None:
+        args.rounds = QUICK_ROUNDS if args.quick else rounds
+    if args.duration is None:
+        args.duration = QUICK_DURATION_S if args.quick else duration
+    if args.warmup is None:
+        args.warmup = QUICK_WARMUP_S if args.quick else warmup
 
 
 def _log(message: str) -> None:
@@ -462,23 +614,13 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
         prog="python -m cqloop bench tls",
         description="TLS echo benchmark: cqloop against asyncio, uvloop (and rloop).",
     )
-    parser.add_argument("--quick", action="store_true", help="a short smoke run")
-    parser.add_argument("--rounds", type=int, help=f"measured rounds (default {DEFAULT_ROUNDS})")
-    parser.add_argument("--duration", type=float, help="seconds counted per measurement")
-    parser.add_argument("--warmup", type=float, help="seconds of load per server before measuring")
+    add_timing_args(parser, DEFAULT_ROUNDS)
     parser.add_argument("--loops", default=",".join(LOOPS), help="comma-separated loops")
     parser.add_argument("--modes", default=",".join(DEFAULT_MODES), help="protocol,streams")
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="bytes per message")
     parser.add_argument("--conns", type=int, default=DEFAULT_CONNS, help="connections")
-    parser.add_argument("--pin", choices=("split", "same", "none"), default="split")
-    parser.add_argument("--json", metavar="PATH", default=None, help="write results here")
     args = parser.parse_args(argv)
-    if args.rounds is None:
-        args.rounds = QUICK_ROUNDS if args.quick else DEFAULT_ROUNDS
-    if args.duration is None:
-        args.duration = QUICK_DURATION_S if args.quick else DEFAULT_DURATION_S
-    if args.warmup is None:
-        args.warmup = QUICK_WARMUP_S if args.quick else DEFAULT_WARMUP_S
+    apply_timing_defaults(args, DEFAULT_ROUNDS, DEFAULT_DURATION_S, DEFAULT_WARMUP_S)
     if args.rounds < 1 or args.duration <= 0 or args.warmup < 0 or args.size < 1 or args.conns < 1:
         parser.error("--rounds, --duration, --size and --conns must be positive")
     args.mode_list = [m for m in args.modes.split(",") if m]
@@ -492,45 +634,23 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     """`python -m cqloop bench tls`: see the module docstring."""
     from cqloop._bench import micro
-    from cqloop._bench.echo import native
     from cqloop._bench.echo import run as echo_run
 
     args = _parse_args(argv)
     print("TLS echo benchmark")
-    try:
-        loadgen = native.build_tls_loadgen()
-    except native.NativeUnavailable as exc:
-        print(f"skipped: the TLS benchmark needs a C compiler and OpenSSL's headers: {exc}")
+    loadgen = loadgen_or_skip("the TLS benchmark")
+    if loadgen is None:
         return micro.EXIT_OK
-    loops = []
-    for name in args.loop_names:
-        found = micro._find_loop(name)
-        if isinstance(found, str):
-            print(f"note: {found}")
-        else:
-            loops.append(found)
-            print(f"  {found.name:<8} {found.version}")
-    print(f"  OpenSSL {ssl.OPENSSL_VERSION}")
-    server_core, args.generator_core, pinning = echo_run._cores(args.pin)
-    print(f"  {pinning}")
-    print(
-        f"{args.warmup:g}s warm-up per server, then {args.rounds} interleaved rounds of "
-        f"{args.duration:g}s per server, median reported{' (quick)' if args.quick else ''}"
-    )
-    print()
-    with tempfile.TemporaryDirectory(prefix="cqloop-tls-bench-") as directory:
-        cert = make_certificate(directory)
-        serving, results = start_servers(
-            [info.name for info in loops], args.mode_list, cert, server_core
+    loops = micro.installed_loops(args.loop_names)
+    server_core = print_setup(args)
+    pairs = [(info.name, mode) for mode in args.mode_list for info in loops]
+    try:
+        results = run_servers(
+            pairs, server_core, lambda serving, got: run_rounds(loadgen, serving, got, args)
         )
-        try:
-            run_rounds(loadgen, serving, results, args)
-        except KeyboardInterrupt:
-            print("interrupted")
-            return echo_run.EXIT_INTERRUPTED
-        finally:
-            for server in serving:
-                stop_server(server)
+    except KeyboardInterrupt:
+        print("interrupted")
+        return echo_run.EXIT_INTERRUPTED
     print()
     print_results(loops, results, args)
     if args.json:

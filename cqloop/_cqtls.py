@@ -1,12 +1,17 @@
 """The TLS half of a cq socket: handshake, receiving and sending records, the close.
 
 Owns SocketTLS, a base class of cqloop._cqsocket.Socket: the TLS handshake (connect's
-and starttls()'s, with cqueues' pushback), the TLS branch of receiving (`_tls_fill`,
-called by Socket._receive, itself called by the compiled receive callback), the TLS
-branch of sending and the ciphertext queue (`_send_tls_nowait`, `_send_raw_nowait`,
-`_send_raw_out`), and the close_notify exchange (`_tls_close_nowait` for close(),
-`_tls_close` for aclose() and `async with`). The record layer itself is compiled:
-cqloop/_core/cqtls.pyx (TLSChannel), on the TLSSession the transports use too.
+and starttls()'s, with cqueues' pushback), the errors of receiving (`_tls_read_error`),
+the general TLS branch of sending and the ciphertext queue (`_send_tls_nowait`,
+`_send_raw_nowait`, `_send_raw_out`), and the close_notify exchange
+(`_tls_close_nowait` for close(), `_tls_close` for aclose() and `async with`).
+
+Compiled (cqloop/_core/cqsock.pyx, SocketCore): the hot paths of a ready TLS socket, a
+read's receive callback decrypting records straight into the input buffer (`_tls_pull`,
+and `_tls_fill` for Socket._receive) and write() encrypting the output buffer's due
+bytes and sending the ciphertext (`_tls_send_due`), with `_raw_out` for what the kernel
+did not take. The record layer: cqloop/_core/cqtls.pyx (TLSChannel), on the TLSSession
+the transports use too.
 
 Pushback: bytes the socket had buffered as plaintext before starttls() are fed in as
 ciphertext before the handshake starts, so nothing received in the clear can pass for
@@ -28,7 +33,6 @@ kernel did not take yet, and nothing is sent past it.
 
 from __future__ import annotations
 
-import errno
 import socket as _socket
 import ssl
 import time
@@ -64,7 +68,6 @@ class SocketTLS:
         _tls_pending: bool
         _raw_out: bytearray
         _ibuf: InputBuffer
-        _rcvd: int
         _pushback: bool
         _server_side: bool
         _input_fresh: bool
@@ -148,24 +151,15 @@ class SocketTLS:
 
     # -- receiving -----------------------------------------------------------------------
 
-    def _tls_fill(self) -> None:
-        """Socket._receive's TLS branch: every complete record that has arrived, into
-        the input buffer; the end of the stream when the peer closed. BlockingIOError
-        when nothing came; the read error, with its message, otherwise."""
-        tls = self._tls
-        assert tls is not None
-        try:
-            got = tls.receive_into(self._ibuf, self._fd)
-        except OSError as exc:
-            self._send_what_tls_made()  # the alert saying why, if TLS made one
-            raise _read_error(exc) from exc
-        if tls.outgoing_pending:
-            self._send_what_tls_made()  # a key update's answer, say
-        if got < 0:
-            raise BlockingIOError(errno.EAGAIN, "socket:read: no complete TLS record yet")
-        self._rcvd += got
-        if tls.peer_closed:
-            self._received(b"")
+    # Receiving itself is compiled (SocketCore._tls_pull, behind the receive callback and
+    # _tls_fill): what arrives is decrypted straight into the input buffer. Its failures
+    # come here.
+
+    def _tls_read_error(self, exc: OSError) -> OSError:
+        """A failed receive's error as the socket reports it, after sending the alert
+        saying why, if TLS made one."""
+        self._send_what_tls_made()
+        return _read_error(exc)
 
     def _send_what_tls_made(self) -> None:
         # While reading: a failure to send is the write side's to report, at its next

@@ -625,14 +625,7 @@ def main(argv: list[str]) -> int:
         print(f"skipped: the echo benchmark needs a C compiler for its load generator: {exc}")
         return micro.EXIT_OK
 
-    loops: list[micro.LoopInfo] = []
-    for name in args.loop_names:
-        found = micro._find_loop(name)
-        if isinstance(found, str):
-            print(f"note: {found}")
-        else:
-            loops.append(found)
-            print(f"  {found.name:<8} {found.version}")
+    loops = micro.installed_loops(args.loop_names)
     server_core, generator_core, pinning = _cores(args.pin)
     plan = Plan(
         loops=loops,

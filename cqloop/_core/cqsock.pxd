@@ -17,8 +17,10 @@ cdef class SocketCore:
     # so->ibuf.error / so->obuf.error).
     cdef public object _rerror
     cdef public object _werror
-    # The TLSChannel once TLS is on, else None.
+    # The TLSChannel once TLS is on, else None, and the ciphertext the kernel has not
+    # taken yet (nothing is sent past it: cqloop/_cqtls.py).
     cdef public object _tls
+    cdef public bytearray _raw_out
     cdef public bint _autoflush
     # The socket's default timeout in seconds, or None.
     cdef public object _timeout
@@ -38,4 +40,9 @@ cdef class SocketCore:
     cdef public unsigned long long _rcvd
 
     cdef int _wake(self) except -1
+    cdef bint _tls_send_due(self, str op) except -1
+    cdef bint _tls_send(
+        self, str op, const char *data, Py_ssize_t n, OutputBuffer consumed
+    ) except -1
+    cdef int _tls_pull(self) except -2
     cdef int _at_eof(self) except -1

@@ -7,18 +7,24 @@ the map) and runs three things compiled:
 
 - read() with one format on a ready socket: the format is answered from the input
   buffer, or the read waits for the receive subscription to bring more (one future);
-- write() on a ready plain socket: the pieces go into the output buffer and what the
-  output mode says is due is sent, straight from the buffer;
-- _on_readable(), the subscription's callback: one recv into the input buffer, and the
-  waiting reads woken.
+- write() on a ready socket: the pieces go into the output buffer and what the output
+  mode says is due is sent, straight from the buffer; under TLS it is encrypted straight
+  from the buffer (or, unbuffered with nothing buffered, from the piece itself) and the
+  ciphertext sent (_tls_send), when no earlier ciphertext waits in _raw_out;
+- _on_readable(), the subscription's callback: one recv into the input buffer, or under
+  TLS one recv decrypted record by record straight into it (_tls_pull, over
+  TLSChannel.receive_into), and the waiting reads woken.
 
 So an echoed line costs one task wake-up, one compiled read and one compiled write, with
-no Python frame of ours in between. Everything else (set-up, TLS, timeouts, several
-formats, input modes, errors through the onerror handler) is the Python half's, reached
-through methods SocketCore calls by name and the Python half defines: _read_formats,
-_write_pieces, _receive, _check_recv_error, _wait_input, _send_all, _flush_nowait,
-_stop_receiving, _raise, _deadline. The semantics are the Python half's; this file only
-takes the common case's shortcut, and a path that is not common falls through to it.
+no Python frame of ours in between, in the clear and under TLS alike. Everything else
+(set-up, the TLS handshake and close, timeouts, several formats, input modes, errors
+through the onerror handler, ciphertext the kernel did not take) is the Python half's,
+reached through methods SocketCore calls by name and the Python half defines:
+_read_formats, _write_pieces, _receive, _check_recv_error, _wait_input, _send_all,
+_flush_nowait, _stop_receiving, _raise, _deadline, and cqloop/_cqtls.py's
+_send_raw_out, _send_what_tls_made, _tls_read_error. The semantics are the Python
+half's; this file only takes the common case's shortcut, and a path that is not common
+falls through to it.
 
 Invariants: an error leaves through the Python half's _raise (sticky errors, the onerror
 handler and its _Handled value are its business); _on_readable never raises (it runs as
@@ -41,7 +47,10 @@ cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
 from cqloop._core.cqbuf cimport InputBuffer
-from cqloop._core.cqoutbuf cimport OutputBuffer
+from cqloop._core.cqoutbuf cimport MODE_NONE, OutputBuffer
+from cqloop._core.cqtls cimport TLSChannel
+from cqloop._core.includes.sockets cimport MSG_NOSIGNAL, send
+from cqloop._core.includes.system cimport errno
 from cqloop._core.kernel cimport Kernel
 
 from cqloop._core.cqbuf import NEED_MORE
@@ -103,6 +112,7 @@ cdef class SocketCore:
     def __cinit__(self):
         self._fd = -1
         self._input_waiters = []
+        self._raw_out = bytearray()
 
     # -- sticky errors -----------------------------------------------------------------
 
@@ -201,17 +211,44 @@ cdef class SocketCore:
         cdef OutputBuffer obuf
         cdef Py_ssize_t sent
         cdef Py_ssize_t left = 0
+        cdef bint tls = self._tls is not None
         try:
-            if self._state is not _READY or self._werror is not None or self._tls is not None:
+            if (
+                self._state is not _READY
+                or self._werror is not None
+                or (tls and (self._raw_out or (<TLSChannel>self._tls).close_notify_sent))
+            ):
                 await self._write_pieces(data)
                 return self
             # Buffer, and send what is due at once; wait only for the part the kernel did
             # not take.
             obuf = self._obuf
+            if (
+                tls
+                and len(data) == 1
+                and type(data[0]) is bytes
+                and obuf._mode == MODE_NONE
+                and not obuf.text
+                and obuf._r.wr == obuf._r.rd
+            ):
+                # Unbuffered binary output with nothing buffered: the piece is all due
+                # as it is, encrypted from where it lies instead of through the buffer.
+                piece = data[0]
+                obuf._bytes_written += PyBytes_GET_SIZE(piece)
+                obuf._bytes_due += PyBytes_GET_SIZE(piece)
+                if self._tls_send(
+                    "write", PyBytes_AS_STRING(piece), PyBytes_GET_SIZE(piece), None
+                ):
+                    await self._send_raw_out(self._deadline(None), "write")
+                return self
             for piece in data:
                 if type(piece) is not bytes:
                     piece = _to_bytes(piece)
                 obuf._put(PyBytes_AS_STRING(piece), PyBytes_GET_SIZE(piece))
+            if tls:
+                if self._tls_send_due("write"):
+                    await self._send_raw_out(self._deadline(None), "write")
+                return self
             sent = obuf._send_due(self._fd, obuf._mode, &left)
             if sent < 0:
                 self._raise("write", OSError(-sent, "socket:write: " + strerror(-sent)))
@@ -221,6 +258,84 @@ cdef class SocketCore:
             return self
         except _Handled as handled:
             return handled.value
+
+    # -- TLS -------------------------------------------------------------------------
+
+    cdef bint _tls_send_due(self, str op) except -1:
+        # write()'s TLS branch (what the Python half's _send_all does with the output
+        # buffer's due bytes, without copying them out): one decision in the socket's
+        # mode, and what is due encrypted straight from the buffer and sent (_tls_send).
+        cdef OutputBuffer obuf = self._obuf
+        cdef Py_ssize_t n
+        obuf._decide(obuf._mode)
+        n = obuf._hold
+        if n <= 0:
+            return False
+        return self._tls_send(op, obuf._r.base + obuf._r.rd, n, obuf)
+
+    cdef bint _tls_send(
+        self, str op, const char *data, Py_ssize_t n, OutputBuffer consumed
+    ) except -1:
+        # Encrypt data, then `consumed` (when not None) drops the n bytes from its front,
+        # and the ciphertext goes to the kernel as far as it takes it; the rest waits in
+        # _raw_out, and the caller then waits for it (True). Only with _raw_out empty:
+        # nothing is sent past it.
+        cdef TLSChannel tls = <TLSChannel>self._tls
+        cdef Py_ssize_t size
+        cdef ssize_t sent = 0
+        cdef int err
+        cdef bytes out
+        try:
+            tls._encrypt_from(data, n)
+        except OSError as exc:  # ssl.SSLError: the session cannot send
+            self._raise(op, exc)
+        if consumed is not None:
+            consumed._consume(n)
+        out = tls._outgoing_read()
+        size = PyBytes_GET_SIZE(out)
+        while True:
+            sent = send(self._fd, PyBytes_AS_STRING(out), size, MSG_NOSIGNAL)
+            if sent >= 0:
+                break
+            err = errno
+            if err == _EINTR:
+                continue
+            if err != _EAGAIN:
+                self._raise(op, OSError(err, f"socket:{op}: " + strerror(err)))
+            sent = 0
+            break
+        self._sent += n
+        if sent < size:
+            self._raw_out += memoryview(out)[sent:]
+            return True
+        return False
+
+    cdef int _tls_pull(self) except -2:
+        # The TLS half of receiving, for the receive callback and the Python half's
+        # _tls_fill: every complete record that has arrived, into the input buffer. The
+        # count (0 at the end of the stream), or -1 when nothing came. A failure raises
+        # the read error (_tls_read_error: "socket:read: ...", the alert saying why sent
+        # first).
+        cdef TLSChannel tls = <TLSChannel>self._tls
+        cdef Py_ssize_t got
+        try:
+            got = tls._receive_into(self._ibuf, self._fd)
+        except OSError as exc:
+            raise self._tls_read_error(exc) from exc
+        if tls._outgoing.pending:
+            self._send_what_tls_made()  # a key update's answer, say
+        if got < 0:
+            return -1
+        self._rcvd += got
+        if tls.peer_closed:
+            self._at_eof()
+        return got
+
+    def _tls_fill(self):
+        """Socket._receive's TLS branch (see _tls_pull): BlockingIOError when nothing
+        came."""
+        if self._tls_pull() < 0:
+            raise BlockingIOError(_EAGAIN, "socket:read: no complete TLS record yet")
 
     # -- receiving ---------------------------------------------------------------------
 
@@ -247,8 +362,19 @@ cdef class SocketCore:
                 self._at_eof()
             else:
                 self._recv_error = OSError(-got, strerror(-got))
+        elif self._tls is not None and not self._eof_in and self._recv_error is None:
+            try:
+                if self._tls_pull() < 0:
+                    return
+            except OSError as exc:
+                # Socket._receive's handling of a failed receive: EPIPE on input is EOF,
+                # as in cqueues; anything else is kept for the reading task.
+                if exc.errno == _EPIPE:
+                    self._at_eof()
+                else:
+                    self._recv_error = exc
         elif not self._receive():
-            # TLS, or a receive already finished: the Python half's general path.
+            # A receive already finished: the Python half's general path.
             return
         self._input_fresh = True
         self._wake()

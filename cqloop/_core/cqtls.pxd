@@ -14,10 +14,6 @@ cdef class TLSChannel(TLSSession):
     cdef readonly bint peer_closed
     cdef readonly bint close_notify_received
     cdef readonly bint close_notify_sent
-    # Decrypted records land here before they are appended to the input buffer, and
-    # ciphertext is received here before it is fed to the incoming BIO.
-    cdef bytearray _plain
-    cdef bytearray _cipher
     # An error met after records that decrypted: raised by the next receive, so that the
     # data before it is read first.
     cdef object _pending_error
@@ -33,3 +29,6 @@ cdef class TLSChannel(TLSSession):
     cdef Py_ssize_t _decrypt_all(self, InputBuffer ibuf) except -1
     cdef Py_ssize_t _receive_into(self, InputBuffer ibuf, int fd) except -2
     cdef int _feed(self, const unsigned char *data, Py_ssize_t n) except -1
+    cdef ssize_t _recv_and_feed(self, int fd) except -2
+    # encrypt() of a C buffer (the compiled write: the output buffer's due bytes).
+    cdef int _encrypt_from(self, const char *data, Py_ssize_t n) except -1
