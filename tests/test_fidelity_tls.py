@@ -7,10 +7,10 @@ close() calls nothing of the protocol before it returns; everything written befo
 out, then close_notify; the peer's close_notify gives eof_received() then
 connection_lost(None); the peer sees a clean TLS close. abort() sends no close_notify and
 ends at once. The peer is a blocking `ssl` socket in a thread with suppress_ragged_eofs=False,
-so that an end of file without close_notify is an error there. Stock asyncio (3.11+ sslproto)
-fails a shutdown that meets the peer's data with SSLError(APPLICATION_DATA_AFTER_CLOSE_NOTIFY)
-and delivers data from inside close(); uvloop's close with the peer's data in flight does
-not end within the tests' bounds.
+so that an end of file without close_notify is an error there, or `openssl s_client`. Stock
+asyncio (3.11+ sslproto) fails a shutdown that meets the peer's data with
+SSLError(APPLICATION_DATA_AFTER_CLOSE_NOTIFY) and delivers data from inside close(); uvloop's
+close with the peer's data in flight does not end within the tests' bounds.
 
 start_tls: plaintext that arrives with the end of the handshake reaches the protocol only
 after start_tls() has returned, so that a protocol answering from data_received answers on
@@ -23,8 +23,10 @@ Each test says which loops hold its contract and is skipped on the others (sayin
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
 import ssl
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -438,6 +440,54 @@ async def test_tls_abort_sends_no_close_notify_and_ends_at_once(
     assert isinstance(await done, (ssl.SSLEOFError, ConnectionResetError, BrokenPipeError))
     assert proto.after_close == b""
     assert exceptions_seen == []
+
+
+class SayAndEnd(asyncio.Protocol):
+    """Writes a line as soon as it is connected, then ends with `how` (close or abort)."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+
+    def connection_made(self, transport: Any) -> None:
+        transport.write(b"hello from the loop\n")
+        getattr(transport, self.how)()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+@pytest.mark.parametrize("how", ["close", "abort"])
+async def test_tls_close_is_a_clean_close_to_openssl_s_client_and_abort_is_not(
+    how: str, server_ctx: ssl.SSLContext
+) -> None:
+    # Every loop. s_client (-ign_eof: it reads on after its empty stdin ends) exits 0 after
+    # close_notify; OpenSSL 3's reports an end of file without one as "unexpected eof
+    # while reading" and exits 1.
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: SayAndEnd(how), HOST, 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        client = await asyncio.create_subprocess_exec(
+            "openssl",
+            "s_client",
+            "-connect",
+            f"{HOST}:{port}",
+            "-servername",
+            "localhost",
+            "-ign_eof",
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(client.communicate(), PEER_TIMEOUT_S)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert b"hello from the loop" in out
+    if how == "close":
+        assert client.returncode == 0, err
+        assert b"unexpected eof" not in err
+    else:
+        assert client.returncode == 1
+        assert b"unexpected eof while reading" in err
 
 
 # -- start_tls ----------------------------------------------------------------------------------
