@@ -12,7 +12,8 @@ after a sendto().
 Stock asyncio keeps the context only for the callbacks it schedules at creation: it runs
 pause_writing in the writer's context and adds its fd readers and writers in the context of
 whoever (re)starts them, so the callbacks those set off run in the caller's context, and
-asyncio's TLS layer does the same. uvloop keeps the transport's context throughout. The
+asyncio's TLS layer does the same. uvloop keeps the transport's context throughout, except
+that a server whose serving starts later accepts in the context that started it. The
 tests say per loop which contract holds, and mark the others as expected failures (strict:
 a loop that starts to hold it fails the mark, and the mark is then taken off).
 """
