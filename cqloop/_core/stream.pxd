@@ -7,6 +7,10 @@ from cqloop._core.kernel cimport Kernel
 from cqloop._core.watchers cimport FdWatcher
 
 
+# callback(*args) in `context`, entering nothing if it is current (see stream.pyx).
+cdef object call_in_context(object context, object callback, tuple args)
+
+
 cdef class StreamTransport(FdWatcher):
     # -- who we serve -----------------------------------------------------------------
     cdef readonly Kernel _loop

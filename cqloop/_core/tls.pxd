@@ -11,6 +11,8 @@ cdef class TLSRecordPump(TLSSession):
     # TLSState as an int (STATE_* in tls.pyx); the subclass keeps the transitions.
     cdef public int _state
     cdef public object _loop
+    # The contextvars.Context the application protocol's callbacks run in.
+    cdef public object _context
 
     # -- below: the socket transport ----------------------------------------------------
     cdef readonly object _transport
@@ -35,6 +37,10 @@ cdef class TLSRecordPump(TLSSession):
     # We paused the application's writing.
     cdef readonly bint _app_writing_paused
     cdef public bint _eof_received
+    # start_tls() has not returned the transport yet: plaintext waits in the session.
+    cdef public bint _holding
+    # The application closed its transport: plaintext is dropped, flow control is off.
+    cdef public bint _app_closed
     cdef Py_ssize_t _incoming_high_water
     cdef Py_ssize_t _incoming_low_water
     cdef Py_ssize_t _outgoing_high_water

@@ -19,8 +19,12 @@ costs no exception), reads into one preallocated buffer, and sends what the appl
 the pump delivered data in one transport write when the pump ends.
 
 Invariants: `_write_buffer_size` is the sum of the lengths in `_write_backlog`; plaintext is
-delivered only in STATE_WRAPPED and STATE_FLUSHING, and only while the application has not
-paused reading; the socket transport is paused exactly while `_ssl_reading_paused`.
+delivered only in STATE_WRAPPED and STATE_FLUSHING, only while the application has not
+paused reading, never while start_tls() has yet to return the transport (`_holding`), and
+never after the application closed its transport (`_app_closed`: what arrives then is read
+and dropped); the socket transport is paused exactly while `_ssl_reading_paused`. Protocol
+callbacks run in `_context` (the socket transport's, adopted by the subclass); the ones an
+application call sets off (pause_writing from write()) enter it.
 """
 
 import logging
@@ -30,6 +34,8 @@ from cpython.buffer cimport PyBUF_READ
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.memoryview cimport PyMemoryView_FromMemory
+
+from cqloop._core.stream cimport call_in_context
 
 logger = logging.getLogger("asyncio")
 
@@ -79,6 +85,7 @@ cdef class TLSRecordPump(TLSSession):
         MemoryBIOs."""
         self._bind(sslobj, incoming, outgoing)
         self._loop = loop
+        self._context = None
         self._state = _UNWRAPPED
         self._recv_buf = bytearray(RECV_BUFFER_SIZE)
         self._recv_view = memoryview(self._recv_buf)
@@ -179,6 +186,17 @@ cdef class TLSRecordPump(TLSSession):
     def _append_write_backlog(self, data):
         self._backlog(data, 0)
 
+    def _drop_plaintext(self):
+        """After the application closed: decrypt what the incoming BIO holds and drop it,
+        so that the session meets only the peer's close_notify when the shutdown reads
+        (OpenSSL fails a shutdown that meets application data with
+        APPLICATION_DATA_AFTER_CLOSE_NOTIFY). True once the close_notify was read."""
+        cdef Py_ssize_t count
+        while True:
+            count = self._decrypt(PLAIN_BUFFER_SIZE, self._plain_buf)
+            if count <= 0:
+                return count == 0
+
     # -- the application transport's hot methods (bound onto SSLTransport instances) -------
 
     def _app_write(self, data):
@@ -232,10 +250,10 @@ cdef class TLSRecordPump(TLSSession):
         """Decrypt what the incoming BIO holds and deliver it; then send what that made
         (application writes, TLS's own messages) and adjust reading from the socket."""
         cdef bint drained = False
-        if self._state != _WRAPPED and self._state != _FLUSHING:
+        if (self._state != _WRAPPED and self._state != _FLUSHING) or self._app_closed:
             return 0
         try:
-            if not self._app_reading_paused:
+            if not self._app_reading_paused and not self._holding:
                 self._pumping = True
                 try:
                     if self._app_buffered:
@@ -311,7 +329,7 @@ cdef class TLSRecordPump(TLSSession):
                 break
         else:
             # The application's buffer is full and more may be waiting: next iteration.
-            self._loop.call_soon(self._do_read)
+            self._loop.call_soon(self._do_read, context=self._context)
         view.release()
         if offset:
             protocol.buffer_updated(offset)
@@ -380,6 +398,10 @@ cdef class TLSRecordPump(TLSSession):
 
     cdef int _app_writing_control(self) except -1:
         cdef Py_ssize_t size = self._outgoing.pending + self._write_buffer_size
+        if self._app_closed:
+            # Writes are refused from now on: neither call means anything to the protocol
+            # (and close() must not call it).
+            return 0
         if size >= self._outgoing_high_water and not self._app_writing_paused:
             self._app_writing_paused = True
             self._call_flow_control("pause_writing")
@@ -390,8 +412,12 @@ cdef class TLSRecordPump(TLSSession):
 
     cdef int _call_flow_control(self, str name) except -1:
         # A failing pause_writing/resume_writing is reported, never fatal (asyncio's rule).
+        # In the connection's context: the write() that set it off may come from any task.
         try:
-            getattr(self._app_protocol, name)()
+            if self._context is None:
+                getattr(self._app_protocol, name)()
+            else:
+                call_in_context(self._context, getattr(self._app_protocol, name), ())
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:

@@ -42,6 +42,7 @@ from typing import Any, TypeVar, cast
 
 from cqloop._core.stream import water_marks
 from cqloop.transports.flow import (
+    CallbackContext,
     ReadFlowMixin,
     WriteFlowMixin,
     report_fatal_error,
@@ -238,7 +239,7 @@ def _open_first_socket(
 # Also an asyncio.Transport, as asyncio's own datagram transport is (CPython's
 # test_create_datagram_endpoint checks isinstance(transport, asyncio.Transport)).
 class DatagramTransport(
-    ReadFlowMixin, WriteFlowMixin, asyncio.DatagramTransport, asyncio.Transport
+    CallbackContext, ReadFlowMixin, WriteFlowMixin, asyncio.DatagramTransport, asyncio.Transport
 ):
     """A UDP or Unix datagram socket as an asyncio DatagramTransport.
 
@@ -287,12 +288,13 @@ class DatagramTransport(
         self._watching_reads = False
         # Non-zero once connection_lost is scheduled; then counts writes made since.
         self._conn_lost = 0
+        self._capture_context()
 
-        loop.call_soon(protocol.connection_made, self)
+        self._soon(protocol.connection_made, self)
         # Read only once connection_made() has run, and wake the waiter after both.
-        loop.call_soon(self._start_reading)
+        self._soon(self._start_reading)
         if waiter is not None:
-            loop.call_soon(set_result_unless_cancelled, waiter, None)
+            self._soon(set_result_unless_cancelled, waiter, None)
 
     def __repr__(self) -> str:
         info = [type(self).__name__]
@@ -343,9 +345,9 @@ class DatagramTransport(
                 self._send(data, addr)
                 return
             except (BlockingIOError, InterruptedError):
-                self._loop.add_writer(self._sock_fd, self._on_writable)
+                self._in_context(self._loop.add_writer, self._sock_fd, self._on_writable)
             except OSError as exc:
-                self._protocol.error_received(exc)
+                self._in_context(self._protocol.error_received, exc)
                 return
             except (SystemExit, KeyboardInterrupt):
                 raise
@@ -371,7 +373,7 @@ class DatagramTransport(
         self._stop_reading()
         if not self._buffer:
             self._conn_lost += 1
-            self._loop.call_soon(self._call_connection_lost, None)
+            self._soon(self._call_connection_lost, None)
 
     def is_closing(self) -> bool:
         return self._closing
@@ -397,7 +399,7 @@ class DatagramTransport(
 
     def _start_reading(self) -> None:
         if self.is_reading() and not self._watching_reads:
-            self._loop.add_reader(self._sock_fd, self._on_readable)
+            self._in_context(self._loop.add_reader, self._sock_fd, self._on_readable)
             self._watching_reads = True
 
     def _stop_reading(self) -> None:
@@ -422,7 +424,7 @@ class DatagramTransport(
             self._closing = True
             self._stop_reading()
         self._conn_lost += 1
-        self._loop.call_soon(self._call_connection_lost, exc)
+        self._soon(self._call_connection_lost, exc)
 
     def _call_connection_lost(self, exc: BaseException | None) -> None:
         try:

@@ -1,4 +1,10 @@
-"""Flow control shared by the Python transports (datagram.py, pipes.py).
+"""Flow control and callback context shared by the Python transports (datagram.py, pipes.py).
+
+CallbackContext holds the contextvars.Context a transport was made in and the two ways into
+it: `_soon` (call_soon in it) and `_in_context` (call now in it). Every protocol callback
+goes through one of them, or runs from a reader/writer handle added through `_in_context`
+(the handle captures the context current when it is added), so that a call from another
+task (write, close, resume_reading) never runs the protocol in that task's context.
 
 ReadFlowMixin gives is_reading/pause_reading/resume_reading on top of a transport's
 `_start_reading`/`_stop_reading` (which add and remove its fd's reader); WriteFlowMixin
@@ -14,12 +20,15 @@ Python call would cost more than the rule itself.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from cqloop._core.stream import water_marks
+from cqloop._core.stream import run_in_context, water_marks
 
 __all__ = [
+    "CallbackContext",
     "ReadFlowMixin",
     "WriteFlowMixin",
     "call_flow_control",
@@ -62,7 +71,7 @@ def call_flow_control(transport: Any, name: str) -> None:
     never up into the transport's write path. SystemExit and KeyboardInterrupt pass."""
     protocol = transport._protocol
     try:
-        getattr(protocol, name)()
+        run_in_context(transport._context, getattr(protocol, name))
     except (SystemExit, KeyboardInterrupt):
         raise
     except BaseException as exc:
@@ -74,6 +83,23 @@ def call_flow_control(transport: Any, name: str) -> None:
                 "protocol": protocol,
             }
         )
+
+
+class CallbackContext:
+    """The context a transport's protocol callbacks run in: the one current when it was
+    made (see the module docstring)."""
+
+    _loop: Any
+    _context: contextvars.Context
+
+    def _capture_context(self) -> None:
+        self._context = contextvars.copy_context()
+
+    def _soon(self, callback: Callable[..., object], *args: Any) -> None:
+        self._loop.call_soon(callback, *args, context=self._context)
+
+    def _in_context(self, callback: Callable[..., Any], *args: Any) -> Any:
+        return run_in_context(self._context, callback, *args)
 
 
 class ReadFlowMixin:

@@ -47,6 +47,7 @@ from typing import Any, TypeVar, cast
 
 from cqloop._core.stream import water_marks
 from cqloop.transports.flow import (
+    CallbackContext,
     ReadFlowMixin,
     WriteFlowMixin,
     report_fatal_error,
@@ -71,7 +72,7 @@ def _pipe_kind(fd: int) -> tuple[bool, bool, bool]:
     return stat.S_ISFIFO(mode), stat.S_ISSOCK(mode), stat.S_ISCHR(mode)
 
 
-class _PipeTransport:
+class _PipeTransport(CallbackContext):
     """What the read and write pipe transports share: the pipe object they own (checked,
     made non-blocking), their repr, the unclosed-transport warning and the protocol
     accessors."""
@@ -100,6 +101,7 @@ class _PipeTransport:
         self._fileno = fileno
         self._protocol = protocol
         self._closing = False
+        self._capture_context()
         return kind
 
     def _repr_activity(self) -> list[str]:
@@ -156,11 +158,11 @@ class ReadPipeTransport(_PipeTransport, ReadFlowMixin, asyncio.ReadTransport):
         self._paused = False
         self._watching = False
 
-        loop.call_soon(protocol.connection_made, self)
+        self._soon(protocol.connection_made, self)
         # Read only once connection_made() has run, and wake the waiter after both.
-        loop.call_soon(self._start_reading)
+        self._soon(self._start_reading)
         if waiter is not None:
-            loop.call_soon(set_result_unless_cancelled, waiter, None)
+            self._soon(set_result_unless_cancelled, waiter, None)
 
     def _repr_activity(self) -> list[str]:
         return ["polling" if self._watching else "idle"]
@@ -176,7 +178,7 @@ class ReadPipeTransport(_PipeTransport, ReadFlowMixin, asyncio.ReadTransport):
 
     def _start_reading(self) -> None:
         if self.is_reading() and not self._watching:
-            self._loop.add_reader(self._fileno, self._on_readable)
+            self._in_context(self._loop.add_reader, self._fileno, self._on_readable)
             self._watching = True
 
     def _stop_reading(self) -> None:
@@ -193,7 +195,7 @@ class ReadPipeTransport(_PipeTransport, ReadFlowMixin, asyncio.ReadTransport):
     def _close(self, exc: BaseException | None) -> None:
         self._closing = True
         self._stop_reading()
-        self._loop.call_soon(self._call_connection_lost, exc)
+        self._soon(self._call_connection_lost, exc)
 
     def _call_connection_lost(self, exc: BaseException | None) -> None:
         if self._pipe is None:
@@ -225,8 +227,8 @@ class ReadPipeTransport(_PipeTransport, ReadFlowMixin, asyncio.ReadTransport):
             logger.info("%r was closed by peer", self)
         self._closing = True
         self._stop_reading()
-        self._loop.call_soon(self._protocol.eof_received)
-        self._loop.call_soon(self._call_connection_lost, None)
+        self._soon(self._protocol.eof_received)
+        self._soon(self._call_connection_lost, None)
 
 
 class WritePipeTransport(_PipeTransport, WriteFlowMixin, asyncio.Transport):
@@ -261,12 +263,12 @@ class WritePipeTransport(_PipeTransport, WriteFlowMixin, asyncio.Transport):
         # connection_lost is scheduled (or done): it happens once.
         self._lost_scheduled = False
 
-        loop.call_soon(protocol.connection_made, self)
+        self._soon(protocol.connection_made, self)
         if is_fifo or is_socket:
             # A pty or other character device gives no such news; asyncio does not ask.
-            loop.call_soon(self._watch_peer)
+            self._soon(self._watch_peer)
         if waiter is not None:
-            loop.call_soon(set_result_unless_cancelled, waiter, None)
+            self._soon(set_result_unless_cancelled, waiter, None)
 
     def _repr_activity(self) -> list[str]:
         return [
@@ -304,7 +306,7 @@ class WritePipeTransport(_PipeTransport, WriteFlowMixin, asyncio.Transport):
                 return
             if written:
                 data = memoryview(data)[written:]
-            self._loop.add_writer(self._fileno, self._on_writable)
+            self._in_context(self._loop.add_writer, self._fileno, self._on_writable)
             self._watching_writes = True
 
         # A copy: the caller may change a bytearray or memoryview's memory afterwards.
@@ -340,7 +342,7 @@ class WritePipeTransport(_PipeTransport, WriteFlowMixin, asyncio.Transport):
 
     def _watch_peer(self) -> None:
         if not self._closing and not self._watching_peer:
-            self._loop.add_reader(self._fileno, self._on_peer_closed)
+            self._in_context(self._loop.add_reader, self._fileno, self._on_peer_closed)
             self._watching_peer = True
 
     def _unwatch_peer(self) -> None:
@@ -371,7 +373,7 @@ class WritePipeTransport(_PipeTransport, WriteFlowMixin, asyncio.Transport):
             return
         self._lost_scheduled = True
         self._conn_lost += 1
-        self._loop.call_soon(self._call_connection_lost, exc)
+        self._soon(self._call_connection_lost, exc)
 
     def _call_connection_lost(self, exc: BaseException | None) -> None:
         if self._pipe is None:

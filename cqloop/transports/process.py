@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import errno
 import logging
 import os
@@ -193,6 +194,9 @@ class SubprocessTransport(asyncio.SubprocessTransport):
         self._finished = False
         self._pidfd = -1
         self._exit_thread: threading.Thread | None = None
+        # The protocol's callbacks run in the context the transport was made in, whatever
+        # sets them off (the exit fallback's thread has a context of its own).
+        self._context = contextvars.copy_context()
 
         if stdin == subprocess.PIPE:
             self._pipes[0] = None
@@ -403,9 +407,9 @@ class SubprocessTransport(asyncio.SubprocessTransport):
                 _, proto = await loop.connect_read_pipe(lambda: _PipeProto(self, 2), proc.stderr)
                 self._pipes[2] = proto
             assert self._pending_calls is not None
-            loop.call_soon(self._protocol.connection_made, self)
+            loop.call_soon(self._protocol.connection_made, self, context=self._context)
             for callback, data in self._pending_calls:
-                loop.call_soon(callback, *data)
+                loop.call_soon(callback, *data, context=self._context)
             self._pending_calls = None
         except (SystemExit, KeyboardInterrupt):
             raise
@@ -420,7 +424,7 @@ class SubprocessTransport(asyncio.SubprocessTransport):
         if self._pending_calls is not None:
             self._pending_calls.append((callback, data))
         else:
-            self._loop.call_soon(callback, *data)
+            self._loop.call_soon(callback, *data, context=self._context)
 
     def _on_pipe_lost(self, fd: int, exc: BaseException | None) -> None:
         self._call(self._protocol.pipe_connection_lost, fd, exc)

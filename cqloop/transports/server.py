@@ -25,6 +25,7 @@ the socket transports, which close_clients and abort_clients act on.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import errno
 import logging
@@ -34,6 +35,7 @@ import weakref
 from asyncio import constants, trsock
 from typing import TYPE_CHECKING, Any
 
+from cqloop._core.stream import run_in_context
 from cqloop.transports.socket_transport import SocketTransport
 from cqloop.transports.sockutil import remove_unix_socket_file
 from cqloop.transports.tls import SSLProtocol
@@ -93,6 +95,9 @@ class Server(asyncio.AbstractServer):
         # Whether the current out-of-fds episode was logged already.
         self._accept_error_logged = False
         self._tls = tls
+        # Accepted connections (their transports, and so their protocols' callbacks) get
+        # the context create_server ran in, even when serving starts later from elsewhere.
+        self._context = contextvars.copy_context()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} sockets={self.sockets!r}>"
@@ -195,7 +200,9 @@ class Server(asyncio.AbstractServer):
     def _start_accepting(self, sock: socket.socket) -> None:
         if self._sockets is None or sock.fileno() < 0:
             return
-        self._loop.add_reader(sock.fileno(), self._on_acceptable, sock)
+        run_in_context(
+            self._context, self._loop.add_reader, sock.fileno(), self._on_acceptable, sock
+        )
 
     def _stop_accepting(self, sock: socket.socket) -> None:
         if not self._loop.is_closed():

@@ -19,7 +19,22 @@ lifecycle (AppState) is INIT -> CON_MADE [-> EOF] -> CON_LOST; start_tls begins 
 CON_MADE, since that protocol is connected already. Semantics follow asyncio's sslproto
 (3.11+) callback for callback: handshake errors go to the waiter (create_connection raises
 them) and never to connection_lost, which is only called after connection_made; later
-errors reach connection_lost(exc); write_eof raises (TLS has no half-close). Who calls in:
+errors reach connection_lost(exc); write_eof raises (TLS has no half-close).
+
+Where it does better than asyncio (whose sslproto does none of these):
+- Context: the application protocol's callbacks run in the context its connection runs
+  in (the socket transport's, adopted at connection_made), whatever set them off: a
+  write() from another task that fills the buffer (pause_writing), a resume_reading()
+  from elsewhere (the data it releases), a close() (connection_lost).
+- Close: after the application's close() it gets no more data; what it had not been
+  given (held by pause_reading, or arriving before the peer's close_notify) is dropped,
+  never an error; close() calls nothing of the protocol before it returns; what was
+  written before it is sent, then close_notify; the peer's answering close_notify gives
+  eof_received() (as in asyncio), then connection_lost(None).
+- start_tls: plaintext that arrives with the end of the handshake is delivered only
+  after start_tls() has returned the new transport (`_holding`), so that a protocol
+  answering from data_received uses the transport the caller installed.
+Who calls in:
 cqloop.transports.streams (create_connection, create_server's accept path via server.py,
 connect_accepted_socket, start_tls).
 """
@@ -27,6 +42,7 @@ connect_accepted_socket, start_tls).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import enum
 import logging
 import ssl
@@ -149,16 +165,22 @@ class SSLTransport(asyncio.Transport):
 
     def close(self) -> None:
         """Flush what is buffered, send close_notify, then close the socket; the protocol's
-        connection_lost(None) follows."""
+        connection_lost(None) follows. Data not yet delivered is dropped."""
         if not self._closed:
             self._closed = True
             if self._ssl_protocol is not None:
-                self._ssl_protocol._start_shutdown()
+                self._ssl_protocol._close_from_app()
         else:
             # Closed already (by us, or by the shutdown the peer began): let go of the SSL
             # protocol, so that an application protocol that keeps this transport does not
             # keep the TLS session and its context alive (asyncio does the same).
             self._release()
+
+    @property
+    def _context(self) -> contextvars.Context | None:
+        # What a TLS session layered over this one (start_tls on it) adopts.
+        proto = self._ssl_protocol
+        return None if proto is None else proto._context
 
     def _release(self) -> None:
         self._ssl_protocol = None
@@ -293,6 +315,8 @@ class SSLProtocol(TLSRecordPump, asyncio.BufferedProtocol):
         )
         self._sslobj = sslobj
         self._init_pump(sslobj, incoming, outgoing, loop)
+        # Until connection_made adopts the socket transport's (see the module docstring).
+        self._context = contextvars.copy_context()
         self._set_app_protocol(app_protocol)
         self._app_transport: SSLTransport | None = SSLTransport(loop, self)
 
@@ -315,6 +339,12 @@ class SSLProtocol(TLSRecordPump, asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """The socket is connected (or start_tls handed it over): start the handshake."""
+        # The application's callbacks run where the socket transport runs its own: the
+        # context the connection was made in (for start_tls, the one the protocol has had
+        # its callbacks in so far). Made in the same call as this protocol otherwise.
+        context = getattr(transport, "_context", None)
+        if isinstance(context, contextvars.Context):
+            self._context = context
         self._set_transport(transport)
         self._start_handshake()
 
@@ -334,7 +364,7 @@ class SSLProtocol(TLSRecordPump, asyncio.BufferedProtocol):
             AppState.EOF,
         ):
             self._app_state = AppState.CON_LOST
-            self._loop.call_soon(self._app_protocol.connection_lost, exc)
+            self._loop.call_soon(self._app_protocol.connection_lost, exc, context=self._context)
         self._set_state(TLSState.UNWRAPPED)
         self._set_transport(None)
         self._app_transport = None
@@ -353,7 +383,7 @@ class SSLProtocol(TLSRecordPump, asyncio.BufferedProtocol):
                 self._on_handshake_complete(ConnectionResetError())
             elif state == TLSState.WRAPPED:
                 self._set_state(TLSState.FLUSHING)
-                if self._app_reading_paused:
+                if self._app_reading_paused or self._holding:
                     # Keep the socket open: what is buffered is delivered on resume.
                     return True
                 self._do_flush()
@@ -442,11 +472,23 @@ class SSLProtocol(TLSRecordPump, asyncio.BufferedProtocol):
             compression=sslobj.compression(),
             ssl_object=sslobj,
         )
-        if self._app_state == AppState.INIT:
-            self._app_state = AppState.CON_MADE
-            self._app_protocol.connection_made(self._app_transport)  # type: ignore[arg-type]
+        if self._app_state != AppState.INIT:
+            # start_tls: the protocol must not hear of data before start_tls() has
+            # returned the transport to answer on. The waiter's task runs first (its
+            # wake-up is queued now), then the delivery.
+            self._holding = True
+            self._wakeup_waiter(None)
+            self._loop.call_soon(self._release_held, context=self._context)
+            return
+        self._app_state = AppState.CON_MADE
+        self._app_protocol.connection_made(self._app_transport)  # type: ignore[arg-type]
         self._wakeup_waiter(None)
         self._do_read()
+
+    def _release_held(self) -> None:
+        self._holding = False
+        if self._transport is not None and not self._app_reading_paused:
+            self._on_resumed()
 
     def _wakeup_waiter(self, exc: BaseException | None) -> None:
         waiter = self._waiter
@@ -460,6 +502,17 @@ class SSLProtocol(TLSRecordPump, asyncio.BufferedProtocol):
                 waiter.set_exception(exc)
 
     # -- shutdown -----------------------------------------------------------------------------
+
+    def _close_from_app(self) -> None:
+        """The application closed its transport: it gets no more data, nothing of it is
+        called before this returns, and what follows is eof_received (if the peer answers
+        with its close_notify) and connection_lost."""
+        self._app_closed = True
+        if self._state == TLSState.FLUSHING:
+            # The peer's end of file came while reading was paused: no more to deliver.
+            self._do_flush()
+        else:
+            self._start_shutdown()
 
     def _start_shutdown(self) -> None:
         if self._state in (TLSState.FLUSHING, TLSState.SHUTDOWN, TLSState.UNWRAPPED):
@@ -480,8 +533,8 @@ class SSLProtocol(TLSRecordPump, asyncio.BufferedProtocol):
             self._force_close_transport(TimeoutError("SSL shutdown timed out"))
 
     def _do_flush(self) -> None:
-        # Deliver what was decrypted already (unless the application paused reading), then
-        # send close_notify.
+        # Deliver what was decrypted already (unless the application paused reading or
+        # closed), then send close_notify.
         self._do_read()
         self._set_state(TLSState.SHUTDOWN)
         self._do_shutdown()
@@ -489,15 +542,27 @@ class SSLProtocol(TLSRecordPump, asyncio.BufferedProtocol):
     def _do_shutdown(self) -> None:
         try:
             if not self._eof_received:
+                # What the application wrote goes out before close_notify; what the peer
+                # sent before its own is dropped (nobody will read it now).
+                self._do_write()
+                self._drop_plaintext()
                 self._sslobj.unwrap()
         except (ssl.SSLWantReadError, ssl.SSLSyscallError):
-            # close_notify is sent; the peer's has not come yet.
+            # close_notify is sent; the peer's has not come yet. The incoming BIO is empty
+            # now: read from the socket again if it was full, or the close_notify never comes.
             self._process_outgoing()
+            if self._transport is not None:
+                self._control_ssl_reading()
         except ssl.SSLError as exc:
             self._on_shutdown_complete(exc)
         else:
             self._process_outgoing()
-            self._call_eof_received()
+            if self._app_closed:
+                # The peer answered our close_notify (asyncio tells the protocol so); this
+                # may run inside close(), which must not call the protocol.
+                self._loop.call_soon(self._call_eof_received, context=self._context)
+            else:
+                self._call_eof_received()
             self._on_shutdown_complete(None)
 
     def _on_shutdown_complete(self, shutdown_exc: BaseException | None) -> None:
@@ -578,7 +643,7 @@ class SSLProtocol(TLSRecordPump, asyncio.BufferedProtocol):
         if not self._app_reading_paused:
             return
         self._app_reading_paused = False
-        self._loop.call_soon(self._on_resumed)
+        self._loop.call_soon(self._on_resumed, context=self._context)
 
     def _on_resumed(self) -> None:
         state = self._state

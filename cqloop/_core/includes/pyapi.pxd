@@ -10,6 +10,13 @@ cdef extern from "Python.h":
     # No `except` clause: _run checks the result itself, the error path is cold.
     int PyContext_Enter(object ctx)
     int PyContext_Exit(object ctx)
+    object PyContext_Copy(object ctx)
+    # The calling thread's current Context (a public field of PyThreadState in 3.11-3.14;
+    # NULL before any context was made): transports compare it to their own, so that a
+    # call made in their context already enters nothing.
+    ctypedef struct cq_thread_state "PyThreadState":
+        PyObject *context
+    cq_thread_state *cq_thread_state_get "PyThreadState_Get"() noexcept
     int PyErr_CheckSignals() except -1
     # With a NULL value: the generic attribute deletion (Kernel.__delattr__).
     int cq_generic_delattr "PyObject_GenericSetAttr"(object o, object name,
