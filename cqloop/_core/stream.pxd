@@ -1,6 +1,6 @@
 # StreamTransport: the read and write paths of a TCP or Unix stream socket transport. The
-# public class (cqloop.transports.streams.SocketTransport) subclasses it and adds the
-# policy half (repr, sendfile, warnings on drop).
+# public class (cqloop.transports.socket_transport.SocketTransport) holds one as its engine
+# and adds the policy half (repr, sendfile, warnings on drop).
 
 from cqloop._core.handles cimport Handle
 from cqloop._core.kernel cimport Kernel

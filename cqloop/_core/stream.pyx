@@ -7,8 +7,9 @@ buffer, or straight into a bytes object once reads are large, and data_received;
 recv_into a BufferedProtocol's buffer), the write path (send at
 once while nothing is queued; otherwise queue and send with sendmsg when the fd turns
 writable), write flow control, and the orderly and forced shutdowns that end in
-connection_lost. cqloop.transports.streams.SocketTransport subclasses it; loop methods there
-create transports, nothing in _core does.
+connection_lost. cqloop.transports.socket_transport.SocketTransport holds one as its engine
+(asyncio.Transport's fixed layout rules out subclassing); loop methods in
+cqloop.transports create transports, nothing in _core does.
 
 Semantics follow asyncio's _SelectorSocketTransport, callback for callback:
 - connection_made, the start of reading and the waiter's result are three call_soon
@@ -23,6 +24,9 @@ Semantics follow asyncio's _SelectorSocketTransport, callback for callback:
 Invariants: `_write_pending > 0` exactly when `_write_buf` is non-empty; epoll interest is
 EPOLLIN while reading is started, not paused and not closing, plus EPOLLOUT while bytes are
 queued (`wanted()`); `_sync_interest` brings the registration in line after every change.
+
+Size: past 800 lines. Next to split out: the write path (the queue, sendmsg, write flow
+control and the empty waiter) into a base class of its own.
 """
 
 import logging
