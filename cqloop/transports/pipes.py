@@ -74,8 +74,8 @@ def _pipe_kind(fd: int) -> tuple[bool, bool, bool]:
 
 class _PipeTransport(CallbackContext):
     """What the read and write pipe transports share: the pipe object they own (checked,
-    made non-blocking), their repr, the unclosed-transport warning and the protocol
-    accessors."""
+    made non-blocking), their repr, the unclosed-transport warning, the protocol
+    accessors and the end (connection_lost, then the pipe closed)."""
 
     _extra: dict[str, Any]  # set by BaseTransport.__init__ (a slot there)
     # Read by __del__, which may run on an instance whose __init__ failed.
@@ -137,6 +137,19 @@ class _PipeTransport(CallbackContext):
     def is_closing(self) -> bool:
         return self._closing
 
+    def _call_connection_lost(self, exc: BaseException | None) -> None:
+        if self._pipe is None:
+            return
+        try:
+            self._protocol.connection_lost(exc)
+        finally:
+            # The one place the pipe is closed: through its object, once (see the module
+            # docstring on ownership).
+            self._pipe.close()
+            self._pipe = None
+            self._protocol = None
+            self._loop = None
+
 
 class ReadPipeTransport(_PipeTransport, ReadFlowMixin, asyncio.ReadTransport):
     """The read end of a pipe (or a FIFO, socket, pty or character device) as an asyncio
@@ -196,19 +209,6 @@ class ReadPipeTransport(_PipeTransport, ReadFlowMixin, asyncio.ReadTransport):
         self._closing = True
         self._stop_reading()
         self._soon(self._call_connection_lost, exc)
-
-    def _call_connection_lost(self, exc: BaseException | None) -> None:
-        if self._pipe is None:
-            return
-        try:
-            self._protocol.connection_lost(exc)
-        finally:
-            # The one place the pipe is closed: through its object, once (see the module
-            # docstring on ownership).
-            self._pipe.close()
-            self._pipe = None
-            self._protocol = None
-            self._loop = None
 
     # -- callbacks fired by the loop's fd dispatch --------------------------------------
 
@@ -374,17 +374,6 @@ class WritePipeTransport(_PipeTransport, WriteFlowMixin, asyncio.Transport):
         self._lost_scheduled = True
         self._conn_lost += 1
         self._soon(self._call_connection_lost, exc)
-
-    def _call_connection_lost(self, exc: BaseException | None) -> None:
-        if self._pipe is None:
-            return
-        try:
-            self._protocol.connection_lost(exc)
-        finally:
-            self._pipe.close()
-            self._pipe = None
-            self._protocol = None
-            self._loop = None
 
     # -- callbacks fired by the loop's fd dispatch --------------------------------------
 
