@@ -59,6 +59,7 @@ __all__ = ["PipesMixin", "ReadPipeTransport", "WritePipeTransport"]
 logger = logging.getLogger("asyncio")
 
 _ProtocolT = TypeVar("_ProtocolT", bound=asyncio.BaseProtocol)
+_TransportT = TypeVar("_TransportT", "ReadPipeTransport", "WritePipeTransport")
 
 # The most one data_received() gets from one read (asyncio's max_size for pipes).
 MAX_READ_BYTES = 256 * 1024
@@ -422,33 +423,33 @@ class PipesMixin:
         """Make `pipe` (a file-like object with fileno(): a pipe, FIFO, socket, pty or
         character device) a read transport for a protocol from `protocol_factory`. The
         transport owns `pipe` from now on and closes it after connection_lost."""
-        loop = cast(asyncio.AbstractEventLoop, self)
-        protocol = protocol_factory()
-        waiter = loop.create_future()
-        transport = ReadPipeTransport(loop, pipe, protocol, waiter)
-        try:
-            await waiter
-        except BaseException:
-            transport.close()
-            raise
-        if loop.get_debug():
-            logger.debug("Read pipe %r connected: (%r, %r)", pipe.fileno(), transport, protocol)
-        return transport, protocol
+        return await self._connect_pipe(ReadPipeTransport, protocol_factory, pipe, "Read")
 
     async def connect_write_pipe(
         self, protocol_factory: Callable[[], _ProtocolT], pipe: Any
     ) -> tuple[WritePipeTransport, _ProtocolT]:
         """Make `pipe` a write transport for a protocol from `protocol_factory`; as
         connect_read_pipe, the transport owns `pipe` from now on."""
+        return await self._connect_pipe(WritePipeTransport, protocol_factory, pipe, "Write")
+
+    async def _connect_pipe(
+        self,
+        transport_class: Callable[..., _TransportT],
+        protocol_factory: Callable[[], _ProtocolT],
+        pipe: Any,
+        which: str,
+    ) -> tuple[_TransportT, _ProtocolT]:
         loop = cast(asyncio.AbstractEventLoop, self)
         protocol = protocol_factory()
         waiter = loop.create_future()
-        transport = WritePipeTransport(loop, pipe, protocol, waiter)
+        transport = transport_class(loop, pipe, protocol, waiter)
         try:
             await waiter
         except BaseException:
             transport.close()
             raise
         if loop.get_debug():
-            logger.debug("Write pipe %r connected: (%r, %r)", pipe.fileno(), transport, protocol)
+            logger.debug(
+                "%s pipe %r connected: (%r, %r)", which, pipe.fileno(), transport, protocol
+            )
         return transport, protocol
