@@ -17,7 +17,7 @@ the generator allow at all, and `cq/ceiling` says how much of it cqloop reaches.
 
 Two more modes echo lines instead of raw bytes (`--modes readline,cqsocket`; the generator
 then sends CRLF-terminated text lines): asyncio streams' readline() on each loop, and
-cqloop's cq sockets (`read("*l")`) on each loop. Issue 6's figure is cqsocket on cqloop
+cqloop's cq sockets (`read("*l")`) on each loop. The figure to watch is cqsocket on cqloop
 against readline on the best other loop.
 
 Method
