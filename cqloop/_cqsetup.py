@@ -38,6 +38,7 @@ from cqloop._cqcommon import (
     _State,
     _timeout_error,
 )
+from cqloop._cqtls import context_part
 from cqloop.pollable import cancel as _cancel_polls
 
 if TYPE_CHECKING:
@@ -106,10 +107,20 @@ class SocketSetup:
     ) -> Self:
         """Switch to TLS and wait for the handshake. Pending output is flushed first;
         with pushback (the default) input buffered so far is handed to TLS, never read
-        as plaintext."""
+        as plaintext. The side taken is the context's when it was made for one
+        (PROTOCOL_TLS_SERVER or _CLIENT, as cqueues takes it from its context; a
+        `server_side` that disagrees is a ValueError), else `server_side`, else the
+        socket's: accepted, the server; connected, the client."""
         deadline = self._deadline(timeout)
         if self._tls is not None:
             return self
+        given = context if context is not None else self._opts.context
+        part = None if given is None else context_part(given)
+        if server_side is not None and part is not None and part != server_side:
+            made_for = "server" if part else "client"
+            raise ValueError(
+                f"starttls(server_side={server_side}): the context is made for the {made_for} side"
+            )
         if context is not None:
             self._opts.context = context
         if server_side is not None:

@@ -57,6 +57,13 @@ TLS_CLOSE_TIMEOUT_SECONDS = 30.0
 CLOSE_DRAIN_RECVS = 16
 
 
+def context_part(context: ssl.SSLContext) -> bool | None:
+    """The side a context was made for (True: server), as PROTOCOL_TLS_SERVER and
+    PROTOCOL_TLS_CLIENT contexts are (ssl.create_default_context makes one of them): cqueues
+    takes a socket's part from its context, and so do we. None for a context of either."""
+    return {ssl.PROTOCOL_TLS_SERVER: True, ssl.PROTOCOL_TLS_CLIENT: False}.get(context.protocol)
+
+
 class SocketTLS:
     """The TLS methods of cqloop._cqsocket.Socket (see the module docstring)."""
 
@@ -87,6 +94,13 @@ class SocketTLS:
 
     # -- the handshake -------------------------------------------------------------------
 
+    def _tls_role(self, context: ssl.SSLContext) -> bool:
+        """True to take the server's part: the part the context was made for
+        (context_part), else the socket's own (accepted: server; connected: client;
+        starttls(server_side=) sets it)."""
+        part = context_part(context)
+        return self._server_side if part is None else part
+
     async def _handshake(self, deadline: float | None) -> None:
         # From here TLS owns the input: no plaintext may be received behind its back.
         self._stop_receiving()
@@ -100,10 +114,11 @@ class SocketTLS:
             if not opts.verify:
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
+        server_side = self._tls_role(context)
         hostname = None
-        if not self._server_side and opts.sendname:
+        if not server_side and opts.sendname:
             hostname = opts.sendname if isinstance(opts.sendname, str) else opts.host
-        tls = TLSChannel(context, server_side=self._server_side, server_hostname=hostname)
+        tls = TLSChannel(context, server_side=server_side, server_hostname=hostname)
         if self._pushback and self._ibuf.pending():
             tls.feed(self._ibuf.take())
         self._tls = tls

@@ -20,10 +20,12 @@ from tests.cqoracle.tls import (
     TLS_ERROR,
     CloseNotify,
     CutRecord,
+    HelloAfter,
     Raw,
     Records,
     Segments,
     StartTLS,
+    StartTLSServer,
     TLSSocketCase,
 )
 from tests.test_cq_tls import BIG, LINES, MIX
@@ -188,4 +190,47 @@ END_CASES = [
 
 @pytest.mark.parametrize("case", params(END_CASES))
 async def test_tls_end_of_stream_matches_cqueues(case: TLSSocketCase) -> None:
+    await check(case)
+
+
+# -- the socket under test as the TLS server -------------------------------------------------
+# It starts TLS with a server context and no other word (both sides take the server's part
+# from the context); the peer is the TLS client. The peer sends after the handshake, and
+# with the ClientHello riding behind a plaintext line (pushback hands it to TLS).
+
+
+def _server_cases() -> list[TLSSocketCase]:
+    cases = []
+    for payload in ("1MB", "lines", "mix"):
+        for fmt, read_back in READ_BACKS.items():
+            cases.append(
+                TLSSocketCase(
+                    f"tls-server-{fmt}-{payload}",
+                    [STARTTLS, *PAYLOADS[payload], CloseNotify(), EOF],
+                    [StartTLSServer(), BINARY, read_back, Call("read", "*l", label="after")],
+                    tls_server=True,
+                )
+            )
+    cases.append(
+        TLSSocketCase(
+            "tls-server-starttls-with-the-hello-behind-the-command",
+            [HelloAfter(b"STARTTLS\r\n"), b"one\ntwo\n", Expect(b"reply\n"), CloseNotify(), EOF],
+            [
+                BINARY,
+                Call("read", "*l"),
+                StartTLSServer(),
+                Call("read", "*l"),
+                Call("read", "*l"),
+                Call("write", "reply\n", ok=True),
+                Call("flush", ok=True),
+                Call("read", "*l"),
+            ],
+            tls_server=True,
+        )
+    )
+    return cases
+
+
+@pytest.mark.parametrize("case", params(_server_cases()))
+async def test_tls_server_side_matches_cqueues(case: TLSSocketCase) -> None:
     await check(case)

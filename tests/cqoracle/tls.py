@@ -10,10 +10,13 @@ socket.connect{} has no TLS option, so a Lua case connects and calls
 passes the context to connect() and reports the StartTLS step's "ok" from the
 connect. Plaintext steps may come first (STARTTLS after a plaintext exchange).
 
-TLSPeer is the harness's Peer speaking TLS as the server, in a thread, over an
-ssl.SSLObject on memory BIOs, so the test decides what goes on the wire in which TCP
-segment. Script steps, besides the plain ones (bytes, Expect, EOF, SIGNAL; no RESET):
-- STARTTLS: the server handshake (bytes the client sent with its ClientHello are kept);
+TLSPeer is the harness's Peer speaking TLS, in a thread, over an ssl.SSLObject on memory
+BIOs, so the test decides what goes on the wire in which TCP segment. It is the TLS server,
+or the client where the socket under test takes the server's part
+(TLSSocketCase.tls_server: StartTLSServer, luaossl loading the key and certificate).
+Script steps, besides the plain ones (bytes, Expect, EOF, SIGNAL; no RESET):
+- STARTTLS: the handshake (as the server: bytes the client sent with its ClientHello are
+  kept); HelloAfter(data), as the client: data and the ClientHello in one send;
 - after it, bytes are sent as TLS records (one write: records of up to 16 KiB back to
   back, in one send), Expect waits for plaintext;
 - Records(data, size): data in size-byte records, each record its own send;
@@ -67,6 +70,8 @@ TLS_ERROR = {"error": "TLS"}
 class Certificates:
     ca_pem: str  # the CA's certificate
     chain_pem: str  # the server's key and certificate chain
+    cert_pem: str  # the server's certificate alone (for luaossl)
+    key_pem: str  # the server's key alone (for luaossl)
 
     def server_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -89,9 +94,13 @@ def certificates() -> Certificates:
         leaf = ca.issue_cert("localhost", "127.0.0.1")
         folder = Path(tempfile.mkdtemp(prefix="cqoracle-tls-"))
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
-        certs = Certificates(str(folder / "ca.pem"), str(folder / "chain.pem"))
+        certs = Certificates(
+            *(str(folder / f"{name}.pem") for name in ("ca", "chain", "cert", "key"))
+        )
         ca.cert_pem.write_to_path(certs.ca_pem)
         leaf.private_key_and_cert_chain_pem.write_to_path(certs.chain_pem)
+        leaf.cert_chain_pems[0].write_to_path(certs.cert_pem)
+        leaf.private_key_pem.write_to_path(certs.key_pem)
         _CERTIFICATES.append(certs)
     return _CERTIFICATES[0]
 
@@ -148,18 +157,31 @@ class CutRecord:
     keep: int
 
 
-TLSPeerStep = PeerStep | _TLSMarker | Records | Segments | CutRecord | CloseNotify | Raw
+@dataclass(frozen=True)
+class HelloAfter:
+    """Peer step, as the TLS client: data, then the ClientHello in the same send, then the
+    rest of the handshake (the socket under test must push the hello back into TLS)."""
+
+    data: bytes
+
+
+TLSPeerStep = (
+    PeerStep | _TLSMarker | Records | Segments | CutRecord | CloseNotify | Raw | HelloAfter
+)
 
 
 class TLSPeer(Peer):
     """Peer whose script may switch to TLS (see the module docstring)."""
 
-    def __init__(self, script: Sequence[TLSPeerStep]) -> None:
+    def __init__(self, script: Sequence[TLSPeerStep], *, client: bool = False) -> None:
         self.tls: ssl.SSLObject | None = None
         self.end: str | None = None
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
-        self._context = certificates().server_context()
+        # The peer takes the client's part when the socket under test is the TLS server.
+        self._client = client
+        certs = certificates()
+        self._context = certs.client_context() if client else certs.server_context()
         super().__init__(script)  # type: ignore[arg-type]
 
     def _run(self, conn: socket.socket) -> bool:
@@ -170,6 +192,17 @@ class TLSPeer(Peer):
                     if not self._receive(conn):
                         return False
                 expected_from = at + len(step.data)
+            elif isinstance(step, HelloAfter):
+                # The plaintext and the ClientHello in one TCP segment.
+                self.tls = self._wrap()
+                try:
+                    self.tls.do_handshake()
+                except ssl.SSLWantReadError:
+                    pass
+                conn.sendall(step.data + self._outgoing.read())
+                if not self._handshake(conn):
+                    return False
+                expected_from = len(self.received)
             elif step is STARTTLS:
                 # What came after the last expected plaintext is the ClientHello.
                 self._incoming.write(bytes(self.received[expected_from:]))
@@ -205,8 +238,16 @@ class TLSPeer(Peer):
                 raise TypeError(f"TLSPeer cannot run {step!r}")
         return True
 
+    def _wrap(self) -> ssl.SSLObject:
+        if self._client:
+            return self._context.wrap_bio(
+                self._incoming, self._outgoing, server_hostname="localhost"
+            )
+        return self._context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+
     def _handshake(self, conn: socket.socket) -> bool:
-        self.tls = self._context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        if self.tls is None:
+            self.tls = self._wrap()
         while True:
             try:
                 self.tls.do_handshake()
@@ -285,6 +326,21 @@ tls_ctx:setVerify(ssl_context.VERIFY_PEER)
 """
 
 
+LUA_SERVER_CONTEXT = """local ssl_context = require "openssl.ssl.context"
+local x509 = require "openssl.x509"
+local pkey = require "openssl.pkey"
+local function slurp(path)
+    local f = assert(io.open(path))
+    local text = f:read("a")
+    f:close()
+    return text
+end
+local tls_ctx = ssl_context.new("TLS", true)
+tls_ctx:setCertificate(x509.new(slurp({cert})))
+tls_ctx:setPrivateKey(pkey.new(slurp({key})))
+"""
+
+
 @dataclass(frozen=True)
 class StartTLS:
     """starttls() with the session's client context (the CA's trust, the peer's name
@@ -298,6 +354,19 @@ class StartTLS:
         await out.call("starttls", s.starttls(context), ok=True)
 
 
+@dataclass(frozen=True)
+class StartTLSServer:
+    """starttls() as the TLS server, with the session's server context and no other word:
+    both sides take the server's part from the context (cqueues always does; cq sockets
+    for a context made for one side)."""
+
+    def lua(self) -> str:
+        return 'step("starttls", "ok", s.starttls, s, tls_ctx)'
+
+    async def python(self, s: Any, out: Recorder) -> None:
+        await out.call("starttls", s.starttls(certificates().server_context()), ok=True)
+
+
 @dataclass
 class TLSSocketCase(SocketCase):
     """A SocketCase against a TLSPeer, with StartTLS steps; `report_end` adds how the
@@ -307,9 +376,11 @@ class TLSSocketCase(SocketCase):
 
     report_end: bool = False
     tls_at_connect: bool = False
+    # The socket under test is the TLS server (StartTLSServer), the peer the client.
+    tls_server: bool = False
 
     def make_peer(self) -> Peer:
-        return TLSPeer(self.peer)
+        return TLSPeer(self.peer, client=self.tls_server)
 
     def peer_report(self, peer: Peer, received: bytes) -> list[list[Any]]:
         records = super().peer_report(peer, received)
@@ -319,7 +390,13 @@ class TLSSocketCase(SocketCase):
         return records
 
     def lua(self, port: int) -> str:
-        context = LUA_CONTEXT.format(ca=lua_repr(certificates().ca_pem))
+        certs = certificates()
+        if self.tls_server:
+            context = LUA_SERVER_CONTEXT.format(
+                cert=lua_repr(certs.cert_pem), key=lua_repr(certs.key_pem)
+            )
+        else:
+            context = LUA_CONTEXT.format(ca=lua_repr(certs.ca_pem))
         return context + super().lua(port)
 
     async def python(self, peer: Peer, out: Recorder) -> None:
@@ -350,10 +427,12 @@ __all__ = [
     "TLS_ERROR",
     "CloseNotify",
     "CutRecord",
+    "HelloAfter",
     "Raw",
     "Records",
     "Segments",
     "StartTLS",
+    "StartTLSServer",
     "TLSPeer",
     "TLSSocketCase",
     "certificates",
