@@ -54,7 +54,7 @@ from typing import IO, Any, cast
 HOST = "127.0.0.1"
 LOOPS = ("cqloop", "asyncio", "uvloop", "rloop")
 MODES = ("protocol", "streams")
-# The cq TLS benchmark's modes (cqtls.py), served by this file's --serve too: LF-terminated
+# The cq TLS benchmark's modes (cqtls.py), served by this file's --serve too: CRLF-terminated
 # lines through asyncio streams' readline() and through cq sockets' read("*l"), and bulk
 # echo through cq sockets' read(-n) (the bulk figure's asyncio side is "streams").
 CQ_TLS_MODES = ("readline", "cqlines", "cqbulk")
