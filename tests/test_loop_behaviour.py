@@ -264,6 +264,28 @@ def test_add_writer_fires_when_writable(loop, sockpair):
         assert removed is True
 
 
+def test_readers_on_high_and_low_fd_numbers_each_get_their_own_events(loop, sockpair):
+    # cqloop finds the watcher of each event in a table indexed by fd that grows with the
+    # highest fd watched: a reader on a number past the table's first size gets the data,
+    # and after it left, a reader on a low number gets the next.
+    rsock, wsock = sockpair
+    high = socket.socket(fileno=os.dup2(rsock.fileno(), 700))
+    try:
+        first = loop.create_future()
+        loop.add_reader(high, lambda: first.set_result(high.recv(100)))
+        loop.call_soon(wsock.send, b"one")
+        assert loop.run_until_complete(asyncio.wait_for(first, 10)) == b"one"
+        loop.remove_reader(high)
+        high.close()
+        second = loop.create_future()
+        loop.add_reader(rsock, lambda: second.set_result(rsock.recv(100)))
+        loop.call_soon(wsock.send, b"two")
+        assert loop.run_until_complete(asyncio.wait_for(second, 10)) == b"two"
+        loop.remove_reader(rsock)
+    finally:
+        high.close()
+
+
 def test_add_reader_replaces_the_previous_reader(loop, sockpair):
     rsock, wsock = sockpair
     got = loop.create_future()

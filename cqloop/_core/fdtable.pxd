@@ -1,5 +1,6 @@
 # FdTable: the watched fds and their epoll registrations; Kernel's base class.
 
+from cpython.object cimport PyObject
 from libc.stdint cimport uint32_t
 
 from cqloop._core.handles cimport Handle
@@ -12,6 +13,10 @@ cdef class FdTable:
     cdef Poller _poller
     # fd -> FdWatcher
     cdef dict _watchers
+    # The same, as an array indexed by fd (borrowed references: _watchers holds them): the
+    # dispatch's lookup per event. Changed only through _table_put/_table_drop/_table_clear.
+    cdef PyObject **_by_fd
+    cdef Py_ssize_t _by_fd_len
     cdef uint32_t _last_gen
     # Set by Kernel: closed loops refuse registrations; a forked child's epoll set is the
     # parent's, so nothing here may touch it until Kernel._reset_kernel().
@@ -19,6 +24,9 @@ cdef class FdTable:
     cdef public bint _forked
 
     cdef int _check_closed(self) except -1
+    cdef int _table_put(self, FdWatcher watcher) except -1
+    cdef int _table_drop(self, int fd) except -1
+    cdef int _table_clear(self) except -1
     cdef uint32_t _new_gen(self) noexcept
     cdef int _update_watcher(self, FdWatcher watcher, bint removing) except -1
     cdef int _install_watcher(self, FdWatcher watcher) except -1

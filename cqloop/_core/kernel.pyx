@@ -424,7 +424,7 @@ cdef class Kernel(FdTable):
                     # (A forked child's epoll set is the parent's: leave it be.)
                     self._poller.unregister(watcher.fd)
                 watcher.registered = 0
-        self._watchers.clear()
+        self._table_clear()
         self._poller.close()
         if self._efd >= 0:
             close(self._efd)
@@ -473,7 +473,7 @@ cdef class Kernel(FdTable):
         for watcher in self._watchers.values():
             watcher.registered = 0
             watcher.disarmed = False
-        self._watchers.clear()
+        self._table_clear()
         self._io_fresh = False
         self._forked = False
         if self._external:
@@ -662,10 +662,9 @@ cdef class Kernel(FdTable):
         cdef uint64_t data
         cdef uint32_t events
         cdef int changed
-        cdef object found
+        cdef PyObject *found
         cdef FdWatcher watcher
         cdef list ready = self._ready
-        cdef dict watchers = self._watchers
         for i in range(nevents):
             data = self._poller.events[i].data.u64
             events = self._poller.events[i].events
@@ -676,8 +675,12 @@ cdef class Kernel(FdTable):
                 self._drain_timerfd()
                 continue
             fd = <int>(data & 0xffffffffu)
-            found = watchers.get(fd)
-            if found is None:
+            # The fd-indexed mirror of _watchers (fdtable.pyx); `watcher` takes a
+            # reference, so a watcher _on_events drops from the table lives to the end.
+            if fd < 0 or fd >= self._by_fd_len:
+                continue
+            found = self._by_fd[fd]
+            if found == NULL:
                 continue
             watcher = <FdWatcher>found
             if watcher.gen != <uint32_t>(data >> 32):

@@ -19,6 +19,11 @@ cdef class StreamTransport(FdWatcher):
     cdef readonly object _owner
     cdef readonly object _sock
     cdef object _protocol
+    # Its per-message methods, bound by _set_protocol (None when it lacks one, or for the
+    # other kind of protocol).
+    cdef object _data_received
+    cdef object _get_buffer
+    cdef object _buffer_updated
     # The protocol is a BufferedProtocol: read with get_buffer/buffer_updated.
     cdef bint _buffered
     # The last read was large: the next one receives straight into a new bytes object (see

@@ -34,10 +34,13 @@ _SOCKET_INFO = frozenset(("socket", "sockname", "peername"))
 class _EngineMethod:
     """A method a protocol calls per message, taken straight from the compiled engine.
 
-    A non-data descriptor: its first use on an instance stores the engine's bound method in
-    the instance's dict, where every later lookup finds it, so a call costs no Python frame
-    of ours. Bound on first use rather than in __init__: an idle connection carries none
-    (binding all seven up front cost 448 bytes per connection).
+    A non-data descriptor: its first use on an instance stores the engine's bound method on
+    the instance, where every later lookup finds it, so a call costs no Python frame of
+    ours. Stored with setattr, not through `__dict__`: setattr keeps it in the instance's
+    inline values, and asking for `__dict__` would make a dict for them, whose lookup cost
+    51 more instructions per `transport.write` (callgrind, 1 KiB echo). Bound on first use
+    rather than in __init__: an idle connection carries none (binding all seven up front
+    cost 448 bytes per connection).
     """
 
     __slots__ = ("name",)
@@ -49,7 +52,7 @@ class _EngineMethod:
         if transport is None:
             return self
         method = getattr(transport._core, self.name)
-        transport.__dict__[self.name] = method
+        setattr(transport, self.name, method)
         return method
 
 
