@@ -551,11 +551,19 @@ async def test_start_tls_delivers_data_sent_with_the_handshakes_end_after_it_ret
     server_ctx: ssl.SSLContext,
     client_ctx: ssl.SSLContext,
 ) -> None:
-    holds_on(
-        "cqloop",
-        "uvloop",
-        why="asyncio delivers it before start_tls() returns: the answer goes out as plaintext",
-    )
+    if loop_side == "server":
+        holds_on(
+            "cqloop",
+            why="asyncio delivers it before start_tls() returns (the answer goes out as "
+            "plaintext); uvloop's server side ends in ConnectionResetError in about one "
+            "run in four",
+        )
+    else:
+        holds_on(
+            "cqloop",
+            "uvloop",
+            why="asyncio delivers it before start_tls() returns: the answer goes out as plaintext",
+        )
     loop = asyncio.get_running_loop()
     if loop_side == "client":
         # The peer is the TLS server, and sends last only under TLS 1.2 (the loop's
