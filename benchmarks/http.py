@@ -1,24 +1,29 @@
-"""The HTTP benchmark: HTTP servers on cqloop, asyncio, uvloop and rloop, driven by wrk.
+"""The HTTP benchmark: HTTP servers on cqloop, asyncio, uvloop and rloop, driven by our C
+load generator (or wrk).
 
     python -m cqloop bench http [--apps A,B] [--loops L] [--conns N] [--duration S]
                                 [--warmup S] [--rounds N] [--pin split|same|none]
-                                [--quick] [--json PATH]
+                                [--generator loadgen|wrk] [--quick] [--json PATH]
 
 What is measured: each app of http_server.py (a bare asyncio.Protocol with httptools,
 uvicorn with httptools, uvicorn with h11, aiohttp.web) serves on each loop, each server in
 its own process; `protocol-close` is the bare Protocol app driven with `Connection: close`,
-so that every request is a new connection (the accept rate). wrk (Debian's `wrk`: where it
-is missing the benchmark says so and is skipped) keeps `--conns` keep-alive connections busy
-for `--duration` seconds per measurement, and reports requests per second and latency
-percentiles; the server's CPU time per request is read from /proc/PID/schedstat around the
-measurement, and wrk's own CPU time from its resource usage.
+so that every request is a new connection (the accept rate). The generator keeps `--conns`
+keep-alive connections busy for `--duration` seconds per measurement, one request at a time
+on each, and reports requests per second, latency percentiles and its own CPU time; the
+server's CPU time per request is read from /proc/PID/schedstat around the measurement.
+The default generator is the echo benchmark's C program in its HTTP mode (loadgen.c -H,
+compiled on first use: it parses each response in one pass and costs less CPU per request
+than wrk, which on a bare Protocol server was the limit); `--generator wrk` uses Debian's
+`wrk` instead (where it is missing the benchmark says so and is skipped).
 
 Method, as in the echo benchmark: every server is started and warmed up first; then each
 round measures every server once, apps in a shuffled order with the loops of one app next
 to each other (in a shuffled order too), so that outside load lands on all of them; the
 figures are medians over the rounds. Servers run on one CPU and wrk on the other (`--pin
 split`, the default). A `*` marks a figure taken while wrk was at least 90% busy: there the
-generator may be the limit, and the CPU per request is the figure to compare.
+generator may be the limit, and the CPU per request is the figure to compare. The `gen cpu`
+column is the generator's CPU time over the wall time of the measurement.
 
 Columns: req/s (median), p50 and p99 latency (medians over rounds, ms), server CPU per
 request (µs). Ratios: `cq/best` divides cqloop's req/s by the faster of uvloop and rloop
@@ -46,11 +51,13 @@ import tempfile
 import time
 from typing import Any
 
+from cqloop._bench.echo import native
 from cqloop._bench.echo.run import _cpu_ns, _server_environment, _stop_process
 from cqloop._bench.micro import _find_loop
 
 APPS = ("protocol", "protocol-close", "uvicorn-httptools", "uvicorn-h11", "aiohttp")
 LOOPS = ("cqloop", "asyncio", "uvloop", "rloop")
+GENERATORS = ("loadgen", "wrk")
 PEERS = ("uvloop", "rloop")
 START_TIMEOUT_S = 30.0
 GENERATOR_BUSY = 0.9
@@ -63,7 +70,7 @@ class Sample:
     p50_ms: float
     p99_ms: float
     cpu_us: float | None  # server CPU per request
-    generator_busy: float  # wrk's CPU time over the wall time
+    generator_busy: float  # the generator's CPU time over the wall time
     errors: int
 
 
@@ -116,6 +123,57 @@ def start_server(app: str, loop: str, cpu: int | None) -> Server:
         _stop_process(server.process)
         server.process = None
     return server
+
+
+def run_loadgen(
+    loadgen: str, server: Server, conns: int, duration: float, cpu: int | None
+) -> tuple[Sample, int]:
+    """One run of loadgen.c's HTTP mode against `server`; (the sample, the number of
+    requests). The server's CPU time is taken around the whole run, connecting included
+    (there is no warm-up inside it): a few connections' cost, against thousands of requests."""
+    assert server.process is not None
+    argv = [loadgen, "-a", f"tcp:127.0.0.1:{server.port}", "-c", str(conns), "-H", "/"]
+    argv += ["-w", "0", "-d", f"{duration:g}"]
+    if server.app == "protocol-close":
+        argv.append("-C")
+    if cpu is not None:
+        argv += ["-p", str(cpu)]
+    before = _cpu_ns(server.process.pid)
+    # Bounded: a generator that hangs must not hang the benchmark.
+    timeout = duration + START_TIMEOUT_S
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"loadgen did not finish in {timeout:g} s") from exc
+    after = _cpu_ns(server.process.pid)
+    report = parse_loadgen_report(proc.stdout, proc.stderr)
+    requests = int(report["requests"])
+    if requests == 0:
+        raise RuntimeError("the server answered no request")
+    cpu_us = None
+    if before is not None and after is not None:
+        cpu_us = (after - before) / 1e3 / requests
+    sample = Sample(
+        rps=requests / report["seconds"],
+        p50_ms=report["p50_us"] / 1e3,
+        p99_ms=report["p99_us"] / 1e3,
+        cpu_us=cpu_us,
+        generator_busy=report["cpu_seconds"] / report["seconds"],
+        errors=int(report["non_2xx"]),
+    )
+    return sample, requests
+
+
+def parse_loadgen_report(stdout: str, stderr: str = "") -> dict[str, Any]:
+    """loadgen's one JSON line; its {"error": ...} (or no line at all) as RuntimeError."""
+    line = stdout.strip().splitlines()[-1] if stdout.strip() else ""
+    try:
+        report = json.loads(line)
+    except ValueError:
+        raise RuntimeError(f"loadgen printed no report: {stdout!r} {stderr!r}") from None
+    if "error" in report:
+        raise RuntimeError(f"loadgen: {report['error']}")
+    return dict(report)
 
 
 def run_wrk(server: Server, conns: int, duration: float, cpu: int | None) -> tuple[Sample, int]:
@@ -188,7 +246,7 @@ def run(args: argparse.Namespace) -> list[Server]:
         serving = [s for s in servers if s.process is not None]
         for server in serving:
             _log(f"warming up {server.app} on {server.loop}")
-            _measure(server, args.conns, args.warmup, generator_cpu, keep=False)
+            _measure(args, server, args.warmup, generator_cpu, keep=False)
         rng = random.Random(args.seed)
         for number in range(args.rounds):
             _log(f"round {number + 1} of {args.rounds}")
@@ -198,7 +256,7 @@ def run(args: argparse.Namespace) -> list[Server]:
                 group = [s for s in serving if s.app == app and s.failed is None]
                 rng.shuffle(group)
                 for server in group:
-                    _measure(server, args.conns, args.duration, generator_cpu, keep=True)
+                    _measure(args, server, args.duration, generator_cpu, keep=True)
     finally:
         for server in servers:
             if server.process is not None:
@@ -207,7 +265,9 @@ def run(args: argparse.Namespace) -> list[Server]:
     return servers
 
 
-def _measure(server: Server, conns: int, duration: float, cpu: int | None, keep: bool) -> None:
+def _measure(
+    args: argparse.Namespace, server: Server, duration: float, cpu: int | None, keep: bool
+) -> None:
     if server.failed is not None:
         return
     assert server.process is not None
@@ -215,7 +275,10 @@ def _measure(server: Server, conns: int, duration: float, cpu: int | None, keep:
         server.failed = f"exited with {server.process.returncode}"
         return
     try:
-        sample, _ = run_wrk(server, conns, duration, cpu)
+        if args.generator == "wrk":
+            sample, _ = run_wrk(server, args.conns, duration, cpu)
+        else:
+            sample, _ = run_loadgen(args.loadgen, server, args.conns, duration, cpu)
     except RuntimeError as exc:
         server.failed = str(exc).splitlines()[0]
         _log(f"{server.app} on {server.loop} failed: {exc}\n{_stderr_tail(server)}")
@@ -284,9 +347,11 @@ def ratios(group: dict[str, Server]) -> dict[str, float | None]:
     }
 
 
-def print_table(servers: list[Server], apps: list[str], loops: list[str]) -> None:
+def print_table(
+    servers: list[Server], apps: list[str], loops: list[str], generator: str = "loadgen"
+) -> None:
     header = f"{'app':<18} {'loop':<8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}"
-    print(f"{header} {'cpu us/req':>11} {'wrk cpu':>8}")
+    print(f"{header} {'cpu us/req':>11} {'gen cpu':>8}")
     for app in apps:
         group = {s.loop: s for s in servers if s.app == app}
         for loop in loops:
@@ -308,7 +373,8 @@ def print_table(servers: list[Server], apps: list[str], loops: list[str]) -> Non
         text = "  ".join(f"{k} {v:.2f}" if v is not None else f"{k} n/a" for k, v in r.items())
         print(f"{'':<18} {'':<8} {text}")
     print(
-        "* wrk was at least 90% busy: the generator may be the limit; compare CPU per request."
+        f"* {generator} was at least 90% busy: the generator may be the limit; compare CPU per"
+        " request."
         "\ncq/best: cqloop's req/s over the faster of uvloop and rloop; paired: the median of "
         "the rounds' own ratios; cpu: cqloop's CPU per request over the best peer's."
     )
@@ -316,6 +382,7 @@ def print_table(servers: list[Server], apps: list[str], loops: list[str]) -> Non
 
 def write_json(path: str, servers: list[Server], args: argparse.Namespace) -> None:
     data = {
+        "generator": args.generator,
         "conns": args.conns,
         "duration": args.duration,
         "rounds": args.rounds,
@@ -349,6 +416,12 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds per server, first")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pin", choices=("split", "same", "none"), default="split")
+    parser.add_argument(
+        "--generator",
+        choices=GENERATORS,
+        default="loadgen",
+        help="loadgen (our C generator's HTTP mode, the default) or wrk",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--json", metavar="PATH")
@@ -366,9 +439,15 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = _parse_args(argv)
-    if shutil.which("wrk") is None:
+    if args.generator == "wrk" and shutil.which("wrk") is None:
         print("bench http: wrk is not installed (apt-get install wrk); skipped")
         return 0
+    if args.generator == "loadgen":
+        try:
+            args.loadgen = str(native.build().loadgen)
+        except native.NativeUnavailable as exc:
+            print(f"bench http: cannot build the load generator ({exc}); skipped")
+            return 0
     found = {name: _find_loop(name) for name in args.loops}
     for info in found.values():
         if isinstance(info, str):
@@ -380,10 +459,10 @@ def main(argv: list[str]) -> int:
     finally:
         signal.signal(signal.SIGPIPE, previous)
     print(
-        f"HTTP: {args.conns} keep-alive connections (wrk), {args.rounds} rounds of "
+        f"HTTP: {args.conns} keep-alive connections ({args.generator}), {args.rounds} rounds of "
         f"{args.duration:g} s, pin {args.pin}"
     )
-    print_table(servers, args.apps, args.loops)
+    print_table(servers, args.apps, args.loops, args.generator)
     if args.json:
         write_json(args.json, servers, args)
     failed = [s for s in servers if s.loop == "cqloop" and s.failed]

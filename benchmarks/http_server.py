@@ -93,8 +93,11 @@ async def serve_protocol(sock: socket.socket) -> None:
         raise Unavailable(f"httptools is not installed ({exc})") from exc
     server = await asyncio.get_running_loop().create_server(HttpProtocol, sock=sock)
     _report(serving="protocol")
+    # The server serves from create_server on; waiting on an event rather than in
+    # serve_forever(), because rloop's serve_forever() on a server that is already serving
+    # stops it from accepting (connections are refused).
     async with server:
-        await server.serve_forever()
+        await asyncio.Event().wait()
 
 
 async def serve_uvicorn(sock: socket.socket, http: str) -> None:

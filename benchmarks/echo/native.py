@@ -9,8 +9,8 @@ build_tls_loadgen() builds loadgen.c a second time with its TLS option (-DLOADGE
 linked with OpenSSL): only that build needs OpenSSL's headers (Debian's libssl-dev), so the
 plain benchmarks build on a machine without them.
 
-Callers: benchmarks/echo/run.py and benchmarks/scale.py (build), benchmarks/tls_echo.py
-(build_tls_loadgen).
+Callers: benchmarks/echo/run.py, benchmarks/scale.py and benchmarks/http.py (build),
+benchmarks/tls_echo.py (build_tls_loadgen).
 """
 
 from __future__ import annotations
