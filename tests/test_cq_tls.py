@@ -244,6 +244,12 @@ class ThreadListener:
     def close(self) -> None:
         self.listener.close()
 
+    def __enter__(self) -> ThreadListener:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
 
 def _client_ctx_for_thread(ca: trustme.CA) -> ssl.SSLContext:
     ctx = ssl.create_default_context()
@@ -286,15 +292,12 @@ async def test_records_arriving_in_one_burst_are_all_read(server_ctx, client_ctx
         conn.sendall(peer.records(data))  # every record in one send
         peer.read_to_end()
 
-    listener = ThreadListener(serve)
-    serving = listener.start()
-    try:
+    with ThreadListener(serve) as listener:
+        serving = listener.start()
         async with _cq_client(listener.port, client_ctx) as con:
             await con.write("go\n")
             assert await con.read(size) == data
         await asyncio.wait_for(serving, TIMEOUT)
-    finally:
-        listener.close()
 
 
 async def test_two_lines_in_one_segment_are_both_read(server_ctx, client_ctx):
@@ -305,16 +308,13 @@ async def test_two_lines_in_one_segment_are_both_read(server_ctx, client_ctx):
         conn.sendall(peer.records(b"first\n") + peer.records(b"second\n"))
         peer.read_to_end()
 
-    listener = ThreadListener(serve)
-    serving = listener.start()
-    try:
+    with ThreadListener(serve) as listener:
+        serving = listener.start()
         async with _cq_client(listener.port, client_ctx) as con:
             await con.write("go\n")
             assert await con.read("*l") == b"first"
             assert await con.read("*l") == b"second"
         await asyncio.wait_for(serving, TIMEOUT)
-    finally:
-        listener.close()
 
 
 async def test_records_behind_the_handshake_are_read_without_another_packet(server_ctx, client_ctx):
@@ -335,17 +335,14 @@ async def test_records_behind_the_handshake_are_read_without_another_packet(serv
         conn.sendall(peer.outgoing.read() + peer.records(b"hello\nworld\n"))
         peer.read_to_end()
 
-    listener = ThreadListener(serve)
-    serving = listener.start()
-    try:
+    with ThreadListener(serve) as listener:
+        serving = listener.start()
         async with _cq_client(listener.port, client_ctx) as con:
             await con.connect()
             assert await poll(con, timeout=TIMEOUT) == (con,)
             assert con.recv("*l") == b"hello"
             assert con.recv("*l") == b"world"
         await asyncio.wait_for(serving, TIMEOUT)
-    finally:
-        listener.close()
 
 
 # -- every format, against asyncio's TLS streams, both sides ------------------------------------
@@ -464,9 +461,8 @@ async def test_starttls_client_side_after_plaintext(server_ctx, client_ctx, fmt)
         tls.unwrap()  # close_notify, then the client's
         return "closed"
 
-    listener = ThreadListener(serve)
-    serving = listener.start()
-    try:
+    with ThreadListener(serve) as listener:
+        serving = listener.start()
         con = cqsocket.connect(HOST, listener.port)
         con.settimeout(TIMEOUT)
         con.setmode("b", "b")
@@ -476,8 +472,6 @@ async def test_starttls_client_side_after_plaintext(server_ctx, client_ctx, fmt)
             await con.starttls(client_ctx, server_hostname="localhost")
             assert await read_back(con, fmt) == MIX
         assert await asyncio.wait_for(serving, TIMEOUT) == "closed"
-    finally:
-        listener.close()
 
 
 # -- Python's blocking ssl sockets -------------------------------------------------------------
@@ -495,14 +489,11 @@ async def test_blocking_ssl_server_to_cq_client_closes_both_ways(server_ctx, cli
         tls.unwrap()  # sends close_notify and waits for the client's
         return b"unwrapped"
 
-    listener = ThreadListener(serve)
-    serving = listener.start()
-    try:
+    with ThreadListener(serve) as listener:
+        serving = listener.start()
         async with _cq_client(listener.port, client_ctx) as con:
             assert await read_back(con, fmt) == payload
         assert await asyncio.wait_for(serving, TIMEOUT) == b"unwrapped"
-    finally:
-        listener.close()
 
 
 @pytest.mark.parametrize("name", list(PAYLOADS))
@@ -633,17 +624,14 @@ async def test_cq_close_sends_close_notify_and_waits_for_the_peers(server_ctx, c
         conn.sendall(peer.close_notify())
         return got
 
-    listener = ThreadListener(serve)
-    serving = listener.start()
-    try:
+    with ThreadListener(serve) as listener:
+        serving = listener.start()
         con = _cq_client(listener.port, client_ctx)
         con.setmode("b", "b")
         await con.write("bye\n")
         await con.aclose()
         assert con.eof("r") == (True,)
         assert await asyncio.wait_for(serving, TIMEOUT) == (b"bye\n", "close_notify")
-    finally:
-        listener.close()
 
 
 async def test_sync_close_sends_close_notify_when_it_can_go_at_once(server_ctx, client_ctx):
@@ -652,16 +640,13 @@ async def test_sync_close_sends_close_notify_when_it_can_go_at_once(server_ctx, 
         peer.handshake()
         return peer.read_to_end()
 
-    listener = ThreadListener(serve)
-    serving = listener.start()
-    try:
+    with ThreadListener(serve) as listener:
+        serving = listener.start()
         con = _cq_client(listener.port, client_ctx)
         con.setmode("b", "b")
         await con.write("bye\n")
         con.close()
         assert await asyncio.wait_for(serving, TIMEOUT) == (b"bye\n", "close_notify")
-    finally:
-        listener.close()
 
 
 @pytest.mark.parametrize("together", [True, False], ids=["with-data", "alone"])
@@ -677,16 +662,13 @@ async def test_peer_close_notify_reads_as_end_of_stream(server_ctx, client_ctx, 
             conn.sendall(peer.close_notify())
         return peer.read_to_end()
 
-    listener = ThreadListener(serve)
-    serving = listener.start()
-    try:
+    with ThreadListener(serve) as listener:
+        serving = listener.start()
         async with _cq_client(listener.port, client_ctx) as con:
             assert await con.read("*l") == b"last line"
             assert await con.read("*l") is None
             assert con.eof() == (True, False)
         assert await asyncio.wait_for(serving, TIMEOUT) == (b"", "close_notify")
-    finally:
-        listener.close()
 
 
 async def test_peer_fin_without_close_notify_is_end_of_stream_and_sends_no_alert(
@@ -702,9 +684,8 @@ async def test_peer_fin_without_close_notify_is_end_of_stream_and_sends_no_alert
         conn.shutdown(pysocket.SHUT_WR)
         return peer.read_to_end()
 
-    listener = ThreadListener(serve)
-    serving = listener.start()
-    try:
+    with ThreadListener(serve) as listener:
+        serving = listener.start()
         async with _cq_client(listener.port, client_ctx) as con:
             con.setmode("b", "b")
             assert await con.read("*l") == b"half"
@@ -712,8 +693,6 @@ async def test_peer_fin_without_close_notify_is_end_of_stream_and_sends_no_alert
             assert con.eof("r") == (True,)
             await con.write("still writing\n")
         assert await asyncio.wait_for(serving, TIMEOUT) == (b"still writing\n", "close_notify")
-    finally:
-        listener.close()
 
 
 async def test_asyncio_tls_server_close_reads_as_end_of_stream(server_ctx, client_ctx):

@@ -34,9 +34,8 @@ async def test_a_connected_socket_with_a_server_context_is_the_tls_server(server
         tls.sendall(b"over tls\n")
         return tls.recv(100)
 
-    listener = ThreadListener(accepting_side)
-    answered = listener.start()
-    try:
+    with ThreadListener(accepting_side) as listener:
+        answered = listener.start()
         con = cqsocket.connect(HOST, listener.port, mode="b")
         con.settimeout(TIMEOUT)
         async with con:
@@ -46,8 +45,6 @@ async def test_a_connected_socket_with_a_server_context_is_the_tls_server(server
             await con.write(b"served\n")
             await con.flush()
             assert await asyncio.wait_for(answered, TIMEOUT) == b"served\n"
-    finally:
-        listener.close()
 
 
 @pytest.mark.parametrize("side", [False, True])
