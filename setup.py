@@ -14,6 +14,7 @@ CORE_MODULES = [
     "handles",
     "timerheap",
     "poller",
+    "uring",
     "watchers",
     "fdtable",
     "kernel",

@@ -13,6 +13,10 @@ cdef extern from "<errno.h>" nogil:
         EEXIST
         ENOENT
         EPERM
+        ENOSYS
+        ENOMEM
+        EINVAL
+        ETIME
 
 
 cdef extern from "<unistd.h>" nogil:
