@@ -446,3 +446,50 @@ def test_pause_wait_is_ended_by_a_signal_on_either_engine(engine):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.split() == ["True"]
+
+
+# -- the C ceiling on io_uring (the echo benchmark's `--ceiling io_uring`) -----------------
+
+
+@needs_uring
+def test_io_uring_ceiling_echoes_small_and_large_messages_and_exits_on_stdin_eof():
+    from cqloop._bench.echo import native
+
+    try:
+        program = native.build_io_uring_ceiling()
+    except native.NativeUnavailable as exc:
+        pytest.skip(f"the C ceiling cannot be built here: {exc}")
+    server = subprocess.Popen(
+        [str(program), "-a", "tcp:127.0.0.1:0"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None and server.stdin is not None
+        report = server.stdout.readline()
+        host, port = report.split('"')[3][len("tcp:") :].rsplit(":", 1)
+        conns = [socket.create_connection((host, int(port)), timeout=WAIT_S) for _ in range(3)]
+        try:
+            for round_no in range(50):
+                for conn in conns:
+                    conn.sendall(b"%d" % round_no)
+                for conn in conns:
+                    assert conn.recv(100) == b"%d" % round_no
+            big = bytes(range(256)) * 2048  # 512 KiB: twice the server's buffer
+            conns[0].sendall(big)
+            got = bytearray()
+            while len(got) < len(big):
+                got += conns[0].recv(1 << 20)
+            assert got == big
+        finally:
+            for conn in conns:
+                conn.close()
+        server.stdin.close()
+        assert server.wait(WAIT_S) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        if server.stdout is not None:
+            server.stdout.close()
