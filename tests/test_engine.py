@@ -12,6 +12,7 @@ import errno
 import fcntl
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -493,3 +494,54 @@ def test_io_uring_ceiling_echoes_small_and_large_messages_and_exits_on_stdin_eof
             server.wait()
         if server.stdout is not None:
             server.stdout.close()
+
+
+@needs_uring
+def test_a_forked_child_does_not_keep_the_parents_ring_and_its_files_alive():
+    # The parent's armed poll request holds the watched socket's file; a child holding a
+    # copy of the ring fd would keep the ring, the request and the socket alive after the
+    # parent dies, and the peer would never see the close (a prefork server's workers
+    # waiting for their killed supervisor's connection to drop).
+    a, b = socket.socketpair()
+    code = textwrap.dedent(
+        f"""
+        import os, socket, sys, time
+        import cqloop
+        a = socket.socket(fileno={a.fileno()})
+        loop = cqloop.new_event_loop(engine="io_uring")
+        loop.add_reader(a, lambda: None)
+        loop.step(0)
+        child = os.fork()
+        if child == 0:
+            a.close()
+            time.sleep(30)
+            os._exit(0)
+        a.close()  # only the request (the ring) holds the file now
+        print(child, flush=True)
+        time.sleep(30)
+        """
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, pass_fds=[a.fileno()]
+    )
+    a.close()
+    child_pid = None
+    try:
+        assert parent.stdout is not None
+        child_pid = int(parent.stdout.readline())
+        parent.kill()  # SIGKILL: nothing in the parent cleans up
+        parent.wait()
+        b.settimeout(WAIT_S)
+        assert b.recv(10) == b""
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        if child_pid is not None:
+            try:
+                os.kill(child_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if parent.stdout is not None:
+            parent.stdout.close()
+        b.close()

@@ -222,15 +222,10 @@ static cq_ring ring;
 
 static struct cq_sqe *next_sqe(void)
 {
-    struct cq_sqe *sqe = cq_ring_get_sqe(&ring);
-    if (sqe == NULL) {
-        int n = cq_ring_submit(&ring);
-        if (n < 0)
-            fail("io_uring_enter", strerror(-n));
-        sqe = cq_ring_get_sqe(&ring);
-        if (sqe == NULL)
-            fail("io_uring", "submission queue full");
-    }
+    int err = 0;
+    struct cq_sqe *sqe = cq_ring_next_sqe(&ring, &err);
+    if (sqe == NULL)
+        fail("io_uring_enter", strerror(-err));
     return sqe;
 }
 

@@ -48,8 +48,11 @@ when one is due. So the ring is set up without IORING_SETUP_COOP_TASKRUN (a loop
 an outer poller must see its ring fd turn readable without entering the ring itself) and
 without SINGLE_ISSUER/DEFER_TASKRUN (a loop may be made in one thread and run in another).
 
-A forked child never touches the parent's ring: the kernel refuses work while `_forked`,
-and close() only unmaps the child's copies of the mappings and closes its copy of the fd.
+A forked child never touches the parent's ring: its mappings are not inherited
+(MADV_DONTFORK), and cquring.h's at-fork handler closes the child's copy of the fd at once,
+whatever forked (a copy left open would keep the parent's poll requests, and the files they
+hold, alive as long as the child runs); the poller's fd reads -1 in the child, and the
+kernel refuses work until loop.reset() makes a new ring.
 """
 
 import os
@@ -73,6 +76,9 @@ from cqloop._core.includes.system cimport (
     ETIME,
     clock_gettime,
     errno,
+    sigaddset,
+    sigemptyset,
+    sigset_t,
     timespec,
 )
 from cqloop._core.includes.uring cimport (
@@ -95,6 +101,7 @@ from cqloop._core.includes.uring cimport (
     cq_ring_cqe_at,
     cq_ring_get_events,
     cq_ring_get_sqe,
+    cq_ring_next_sqe,
     cq_ring_needs_enter,
     cq_ring_probe,
     cq_ring_publish,
@@ -189,6 +196,7 @@ def probe():
     cdef int err
     if _probe_result is not None:
         return _probe_result
+    memset(&ring, 0, sizeof(ring))
     err = cq_ring_setup(&ring, 4, 8, SETUP_FLAGS)
     if err < 0:
         _probe_result = (False, _setup_failure(-err))
@@ -297,20 +305,19 @@ cdef class Ring:
         thread's mask). Returns the completions reaped, [(user_data, res, flags)...]."""
         cdef int timeout_ms = -1
         cdef int err
-        cdef Poller masker = None
+        cdef sigset_t blocked
         cdef const void *mask = NULL
         self._check_open()
         if timeout is not None:
             timeout_ms = <int>ceil(timeout * 1e3)
         if sigmask is not None:
-            from cqloop._core.poller import EpollPoller
-            masker = EpollPoller()
-            masker.set_waitmask(sigmask)
-            mask = masker.waitmask_ptr
+            sigemptyset(&blocked)
+            for signum in sigmask:
+                if sigaddset(&blocked, <int>signum) < 0:
+                    raise OSError(errno, f"invalid signal number {signum}")
+            mask = &blocked
         with nogil:
             err = _wait_ring(&self.ring, timeout_ms, mask)
-        if masker is not None:
-            masker.close()
         if err < 0 and err != -ETIME and err != -EINTR:
             raise OSError(-err, f"io_uring_enter: {os.strerror(-err)}")
         return self.reap()
@@ -343,6 +350,7 @@ cdef class UringPoller(Poller):
         self.engine = "io_uring"
         self.holds_files = True
         check_usable()
+        self.ring.fd_mirror = &self.epfd
         _ring_setup_or_raise(&self.ring, SQ_ENTRIES, CQ_ENTRIES)
         self.epfd = self.ring.fd
         if self.ring.features & CQ_IORING_FEAT_CQE_SKIP:
@@ -379,15 +387,10 @@ cdef class UringPoller(Poller):
     cdef int _arm(self, int fd) noexcept:
         """Queue a POLL_ADD for regs[fd] under a new serial: 0, or an errno."""
         cdef Reg *reg = &self.regs[fd]
-        cdef cq_sqe *sqe = cq_ring_get_sqe(&self.ring)
-        cdef int n
+        cdef int err = 0
+        cdef cq_sqe *sqe = cq_ring_next_sqe(&self.ring, &err)
         if sqe is NULL:
-            n = cq_ring_submit(&self.ring)
-            if n < 0:
-                return -n
-            sqe = cq_ring_get_sqe(&self.ring)
-            if sqe is NULL:
-                return ENOMEM
+            return -err
         reg.serial = (reg.serial + 1) & SERIAL_MASK
         if reg.serial == 0:
             reg.serial = 1
@@ -404,17 +407,12 @@ cdef class UringPoller(Poller):
         """Queue a POLL_REMOVE of regs[fd]'s request, if one is armed: 0, or an errno."""
         cdef Reg *reg = &self.regs[fd]
         cdef cq_sqe *sqe
-        cdef int n
+        cdef int err = 0
         if reg.state != ARMED:
             return 0
-        sqe = cq_ring_get_sqe(&self.ring)
+        sqe = cq_ring_next_sqe(&self.ring, &err)
         if sqe is NULL:
-            n = cq_ring_submit(&self.ring)
-            if n < 0:
-                return -n
-            sqe = cq_ring_get_sqe(&self.ring)
-            if sqe is NULL:
-                return ENOMEM
+            return -err
         sqe.opcode = CQ_IORING_OP_POLL_REMOVE
         sqe.flags = self.remove_flags
         sqe.addr = (<uint64_t>reg.serial << 32) | <uint32_t>fd
@@ -448,7 +446,7 @@ cdef class UringPoller(Poller):
         cdef stat st
         cdef int err
         cdef Reg *reg
-        if fd < 0:
+        if fd < 0 or self.ring.fd < 0:
             return EBADF
         # epoll refuses files poll cannot wait on; poll would report them ready forever.
         if fstat(fd, &st) < 0:
@@ -485,6 +483,8 @@ cdef class UringPoller(Poller):
     cdef int modify(self, int fd, uint32_t events, uint64_t data) noexcept:
         cdef Reg *reg
         cdef int err
+        if self.ring.fd < 0:
+            return EBADF
         if fd < 0 or fd >= self.nregs or self.regs[fd].state == FREE:
             return ENOENT
         reg = &self.regs[fd]
@@ -504,6 +504,8 @@ cdef class UringPoller(Poller):
     cdef int unregister(self, int fd) noexcept:
         cdef int err
         cdef int n
+        if self.ring.fd < 0:
+            return EBADF
         if fd < 0 or fd >= self.nregs or self.regs[fd].state == FREE:
             return ENOENT
         err = self._disarm(fd)

@@ -6,6 +6,12 @@
  * (cqloop._core.uring.Ring), and released by cq_ring_close. Everything here is inline:
  * the hot calls (get an SQE, publish, reap) compile into the caller.
  *
+ * Fork: a ring's mappings are MADV_DONTFORK and every ring this process set up is closed in
+ * a forked child by a pthread_atfork handler (cq_rings_forget_in_child), whatever forked:
+ * a child must never touch its parent's ring, and a child holding a copy of the ring fd
+ * would keep the ring alive, and with it the files its poll requests hold (a socket whose
+ * peer then never sees it close), until the child exits.
+ *
  * Memory ordering: the SQ tail and the CQ head are ours (the kernel reads them); the SQ
  * head and the CQ tail are the kernel's (we read them). Each is read with acquire and
  * written with release ordering, as the io_uring man pages require.
@@ -14,8 +20,10 @@
 #define CQ_URING_H
 
 #include <errno.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -186,17 +194,71 @@ typedef struct cq_ring {
     size_t cq_map_len;
     void *sqes_map;
     size_t sqes_map_len;
+    /* Set to -1 with fd when a forked child forgets the ring (the owner's copy of the fd
+     * number), or NULL. */
+    int *fd_mirror;
 } cq_ring;
 
 static inline void cq_ring_clear(cq_ring *ring) {
+    int *mirror = ring->fd_mirror;
     memset(ring, 0, sizeof(*ring));
     ring->fd = -1;
+    ring->fd_mirror = mirror;
 }
 
-/* Unmap and close. Safe on a cleared or half set-up ring, and in a forked child on the
- * parent's ring: munmap removes the child's own copies of the mappings and close its own
- * copy of the fd; nothing is submitted. */
+/* The rings this process has set up and not closed: what a forked child forgets. Changed
+ * only with the GIL held (cqloop's callers) or in a single-threaded program (ceiling.c). */
+static cq_ring **cq_live_rings;
+static size_t cq_live_count, cq_live_cap;
+static int cq_atfork_installed;
+
+/* In a forked child: close each live ring's fd copy and forget the ring. Its mappings are
+ * not in the child (MADV_DONTFORK), so nothing is unmapped: the addresses may be reused. */
+static void cq_rings_forget_in_child(void) {
+    size_t i;
+    for (i = 0; i < cq_live_count; i++) {
+        cq_ring *ring = cq_live_rings[i];
+        if (ring->fd >= 0)
+            close(ring->fd);
+        if (ring->fd_mirror != NULL)
+            *ring->fd_mirror = -1;
+        cq_ring_clear(ring);
+    }
+    cq_live_count = 0;
+}
+
+static inline int cq_rings_track(cq_ring *ring) {
+    if (!cq_atfork_installed) {
+        if (pthread_atfork(NULL, NULL, cq_rings_forget_in_child) != 0)
+            return -ENOMEM;
+        cq_atfork_installed = 1;
+    }
+    if (cq_live_count == cq_live_cap) {
+        size_t cap = cq_live_cap ? cq_live_cap * 2 : 16;
+        cq_ring **grown = realloc(cq_live_rings, cap * sizeof(*grown));
+        if (grown == NULL)
+            return -ENOMEM;
+        cq_live_rings = grown;
+        cq_live_cap = cap;
+    }
+    cq_live_rings[cq_live_count++] = ring;
+    return 0;
+}
+
+static inline void cq_rings_untrack(cq_ring *ring) {
+    size_t i;
+    for (i = 0; i < cq_live_count; i++) {
+        if (cq_live_rings[i] == ring) {
+            cq_live_rings[i] = cq_live_rings[--cq_live_count];
+            return;
+        }
+    }
+}
+
+/* Unmap and close. Safe on a cleared or half set-up ring, and on a ring a forked child
+ * forgot (cleared then). */
 static inline void cq_ring_close(cq_ring *ring) {
+    cq_rings_untrack(ring);
     if (ring->sqes_map != NULL)
         munmap(ring->sqes_map, ring->sqes_map_len);
     if (ring->cq_map != NULL && ring->cq_map != ring->sq_map)
@@ -276,6 +338,16 @@ static inline int cq_ring_setup(cq_ring *ring, unsigned entries, unsigned cq_ent
     array = (unsigned *)((char *)ring->sq_map + p.sq_off.array);
     for (i = 0; i < p.sq_entries; i++)
         array[i] = i;
+    /* Not inherited by a forked child (see "Fork" above). */
+    madvise(ring->sq_map, ring->sq_map_len, MADV_DONTFORK);
+    if (ring->cq_map != ring->sq_map)
+        madvise(ring->cq_map, ring->cq_map_len, MADV_DONTFORK);
+    madvise(ring->sqes_map, ring->sqes_map_len, MADV_DONTFORK);
+    err = cq_rings_track(ring);
+    if (err < 0) {
+        cq_ring_close(ring);
+        return err;
+    }
     ring->cq_head = (unsigned *)((char *)ring->cq_map + p.cq_off.head);
     ring->cq_tail = (unsigned *)((char *)ring->cq_map + p.cq_off.tail);
     ring->cq_mask = *(unsigned *)((char *)ring->cq_map + p.cq_off.ring_mask);
@@ -292,6 +364,26 @@ static inline struct cq_sqe *cq_ring_get_sqe(cq_ring *ring) {
     sqe = &ring->sqes[ring->sqe_tail & ring->sq_mask];
     ring->sqe_tail++;
     memset(sqe, 0, sizeof(*sqe));
+    return sqe;
+}
+
+static inline int cq_ring_submit(cq_ring *ring);
+
+/* A zeroed SQE, submitting what the SQ holds first when it is full; NULL with *err set to a
+ * negative errno when none can be had. */
+static inline struct cq_sqe *cq_ring_next_sqe(cq_ring *ring, int *err) {
+    struct cq_sqe *sqe = cq_ring_get_sqe(ring);
+    int n;
+    if (sqe != NULL)
+        return sqe;
+    n = cq_ring_submit(ring);
+    if (n < 0) {
+        *err = n;
+        return NULL;
+    }
+    sqe = cq_ring_get_sqe(ring);
+    if (sqe == NULL)
+        *err = -EBUSY;
     return sqe;
 }
 

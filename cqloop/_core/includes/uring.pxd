@@ -29,6 +29,7 @@ cdef extern from "cquring.h" nogil:
 
     ctypedef struct cq_ring:
         int fd
+        int *fd_mirror
         unsigned features
         unsigned sq_entries
         unsigned cq_entries
@@ -49,6 +50,7 @@ cdef extern from "cquring.h" nogil:
     void cq_ring_close(cq_ring *ring)
     int cq_ring_setup(cq_ring *ring, unsigned entries, unsigned cq_entries, unsigned flags)
     cq_sqe *cq_ring_get_sqe(cq_ring *ring)
+    cq_sqe *cq_ring_next_sqe(cq_ring *ring, int *err)
     unsigned cq_ring_publish(cq_ring *ring)
     int cq_ring_submit(cq_ring *ring)
     int cq_ring_submit_and_wait(cq_ring *ring, timespec *ts, const void *sigmask)
