@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -545,3 +546,22 @@ def test_a_forked_child_does_not_keep_the_parents_ring_and_its_files_alive():
         if parent.stdout is not None:
             parent.stdout.close()
         b.close()
+
+
+def test_a_reader_added_by_a_thread_that_has_exited_still_fires(engine_loop):
+    # io_uring cancels a thread's requests when it exits; the engine re-arms them.
+    a, b = socket.socketpair()
+    with a, b:
+        a.setblocking(False)
+        calls: list[bytes] = []
+        adder = threading.Thread(
+            target=engine_loop.add_reader, args=(a, lambda: calls.append(a.recv(10)))
+        )
+        adder.start()
+        adder.join()
+        b.send(b"after")
+        deadline = time.monotonic() + WAIT_S
+        while not calls and time.monotonic() < deadline:
+            engine_loop.step(0.1)
+        assert calls == [b"after"]
+        engine_loop.remove_reader(a)

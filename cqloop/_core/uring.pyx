@@ -42,6 +42,9 @@ reused for another file, never receives the old file's completions (they carry t
 serial, and the new registration has a new one). The kernel therefore never leaves a
 registration armed and idle on io_uring (`holds_files`; FdTable._wait_sock).
 
+A request belongs to the thread that armed it: io_uring cancels a thread's requests when it
+exits, and such a cancellation (-ECANCELED under a current serial: ours retire the serial
+first) re-arms the registration from the thread that reaps it.
 Completions are delivered by task work on the thread that armed the request: that thread
 is woken (and an epoll_wait or select it is blocked in returns EINTR, which the waits retry)
 when one is due. So the ring is set up without IORING_SETUP_COOP_TASKRUN (a loop nested in
@@ -66,6 +69,7 @@ from cqloop._core.includes.pyapi cimport PyErr_CheckSignals
 from cqloop._core.includes.system cimport (
     CLOCK_MONOTONIC,
     EBADF,
+    ECANCELED,
     EEXIST,
     EINTR,
     ENOENT,
@@ -571,7 +575,12 @@ cdef class UringPoller(Poller):
                 n += 1
             if cqe.flags & CQ_IORING_CQE_F_MORE:
                 continue  # a multishot request goes on
-            if cqe.res < 0 or reg.mask & EPOLLONESHOT:
+            if cqe.res == -ECANCELED:
+                # Cancelled, though not by us (ours leave the serial behind): the thread
+                # that armed it exited, and io_uring cancels an exiting thread's requests.
+                # This thread arms it again at its next submission.
+                pass
+            elif cqe.res < 0 or reg.mask & EPOLLONESHOT:
                 # A one-shot that fired, or a request the kernel failed (the fd was closed
                 # before a re-arm reached it: epoll would have dropped the registration).
                 reg.state = IDLE
@@ -626,7 +635,7 @@ cdef class UringPoller(Poller):
                 if err:
                     cq_ring_advance(&self.ring, i)
                     return err
-            elif cqe.res < 0:
+            elif cqe.res < 0 and cqe.res != -ECANCELED:  # (see _reap on ECANCELED)
                 reg.state = IDLE
                 continue
             err = self._queue_rearm(fd)

@@ -17,6 +17,7 @@ cdef extern from "<errno.h>" nogil:
         ENOMEM
         EINVAL
         ETIME
+        ECANCELED
 
 
 cdef extern from "<unistd.h>" nogil:
