@@ -15,6 +15,7 @@ CORE_MODULES = [
     "handles",
     "timerheap",
     "poller",
+    "uring",
     "watchers",
     "fdtable",
     "kernel",
