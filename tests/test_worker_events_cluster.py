@@ -1,0 +1,302 @@
+"""cqloop.worker_events across hosts, on a real redis-server (tests/redis_harness.py).
+
+Each host is a cqloop.workers supervisor in a process of its own, bridged to one Redis
+stream with serve(events="redis://..."); its workers post and log, and the test compares
+the logs: every worker of every host handles every broadcast once, in the same order;
+each unique event is handled once in the whole cluster (and at least once across a
+SIGKILL); faults (Redis restarted, one host cut off, a host killed) lose nothing that was
+appended and deliver nothing twice.
+
+Skipped when redis-server is not installed, except in CI (CI=true), where that fails:
+.ci/run installs it.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.redis_harness import (
+    CutProxy,
+    Host,
+    RedisServer,
+    read_json,
+    redis_server_path,
+    wait_files,
+)
+from tests.workers_harness import wait_for
+
+if redis_server_path() is None:
+    if os.environ.get("CI") == "true":
+        pytest.fail("redis-server is missing: apt-get install redis-server", pytrace=False)
+    pytest.skip("redis-server is not installed", allow_module_level=True)
+pytest.importorskip("redis", reason="the cluster extra is missing: pip install 'cqloop[cluster]'")
+
+HOSTS = 3
+WORKERS = 3
+RUN_DEADLINE_S = 180.0
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def hosts(outdir: Path, mode: str, urls: list[str], *args: str) -> Iterator[list[Host]]:
+    started: list[Host] = []
+    try:
+        for index, url in enumerate(urls):
+            started.append(Host(outdir, mode, url, index, "--hosts", str(len(urls)), *args))
+        yield started
+    finally:
+        for host in started:
+            host.kill()
+
+
+def common(per_worker: int) -> list[str]:
+    return ["--workers", str(WORKERS), "--posts", str(per_worker)]
+
+
+def check_broadcast_logs(outdir: Path, count: int, per_worker: int) -> list[dict[str, Any]]:
+    """Every log holds the same sequence, in which each worker's posts appear once and
+    in the order it posted them; returns the logs."""
+    logs = [read_json(p) for p in sorted(outdir.glob("log-*.json"))]
+    assert len(logs) == count
+    reference = logs[0]["events"]
+    assert len(reference) == per_worker * count
+    for log in logs:
+        assert log["gaps"] == []
+        assert log["events"] == reference, f"worker {log['tag']} saw another order"
+    by_poster: dict[str, list[int]] = collections.defaultdict(list)
+    for tag, i in reference:
+        by_poster[tag].append(i)
+    assert len(by_poster) == count
+    for numbers in by_poster.values():
+        assert numbers == list(range(per_worker))
+    return logs
+
+
+def test_broadcasts_from_every_host_reach_every_worker_in_one_order(
+    redis_server: RedisServer, tmp_path: Path
+):
+    total = 10_000
+    per_worker = total // (HOSTS * WORKERS) + 1  # 1,112 each: 10,008 in all
+    urls = [redis_server.url + "?stream=t1"] * HOSTS
+    start = time.monotonic()
+    with hosts(
+        tmp_path, "broadcast", urls, "--workers", str(WORKERS), "--posts", str(per_worker)
+    ) as running:
+        wait_files(
+            tmp_path, "log-*.json", HOSTS * WORKERS, running, "every worker's log", RUN_DEADLINE_S
+        )
+        elapsed = time.monotonic() - start
+        check_broadcast_logs(tmp_path, HOSTS * WORKERS, per_worker)
+        for host in running:
+            assert host.stop() == 0
+    print(f"{per_worker * HOSTS * WORKERS} broadcasts x {HOSTS * WORKERS} workers: {elapsed:.2f} s")
+
+
+def handled_keys(outdir: Path) -> list[tuple[str, int]]:
+    """(key, pid) of every unique event handled so far, from every worker's file."""
+    found = []
+    for path in outdir.glob("handled-*.txt"):
+        for line in path.read_text().splitlines():
+            key, pid = line.split()
+            found.append((key, int(pid)))
+    return found
+
+
+def wait_handled(
+    outdir: Path, expected: set[str], running: list[Host], deadline_s: float
+) -> list[tuple[str, int]]:
+    def covered() -> list[tuple[str, int]] | None:
+        for host in running:
+            host.check_alive()
+        found = handled_keys(outdir)
+        return found if expected <= {key for key, _ in found} else None
+
+    return wait_for(covered, f"{len(expected)} unique events to be handled", deadline_s)
+
+
+def test_redis_restarted_mid_run_loses_nothing_and_duplicates_nothing(tmp_path: Path):
+    server = RedisServer(tmp_path / "redis", appendonly=True)
+    server.start()
+    try:
+        per_worker = 600
+        url = server.url + "?stream=t2&backoff_max=0.5"
+        args = (*common(per_worker), "--rate", "300", "--progress", "1500")
+        with hosts(tmp_path, "broadcast", [url] * HOSTS, *args) as running:
+            wait_files(
+                tmp_path, "progress-*", 1, running, "a worker a quarter through", RUN_DEADLINE_S
+            )
+            server.restart()  # SIGTERM: Redis writes its append-only file; then again
+            wait_files(
+                tmp_path,
+                "log-*.json",
+                HOSTS * WORKERS,
+                running,
+                "every worker's log",
+                RUN_DEADLINE_S,
+            )
+            check_broadcast_logs(tmp_path, HOSTS * WORKERS, per_worker)
+            for host in running:
+                assert host.stop() == 0
+                assert "retrying with backoff" in host.stderr()
+    finally:
+        server.stop()
+
+
+def test_unique_events_from_every_host_are_handled_once_in_the_cluster(
+    redis_server: RedisServer, tmp_path: Path
+):
+    per_worker = 334  # 1,002 a host
+    kill_key = "0.1:kill"
+    url = redis_server.url + "?stream=t3"
+    args = ("--workers", str(WORKERS), "--posts", str(per_worker), "--kill-key", kill_key)
+    expected = {
+        f"{h}.{w}-{i}" for h in range(HOSTS) for w in range(WORKERS) for i in range(per_worker)
+    }
+    with hosts(tmp_path, "unique", [url] * HOSTS, *args) as running:
+        found = wait_handled(tmp_path, expected | {kill_key}, running, RUN_DEADLINE_S)
+        for host in running:
+            assert host.stop() == 0
+    found = handled_keys(tmp_path)
+    killed_pid = int((tmp_path / f"killed-{kill_key}").read_text())
+    counts = collections.Counter(key for key, _ in found)
+    assert set(counts) == expected | {kill_key}
+    # Twice, never zero: only an event the SIGKILLed worker handled without having
+    # acknowledged it yet (it read it with the kill key) may run twice.
+    handlers: dict[str, list[int]] = collections.defaultdict(list)
+    for key, pid in found:
+        handlers[key].append(pid)
+    assert killed_pid not in handlers[kill_key]
+    twice = {key for key, count in counts.items() if count > 1}
+    for key in twice:
+        assert counts[key] == 2 and killed_pid in handlers[key], (key, handlers[key])
+    print(f"{len(expected) + 1} unique events, {len(twice)} handled twice across the SIGKILL")
+
+
+def test_a_host_killed_while_holding_a_unique_event_is_replaced_and_restarts(
+    redis_server: RedisServer, tmp_path: Path
+):
+    hold_key = "0.0:hold"
+    url = redis_server.url + "?stream=t4&claim_timeout=1"
+    base = ("--workers", "2", "--posts", "0")
+    with contextlib.ExitStack() as stack:
+        started = hosts(tmp_path, "hold", [url], *base, "--hold-key", hold_key)
+        first = stack.enter_context(started)[0]
+        holding = wait_files(
+            tmp_path,
+            f"holding-{hold_key}-*",
+            1,
+            [first],
+            "a worker of host 0 to hold the unique event",
+            RUN_DEADLINE_S,
+        )
+        holder = int(holding[0].name.rsplit("-", 1)[1])
+        others = [
+            Host(tmp_path, "hold", url, h, "--hosts", "3", "--barrier-hosts", "1,2", *base)
+            for h in (1, 2)
+        ]
+        stack.callback(lambda: [h.kill() for h in others])
+        wait_files(
+            tmp_path, "started-[12]-*.json", 4, [first, *others], "hosts 1 and 2", RUN_DEADLINE_S
+        )
+        # While host 0 lives it keeps the event fresh: three claim timeouts pass (a
+        # duration of the check, not a synchronisation) and nobody else takes it.
+        time.sleep(3.0)
+        assert handled_keys(tmp_path) == []
+        first.kill()
+        found = wait_handled(tmp_path, {hold_key}, others, RUN_DEADLINE_S)
+        assert [pid for key, pid in found if key == hold_key] != [holder]
+        assert sum("claimed unique event" in h.stderr() for h in others) == 1
+        # Host 0 comes back (a new process): it delivers from the stream's end on, and
+        # its own unique events are handled once in the cluster; the old one is not
+        # handled again.
+        again_args = ["--hosts", "3", "--barrier-hosts", "0", "--workers", "2", "--posts", "50"]
+        again = Host(tmp_path, "unique", url, 0, *again_args)
+        stack.callback(again.kill)
+        fresh = {f"0.{w}-{i}" for w in range(2) for i in range(50)}
+        wait_handled(tmp_path, fresh, [again, *others], RUN_DEADLINE_S)
+        for host in (again, *others):
+            assert host.stop() == 0
+        counts = collections.Counter(key for key, _ in handled_keys(tmp_path))
+        assert counts == collections.Counter(fresh | {hold_key})
+
+
+def test_a_host_cut_off_for_two_seconds_catches_up_and_a_killed_worker_disturbs_nobody(
+    redis_server: RedisServer, tmp_path: Path
+):
+    per_worker = 500
+    observer = WORKERS - 1
+    proxy = CutProxy(redis_server.port)
+    try:
+        url = redis_server.url + "?stream=t5&backoff_max=0.25"
+        cut_url = url.replace(f":{redis_server.port}/", f":{proxy.port}/")
+        args = (
+            *common(per_worker),
+            "--rate",
+            "250",
+            "--progress",
+            "600",
+            "--observer",
+            str(observer),
+        )
+        with hosts(tmp_path, "broadcast", [url, url, cut_url], *args) as running:
+            wait_files(
+                tmp_path, "progress-2.*", 1, running, "host 2 a fifth through", RUN_DEADLINE_S
+            )
+            victim = next(
+                read_json(p)["pid"]
+                for p in tmp_path.glob("started-0-*.json")
+                if read_json(p)["observer"]
+            )
+            os.kill(victim, 9)
+            proxy.cut()
+            time.sleep(2.0)  # the length of the partition, not a synchronisation
+            proxy.heal()
+            posting = HOSTS * (WORKERS - 1)
+            wait_files(
+                tmp_path, "log-*.json", posting, running, "every poster's log", RUN_DEADLINE_S
+            )
+            check_broadcast_logs(tmp_path, posting, per_worker)
+            for host in running:
+                assert host.stop() == 0
+            assert "retrying with backoff" in running[2].stderr()
+            assert "retrying with backoff" not in running[0].stderr()
+    finally:
+        proxy.close()
+
+
+def test_the_password_is_never_logged(tmp_path: Path):
+    password = "s3cret-Pa55"
+    server = RedisServer(tmp_path / "redis", password=password)
+    server.start()
+    proxy = CutProxy(server.port)
+    try:
+        url = server.url.replace(f":{server.port}/", f":{proxy.port}/") + "?stream=t6"
+        with hosts(tmp_path, "broadcast", [url], "--workers", "2", "--posts", "10") as running:
+            wait_files(tmp_path, "log-*.json", 2, running, "both logs", RUN_DEADLINE_S)
+            proxy.cut()
+            wait_for(lambda: "retrying with backoff" in running[0].stderr(), "the warning")
+            proxy.heal()
+            assert running[0].stop() == 0
+        log = running[0].stderr()
+        assert password not in log
+        assert ":***@127.0.0.1" in log
+    finally:
+        proxy.close()
+        server.stop()
