@@ -16,6 +16,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +25,9 @@ from typing import Any
 
 import pytest
 
+import cqloop.workers
+from cqloop.worker_events import Broker
+from cqloop.worker_events.cluster import ClusterSettings
 from tests.redis_harness import (
     CutProxy,
     Host,
@@ -38,6 +43,7 @@ if redis_server_path() is None:
         pytest.fail("redis-server is missing: apt-get install redis-server", pytrace=False)
     pytest.skip("redis-server is not installed", allow_module_level=True)
 pytest.importorskip("redis", reason="the cluster extra is missing: pip install 'cqloop[cluster]'")
+from cqloop.worker_events._redis_bridge import RedisBridge
 
 HOSTS = 3
 WORKERS = 3
@@ -300,3 +306,146 @@ def test_the_password_is_never_logged(tmp_path: Path):
     finally:
         proxy.close()
         server.stop()
+
+
+def test_a_host_that_resumes_past_the_trimmed_part_gets_one_gap_event(
+    redis_server: RedisServer, tmp_path: Path
+):
+    # Host 0 posts (paced) while host 1, which posts nothing, is cut off for longer than
+    # the stream keeps: host 1 resumes past the trimmed part.
+    per_worker = 1000
+    proxy = CutProxy(redis_server.port)
+    try:
+        url = redis_server.url + "?stream=t7&maxlen=300&backoff_max=0.25"
+        cut_url = url.replace(f":{redis_server.port}/", f":{proxy.port}/")
+        pacing = ("--hosts", "2", "--workers", "2", "--rate", "400", "--progress", "100")
+        running = [
+            Host(tmp_path, "broadcast", url, 0, *pacing, "--posts", str(per_worker)),
+            Host(tmp_path, "broadcast", cut_url, 1, *pacing, "--posts", "0"),
+        ]
+        try:
+            wait_files(tmp_path, "progress-1.*", 1, running, "host 1 under way", RUN_DEADLINE_S)
+            proxy.cut()
+            time.sleep(2.0)  # the length of the partition, not a synchronisation
+            proxy.heal()
+            wait_files(tmp_path, "log-*.json", 4, running, "every log", RUN_DEADLINE_S)
+            for host in running:
+                assert host.stop() == 0
+        finally:
+            for host in running:
+                host.kill()
+        logs = {log["tag"]: log for log in map(read_json, tmp_path.glob("log-*.json"))}
+        reference = logs["0.0"]["events"]
+        assert len(reference) == 2 * per_worker
+        assert logs["0.1"]["events"] == reference
+        assert logs["0.0"]["gaps"] == logs["0.1"]["gaps"] == []
+        assert logs["1.0"]["events"] == logs["1.1"]["events"]
+        gaps = logs["1.0"]["gaps"]
+        assert len(gaps) == 1 and gaps == logs["1.1"]["gaps"]
+        missed = gaps[0]["missed"]
+        assert missed > 0 and gaps[0]["last"] - gaps[0]["first"] + 1 == missed
+        # What host 1 saw is the stream's order with one run of `missed` entries cut out.
+        seen = logs["1.0"]["events"]
+        assert len(seen) + missed == len(reference)
+        start = next(i for i, (a, b) in enumerate(zip(seen, reference, strict=False)) if a != b)
+        assert seen == reference[:start] + reference[start + missed :]
+        assert "were trimmed before this host read them" in running[1].stderr()
+        print(f"host 1 missed {missed} of {len(reference)} entries")
+    finally:
+        proxy.close()
+
+
+def test_tls_with_rediss(tmp_path: Path):
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    paths = {"ca": tmp_path / "ca.pem", "cert": tmp_path / "cert.pem", "key": tmp_path / "key.pem"}
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    cert.cert_chain_pems[0].write_to_path(str(paths["cert"]))
+    cert.private_key_pem.write_to_path(str(paths["key"]))
+    server = RedisServer(tmp_path / "redis", tls={k: str(v) for k, v in paths.items()})
+    server.start()
+    try:
+        url = f"{server.url}?stream=t8&ssl_ca_certs={paths['ca']}"
+        with hosts(
+            tmp_path, "broadcast", [url, url], "--workers", "2", "--posts", "200"
+        ) as running:
+            wait_files(tmp_path, "log-*.json", 4, running, "every log", RUN_DEADLINE_S)
+            check_broadcast_logs(tmp_path, 4, 200)
+            for host in running:
+                assert host.stop() == 0
+    finally:
+        server.stop()
+
+
+# -- settings, and the extra --------------------------------------------------------------
+
+
+def test_events_url_parameters_are_ours_and_the_rest_is_the_redis_packages():
+    settings = ClusterSettings.from_url(
+        "redis://u:pw@10.1.2.3:6380/2?stream=s&maxlen=7&queue=4096&backoff_min=0.1"
+        "&backoff_max=3&claim_timeout=5&ssl_cert_reqs=none"
+    )
+    assert (settings.stream, settings.maxlen, settings.queue) == ("s", 7, 4096)
+    assert (settings.backoff_min, settings.backoff_max, settings.claim_timeout) == (0.1, 3.0, 5.0)
+    assert settings.url == "redis://u:pw@10.1.2.3:6380/2?ssl_cert_reqs=none"
+    assert "pw" not in repr(settings) and "u:***@10.1.2.3:6380" in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ("http://127.0.0.1:6379/0", "redis:// or rediss://"),
+        ("redis:///0", "names no host"),
+        ("redis://h:1/0?maxlen=0", "maxlen must be positive"),
+        ("redis://h:1/0?maxlen=many", "not a int"),
+        ("redis://h:1/0?claim_timeout=inf", "claim_timeout must be positive"),
+        ("redis://h:1/0?stream=", "stream must not be empty"),
+        ("redis://h:1/0?backoff_min=5&backoff_max=1", "backoff_min must not be above"),
+    ],
+)
+def test_a_bad_events_url_is_refused_before_anything_starts(url: str, error: str):
+    with pytest.raises(ValueError, match=error):
+        ClusterSettings.from_url(url)
+
+
+def test_serve_refuses_pickle_across_hosts():
+    async def app(listener: Any) -> None:
+        pass
+
+    with pytest.raises(ValueError, match="speaks JSON"):
+        cqloop.workers.serve(app, workers=1, port=0, codec="pickle", events="redis://h:1/0")
+
+
+async def test_the_bridge_repr_hides_the_password():
+    broker = Broker()
+    bridge = RedisBridge(ClusterSettings.from_url("redis://:hunter2@127.0.0.1:1/0"), broker)
+    try:
+        assert "hunter2" not in repr(bridge)
+        assert ":***@127.0.0.1:1/0" in repr(bridge)
+    finally:
+        await bridge.close()
+        broker.close()
+
+
+def test_without_the_redis_package_a_redis_url_names_the_extra():
+    program = """
+import sys
+sys.modules["redis"] = None  # as if the package were not installed
+import cqloop.workers
+from cqloop import worker_events  # works without it
+
+async def app(listener):
+    pass
+
+try:
+    cqloop.workers.serve(app, workers=1, port=0, events="redis://127.0.0.1:1/0")
+except ImportError as exc:
+    print(exc)
+"""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    proc = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "pip install 'cqloop[cluster]'" in proc.stdout

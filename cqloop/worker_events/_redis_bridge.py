@@ -43,6 +43,7 @@ import os
 import secrets
 import socket
 from collections import deque
+from collections.abc import Awaitable, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -230,10 +231,10 @@ class RedisBridge:
             task.cancel()
         self._outbox_ready.set()
         self._acks_ready.set()
-        if self._writers:
-            _, pending = await asyncio.wait(self._writers, timeout=timeout or None)
-            for task in pending:
-                task.cancel()
+        if self._writers and timeout > 0:
+            await asyncio.wait(self._writers, timeout=timeout)
+        for task in self._writers:
+            task.cancel()
         await asyncio.gather(*self._readers, *self._writers, return_exceptions=True)
         if self._outbox:
             logger.warning(
@@ -333,18 +334,37 @@ class RedisBridge:
         else:
             logger.debug("worker_events cluster: %s failed: %r", what, exc)
 
+    async def _attempt(
+        self, what: str, backoff: _Backoff, command: Awaitable[Any]
+    ) -> tuple[bool, Any]:
+        """Run one Redis command: (True, its reply), or (False, None) after a connection
+        error, logged (once per outage) and waited out (the backoff)."""
+        try:
+            reply = await command
+        except self._errors as exc:
+            self._on_error(what, exc)
+            await backoff.wait()
+            return False, None
+        self._on_success()
+        backoff.reset()
+        return True, reply
+
+    async def _work_left(self, pending: Sized, ready: asyncio.Event) -> bool:
+        """Wait until `pending` holds something (True), or the bridge is closing and it
+        is empty (False): a writer's loop condition."""
+        while not pending:
+            if self._closing:
+                return False
+            ready.clear()
+            await ready.wait()
+        return True
+
     # -- appending --
 
     async def _append_loop(self) -> None:
         backoff = _Backoff(self.settings)
         await self._positioned.wait()
-        while True:
-            if not self._outbox:
-                if self._closing:
-                    return
-                self._outbox_ready.clear()
-                await self._outbox_ready.wait()
-                continue
+        while await self._work_left(self._outbox, self._outbox_ready):
             batch = self._next_batch()
             args: list[Any] = [
                 self.settings.maxlen,
@@ -354,14 +374,12 @@ class RedisBridge:
             ]
             for number, key, blob, _ in batch:
                 args += [number, key or "", blob]
-            try:
-                appended, coalesced = await self._script(keys=self._keys, args=args)
-            except self._errors as exc:
-                self._on_error("appending", exc)
-                await backoff.wait()
+            ok, reply = await self._attempt(
+                "appending", backoff, self._script(keys=self._keys, args=args)
+            )
+            if not ok:
                 continue
-            self._on_success()
-            backoff.reset()
+            appended, coalesced = reply
             self._appended += appended
             self._coalesced += coalesced
             for _ in batch:
@@ -390,19 +408,14 @@ class RedisBridge:
             if self.broker.backpressure:
                 self._flowing.clear()
                 await self._flowing.wait()
-            try:
-                if self._last_id is None:
-                    await self._position()
-                    continue
-                reply = await self._redis.xread(
-                    {stream: self._last_id}, count=READ_COUNT, block=READ_BLOCK_MS
-                )
-            except self._errors as exc:
-                self._on_error("reading the stream", exc)
-                await backoff.wait()
+            if self._last_id is None:
+                await self._attempt("reading the stream's end", backoff, self._position())
                 continue
-            self._on_success()
-            backoff.reset()
+            _, reply = await self._attempt(
+                "reading the stream",
+                backoff,
+                self._redis.xread({stream: self._last_id}, count=READ_COUNT, block=READ_BLOCK_MS),
+            )
             for _, entries in reply or ():
                 for entry_id, fields in entries:
                     self._deliver(entry_id.decode(), fields)
@@ -541,22 +554,15 @@ class RedisBridge:
 
     async def _ack_loop(self) -> None:
         backoff = _Backoff(self.settings)
-        while True:
-            if not self._to_ack:
-                if self._closing:
-                    return
-                self._acks_ready.clear()
-                await self._acks_ready.wait()
-                continue
+        while await self._work_left(self._to_ack, self._acks_ready):
             ids = self._to_ack[:UNIQUE_IN_FLIGHT]
-            try:
-                await self._redis.xack(self._unique_stream, GROUP, *ids)
-            except self._errors as exc:
-                self._on_error("acknowledging unique events", exc)
-                await backoff.wait()
-                continue
-            backoff.reset()
-            del self._to_ack[: len(ids)]
+            ok, _ = await self._attempt(
+                "acknowledging unique events",
+                backoff,
+                self._redis.xack(self._unique_stream, GROUP, *ids),
+            )
+            if ok:
+                del self._to_ack[: len(ids)]
 
     async def _claim_loop(self) -> None:
         """Every claim_timeout / 3: refresh the entries held here (so that nobody claims
