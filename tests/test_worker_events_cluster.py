@@ -449,3 +449,20 @@ except ImportError as exc:
     )
     assert proc.returncode == 0, proc.stderr
     assert "pip install 'cqloop[cluster]'" in proc.stdout
+
+
+def test_the_cluster_benchmark_runs_and_reports(tmp_path: Path):
+    out = tmp_path / "cluster.json"
+    argv = ["-m", "cqloop._bench.worker_events", "--cluster", "--quick", "--events", "100"]
+    proc = subprocess.run(
+        [sys.executable, *argv, "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    figures = read_json(out)
+    assert figures["cluster_deliveries_per_s"] > 0 and figures["single_host_deliveries_per_s"] > 0
+    assert 0 < figures["paced_latency_p50_s"] <= figures["paced_latency_p99_s"]
+    assert "3 hosts x 4 workers (one Redis stream)" in proc.stdout
