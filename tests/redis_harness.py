@@ -27,6 +27,12 @@ order after its own hello), so nothing posted after the barrier can miss anyone.
              --kill-key makes the first worker that handles it SIGKILL itself instead.
   hold       as unique, but the worker that handles a key named by --hold-key writes
              OUTDIR/holding-KEY and then blocks its process (it never acknowledges).
+  flood      past the barrier a worker writes OUTDIR/ready-TAG; on SIGUSR1 it posts
+             (yielding to its loop between posts) until post() raises PostQueueFull, or
+             --posts posts, and writes OUTDIR/flooded-TAG.json {"count", "error"}; once
+             it has handled all of its own `count` posts it writes OUTDIR/log-TAG.json.
+
+--max-payload and --max-queued set the supervisor's Limits.
 
 A worker's tag is HOST.INDEX. The --observer worker of each host posts nothing and
 takes no part in the barrier (the test may kill it).
@@ -357,6 +363,8 @@ class ClusterWorker:
         self.gaps: list[Any] = []
         self.started = False
         self.done = False
+        self.flood_count: int | None = None
+        self.flooded: list[int] = []
         self.loop = asyncio.get_running_loop()
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -374,7 +382,11 @@ class ClusterWorker:
         self.gaps.append(data)
 
     def on_event(self, data: Any, event: str, source: str, pid: int) -> None:
-        if event == "e":
+        if event == "f":
+            if data[0] == self.tag:
+                self.flooded.append(data[1])
+                self._check_flood_done()
+        elif event == "e":
             self.log.append(data)
             if len(self.log) == self.args.progress:
                 _touch(os.path.join(self.args.outdir, f"progress-{self.tag}"))
@@ -385,7 +397,10 @@ class ClusterWorker:
                     self.hello()  # so that a worker that came later hears of us
             if not self.started and not self.observer and self.expected <= self.heard:
                 self.started = True
-                self._spawn(self.post_all())
+                if self.args.mode == "flood":
+                    _touch(os.path.join(self.args.outdir, f"ready-{self.tag}"))
+                else:
+                    self._spawn(self.post_all())
         elif event == "finished":
             self.finished.add(data)
             if not self.done and not self.observer and self.expected <= self.finished:
@@ -421,6 +436,32 @@ class ClusterWorker:
         with open(path, "a") as f:
             f.write(f"{data} {os.getpid()}\n")
 
+    def on_sigusr1(self) -> None:
+        self._spawn(self.flood())
+
+    async def flood(self) -> None:
+        from cqloop.worker_events import PostQueueFull
+
+        count = 0
+        error = None
+        while count < self.args.posts:
+            try:
+                self.events.post("t", "f", [self.tag, count, "x" * 64])
+            except PostQueueFull as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                break
+            count += 1
+            await asyncio.sleep(0)  # let the posts flow as far as they can
+        path = os.path.join(self.args.outdir, f"flooded-{self.tag}.json")
+        _write_json(path, {"count": count, "error": error})
+        self.flood_count = count
+        self._check_flood_done()
+
+    def _check_flood_done(self) -> None:
+        if self.flood_count is not None and len(self.flooded) == self.flood_count:
+            path = os.path.join(self.args.outdir, f"log-{self.tag}.json")
+            _write_json(path, {"tag": self.tag, "flooded": self.flooded})
+
     def _spawn(self, work: Any) -> None:
         task = self.loop.create_task(work)
         self.tasks.add(task)
@@ -450,6 +491,7 @@ class ClusterWorker:
 async def _host_app(listener: socket.socket, args: argparse.Namespace) -> None:
     worker = ClusterWorker(args)
     worker.register()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, worker.on_sigusr1)
     _write_json(
         os.path.join(args.outdir, f"started-{args.host}-{os.getpid()}.json"),
         {"tag": worker.tag, "pid": os.getpid(), "observer": worker.observer},
@@ -462,9 +504,10 @@ def host_main(argv: list[str]) -> int:
     import logging
 
     import cqloop.workers
+    from cqloop.worker_events import Limits
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=("broadcast", "unique", "hold"))
+    parser.add_argument("mode", choices=("broadcast", "unique", "hold", "flood"))
     parser.add_argument("outdir")
     parser.add_argument("url")
     parser.add_argument("--host", type=int, required=True)
@@ -479,14 +522,23 @@ def host_main(argv: list[str]) -> int:
     )
     parser.add_argument("--kill-key", action="append", default=[])
     parser.add_argument("--hold-key", action="append", default=[])
+    parser.add_argument("--max-payload", type=int)
+    parser.add_argument("--max-queued", type=int)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     async def app(listener: socket.socket) -> None:
         await _host_app(listener, args)
 
+    limits = {"max_payload": args.max_payload, "max_queued": args.max_queued}
     return cqloop.workers.serve(
-        app, workers=args.workers, host="127.0.0.1", port=0, grace_period=5, events=args.url
+        app,
+        workers=args.workers,
+        host="127.0.0.1",
+        port=0,
+        grace_period=5,
+        events=args.url,
+        limits=Limits(**{k: v for k, v in limits.items() if v is not None}),
     )
 
 

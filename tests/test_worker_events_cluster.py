@@ -13,9 +13,11 @@ Skipped when redis-server is not installed, except in CI (CI=true), where that f
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -26,7 +28,8 @@ from typing import Any
 import pytest
 
 import cqloop.workers
-from cqloop.worker_events import Broker
+from cqloop.worker_events import Broker, Codec, Limits
+from cqloop.worker_events.client import Registry, open_client
 from cqloop.worker_events.cluster import ClusterSettings
 from tests.redis_harness import (
     CutProxy,
@@ -466,3 +469,102 @@ def test_the_cluster_benchmark_runs_and_reports(tmp_path: Path):
     assert figures["cluster_deliveries_per_s"] > 0 and figures["single_host_deliveries_per_s"] > 0
     assert 0 < figures["paced_latency_p50_s"] <= figures["paced_latency_p99_s"]
     assert "3 hosts x 4 workers (one Redis stream)" in proc.stdout
+
+
+def test_posts_while_redis_is_down_queue_bounded_and_are_appended_in_order(tmp_path: Path):
+    # A host's queue (1 KiB here), its broker's hold (one post window) and the worker's
+    # own queue (Limits.max_queued) fill while Redis is down; then post() raises
+    # PostQueueFull, and what was taken is appended, in order, once Redis is back.
+    server = RedisServer(tmp_path / "redis", appendonly=True)
+    server.start()
+    try:
+        url = server.url + "?stream=t9&queue=1024&backoff_max=0.25"
+        limits = ["--max-payload", "1024", "--max-queued", "8192"]
+        args = ("--workers", "1", "--hosts", "1", "--posts", "100000", *limits)
+        with hosts(tmp_path, "flood", [url], *args) as running:
+            wait_files(tmp_path, "ready-0.0", 1, running, "the worker past its barrier", 60)
+            worker = read_json(next(tmp_path.glob("started-0-*.json")))["pid"]
+            server.stop()
+            os.kill(worker, signal.SIGUSR1)
+            flooded = read_json(
+                wait_files(tmp_path, "flooded-0.0.json", 1, running, "the flood", 60)[0]
+            )
+            assert flooded["error"] and flooded["error"].startswith("PostQueueFull")
+            # The bound: the host's queue, one post window held by the broker, the
+            # worker's own queue, and what was on its way between them.
+            assert 60 < flooded["count"] < 400, flooded
+            server.start()
+            log = read_json(wait_files(tmp_path, "log-0.0.json", 1, running, "the log", 60)[0])
+            assert log["flooded"] == list(range(flooded["count"]))
+            assert running[0].stop() == 0
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def standalone_broker(path: Path, url: str) -> Iterator[subprocess.Popen[bytes]]:
+    argv = [sys.executable, "-m", "cqloop.worker_events", "--socket", str(path), "--events", url]
+    with open(path.with_suffix(".err"), "wb") as stderr:
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=stderr)
+    try:
+        wait_for(lambda: path.exists() or process.poll() is not None, f"{path} to appear")
+        assert process.poll() is None, path.with_suffix(".err").read_text()
+        yield process
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+async def test_standalone_brokers_bridged_to_one_stream(redis_server: RedisServer, tmp_path: Path):
+    url = redis_server.url + "?stream=t10"
+    with (
+        standalone_broker(tmp_path / "a.sock", url),
+        standalone_broker(tmp_path / "b.sock", url),
+    ):
+        logs: dict[str, list[Any]] = {"a": [], "b": []}
+        clients = {}
+        try:
+            for name in ("a", "b"):
+                registry = Registry()
+                registry.register(
+                    lambda data, event, source, pid, log=logs[name]: log.append((event, data)),
+                    "t",
+                    (),
+                    weak=False,
+                )
+                clients[name] = await open_client(
+                    path=str(tmp_path / f"{name}.sock"),
+                    codec=Codec.JSON,
+                    limits=Limits(),
+                    registry=registry,
+                )
+                # Its own post coming back says its broker reads the stream.
+                clients[name].post("t", "ping", name)
+                await until(lambda name=name: ("ping", name) in logs[name], f"{name}'s ping")
+            for i in range(100):
+                clients["a" if i % 2 else "b"].post("t", "n", i)
+            sequences: dict[str, list[Any]] = {}
+
+            def both() -> bool:
+                for name, log in logs.items():
+                    sequences[name] = [data for event, data in log if event == "n"]
+                return len(sequences["a"]) == len(sequences["b"]) == 100
+
+            await until(both, "every event on both")
+            assert sequences["a"] == sequences["b"] and sorted(sequences["a"]) == list(range(100))
+        finally:
+            for client in clients.values():
+                await client.close()
+
+
+async def until(condition: Any, what: str, timeout: float = 30.0) -> None:
+    """Yield to the loop until `condition()` holds (bounded)."""
+
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.005)
+
+    try:
+        await asyncio.wait_for(poll(), timeout)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
