@@ -7,6 +7,9 @@ worker_events across hosts (tests/test_worker_events_cluster.py) and its benchma
 - `CutProxy`: a TCP relay on loopback between one host and Redis, run in a thread; `cut()`
   closes every connection through it and refuses new ones until `heal()`: a network
   partition of that one host, seen from both ends as connections that break.
+- `NetnsLink`: a network namespace joined to this one by a veth pair (root only): a host
+  run inside it reaches Redis over the pair, and `cut()` takes the link down, a silent
+  partition (packets dropped, no connection reset), until `heal()`.
 - `Host`: one `python tests/redis_harness.py MODE OUTDIR URL ...` process, a
   cqloop.workers supervisor standing for a host (in a session of its own, so that the
   test can kill the whole host: supervisor and workers).
@@ -89,6 +92,7 @@ class RedisServer:
         appendonly: bool = False,
         password: str | None = None,
         tls: dict[str, str] | None = None,
+        bind: tuple[str, ...] = ("127.0.0.1",),
     ) -> None:
         path = redis_server_path()
         if path is None:
@@ -99,6 +103,7 @@ class RedisServer:
         self.appendonly = appendonly
         self.password = password
         self.tls = tls
+        self.bind = bind
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -112,7 +117,7 @@ class RedisServer:
         args = [
             self.binary,
             "--bind",
-            "127.0.0.1",
+            *self.bind,
             "--dir",
             str(self.directory),
             "--save",
@@ -266,16 +271,71 @@ class CutProxy:
         writer.transport.abort()
 
 
-class Host:
-    """One host: `python tests/redis_harness.py MODE OUTDIR URL --host N ...`."""
+class NetnsLink:
+    """A namespace NAME and a veth pair: LOCAL_ADDRESS here, PEER_ADDRESS in the namespace
+    (link-local addresses, on a link this test made and removes)."""
 
-    def __init__(self, outdir: Path, mode: str, url: str, host: int, *args: str) -> None:
+    LOCAL_ADDRESS = "169.254.77.1"
+    PEER_ADDRESS = "169.254.77.2"
+    PREFIX = 30
+
+    def __init__(self) -> None:
+        tag = f"{os.getpid() % 100000}"
+        self.name = f"cqlt{tag}"
+        self.local = f"cqla{tag}"
+        self.peer = f"cqlb{tag}"
+        self.made: list[list[str]] = []
+        try:
+            self._ip("netns", "add", self.name)
+            self.made.append(["netns", "del", self.name])
+            self._ip("link", "add", self.local, "type", "veth", "peer", "name", self.peer)
+            self.made.append(["link", "del", self.local])
+            self._ip("link", "set", self.peer, "netns", self.name)
+            self._ip("addr", "add", f"{self.LOCAL_ADDRESS}/{self.PREFIX}", "dev", self.local)
+            self._ip("link", "set", self.local, "up")
+            inside = ["netns", "exec", self.name, "ip"]
+            self._ip(*inside, "addr", "add", f"{self.PEER_ADDRESS}/{self.PREFIX}", "dev", self.peer)
+            self._ip(*inside, "link", "set", self.peer, "up")
+            self._ip(*inside, "link", "set", "lo", "up")
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def prefix(self) -> tuple[str, ...]:
+        """What runs a command inside the namespace."""
+        return ("ip", "netns", "exec", self.name)
+
+    def cut(self) -> None:
+        self._ip("link", "set", self.local, "down")
+
+    def heal(self) -> None:
+        self._ip("link", "set", self.local, "up")
+
+    def close(self) -> None:
+        while self.made:
+            subprocess.run(["ip", *self.made.pop()], capture_output=True, check=False)
+
+    @staticmethod
+    def _ip(*args: str) -> None:
+        subprocess.run(["ip", *args], capture_output=True, check=True, timeout=30)
+
+
+class Host:
+    """One host: `python tests/redis_harness.py MODE OUTDIR URL --host N ...` (after
+    `prefix`, a command that runs it elsewhere: `ip netns exec NAME`)."""
+
+    def __init__(
+        self, outdir: Path, mode: str, url: str, host: int, *args: str, prefix: tuple[str, ...] = ()
+    ) -> None:
         self.outdir = outdir
         self.host = host
         self.stderr_path = outdir / f"host-{host}.err"
+        command = [*prefix, sys.executable, HARNESS, mode, str(outdir), url]
+        command += ["--host", str(host), *args]
         with open(self.stderr_path, "ab") as stderr:
             self.process = subprocess.Popen(
-                [sys.executable, HARNESS, mode, str(outdir), url, "--host", str(host), *args],
+                command,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,

@@ -72,6 +72,25 @@ UNIQUE_CLAIM_COUNT = 64
 # How long a host's last post number is kept, in ms: longer than any outage it rides out.
 POSTER_TTL_MS = 7 * 24 * 3600 * 1000
 MS_PER_S = 1000
+# Error replies of a server that cannot serve us *now* (refusing a remote client, loading
+# its data, out of memory, a replica, ...): retried with the backoff like a lost
+# connection, with a warning. Any other error reply is a bug, and stops the loop loudly.
+PASSING_ERRORS = frozenset(
+    (
+        "DENIED",
+        "NOAUTH",
+        "WRONGPASS",
+        "NOPERM",
+        "LOADING",
+        "OOM",
+        "READONLY",
+        "MASTERDOWN",
+        "BUSY",
+        "TRYAGAIN",
+        "CLUSTERDOWN",
+        "NOREPLICAS",
+    )
+)
 
 # KEYS: stream, counter, this bridge's poster key, unique stream.
 # ARGV: maxlen, poster ttl ms, unique window ms, coalescing key prefix, then per post
@@ -345,6 +364,12 @@ class RedisBridge:
             self._on_error(what, exc)
             await backoff.wait()
             return False, None
+        except self._response_error as exc:
+            if str(exc).split(" ", 1)[0] not in PASSING_ERRORS:
+                raise
+            self._on_error(what, exc)
+            await backoff.wait()
+            return False, None
         self._on_success()
         backoff.reset()
         return True, reply
@@ -489,27 +514,27 @@ class RedisBridge:
                     # Workers connecting is no event of ours: look again now and then.
                     await asyncio.wait_for(self._unique_room.wait(), READ_BLOCK_MS / MS_PER_S)
                 continue
-            try:
-                reply = await self._redis.xreadgroup(
-                    GROUP,
-                    self.host_id,
-                    streams,
-                    count=UNIQUE_IN_FLIGHT - len(self._in_flight),
-                    block=READ_BLOCK_MS,
-                )
-            except self._response_error as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                await self._ensure_group()  # Redis lost it (restarted without its data)
-                continue
-            except self._errors as exc:
-                self._on_error("reading unique events", exc)
-                await backoff.wait()
-                continue
-            backoff.reset()
+            _, reply = await self._attempt(
+                "reading unique events", backoff, self._read_unique(streams)
+            )
             for _, entries in reply or ():
                 for entry_id, fields in entries:
                     self._deliver_unique(entry_id.decode(), fields)
+
+    async def _read_unique(self, streams: dict[str, str]) -> Any:
+        try:
+            return await self._redis.xreadgroup(
+                GROUP,
+                self.host_id,
+                streams,
+                count=UNIQUE_IN_FLIGHT - len(self._in_flight),
+                block=READ_BLOCK_MS,
+            )
+        except self._response_error as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self._ensure_group()  # Redis lost it (restarted without its data)
+            return None
 
     def _has_workers(self) -> bool:
         return self.broker.statistics().clients > 0
@@ -567,28 +592,30 @@ class RedisBridge:
     async def _claim_loop(self) -> None:
         """Every claim_timeout / 3: refresh the entries held here (so that nobody claims
         them), then claim those idle for claim_timeout (their host went silent)."""
+        backoff = _Backoff(self.settings)
         interval = self.settings.claim_timeout / 3
         idle_ms = int(self.settings.claim_timeout * MS_PER_S)
         await self._positioned.wait()
         while True:
             await asyncio.sleep(interval)
-            try:
-                if self._in_flight:
-                    await self._redis.xclaim(
-                        self._unique_stream,
-                        GROUP,
-                        self.host_id,
-                        0,
-                        list(self._in_flight),
-                        justid=True,
-                    )
-                if self._has_workers() and len(self._in_flight) < UNIQUE_IN_FLIGHT:
-                    await self._claim_idle(idle_ms)
-            except self._response_error as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-            except self._errors as exc:
-                self._on_error("claiming unique events", exc)
+            await self._attempt("claiming unique events", backoff, self._claim(idle_ms))
+
+    async def _claim(self, idle_ms: int) -> None:
+        try:
+            if self._in_flight:
+                await self._redis.xclaim(
+                    self._unique_stream,
+                    GROUP,
+                    self.host_id,
+                    0,
+                    list(self._in_flight),
+                    justid=True,
+                )
+            if self._has_workers() and len(self._in_flight) < UNIQUE_IN_FLIGHT:
+                await self._claim_idle(idle_ms)
+        except self._response_error as exc:
+            if "NOGROUP" not in str(exc):
+                raise  # (without its group, nothing is pending: the unique loop remakes it)
 
     async def _claim_idle(self, idle_ms: int) -> None:
         reply = await self._redis.xautoclaim(
