@@ -13,7 +13,6 @@ Skipped when redis-server is not installed, except in CI (CI=true), where that f
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import os
@@ -41,6 +40,7 @@ from tests.redis_harness import (
     redis_server_path,
     wait_files,
 )
+from tests.test_worker_events import until
 from tests.workers_harness import wait_for
 
 if redis_server_path() is None:
@@ -542,7 +542,7 @@ async def test_standalone_brokers_bridged_to_one_stream(redis_server: RedisServe
                 )
                 # Its own post coming back says its broker reads the stream.
                 clients[name].post("t", "ping", name)
-                await until(lambda name=name: ("ping", name) in logs[name], f"{name}'s ping")
+                await until(lambda name=name: ("ping", name) in logs[name], f"{name}'s ping", 30)
             for i in range(100):
                 clients["a" if i % 2 else "b"].post("t", "n", i)
             sequences: dict[str, list[Any]] = {}
@@ -552,24 +552,11 @@ async def test_standalone_brokers_bridged_to_one_stream(redis_server: RedisServe
                     sequences[name] = [data for event, data in log if event == "n"]
                 return len(sequences["a"]) == len(sequences["b"]) == 100
 
-            await until(both, "every event on both")
+            await until(both, "every event on both", 30)
             assert sequences["a"] == sequences["b"] and sorted(sequences["a"]) == list(range(100))
         finally:
             for client in clients.values():
                 await client.close()
-
-
-async def until(condition: Any, what: str, timeout: float = 30.0) -> None:
-    """Yield to the loop until `condition()` holds (bounded)."""
-
-    async def poll() -> None:
-        while not condition():
-            await asyncio.sleep(0.005)
-
-    try:
-        await asyncio.wait_for(poll(), timeout)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 @pytest.fixture
