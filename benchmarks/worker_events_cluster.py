@@ -15,8 +15,9 @@ workers meet at a barrier across the cluster, worker 0.0 posts "go", and then:
    none missing, or the round fails. Post-to-delivery latency under that load is
    sampled on the other hosts' workers (time.monotonic() is one clock for every process
    of the machine).
-2. latency: every worker posts M events paced at PACED_RATE a second (light load); the
-   receivers on the other hosts record each event's post-to-delivery time.
+2. latency: once every worker has handled the whole load, every worker posts M events
+   paced at PACED_RATE a second (light load); the receivers on the other hosts record
+   each event's post-to-delivery time.
 
 Beside it: the single-host broker's figure (4 workers, no Redis; worker_events.py's
 measurement on cqloop), and redis-benchmark's XADD on the same server (one request at a
@@ -91,6 +92,8 @@ async def _worker_app(args: argparse.Namespace) -> None:
     ready = loop.create_future()
     go = loop.create_future()
     loaded = loop.create_future()
+    everyone_loaded = loop.create_future()
+    loaded_heard: set[int] = set()
     paced = loop.create_future()
     seen = [0] * everyone
     seen_paced = [0]
@@ -125,6 +128,10 @@ async def _worker_app(args: argparse.Namespace) -> None:
                 ready.set_result(None)
         elif event == "go" and not go.done():
             go.set_result(now)
+        elif event == "loaded":
+            loaded_heard.add(data)
+            if len(loaded_heard) == everyone and not everyone_loaded.done():
+                everyone_loaded.set_result(None)
 
     worker_events.register(on_event, SOURCE)
     worker_events.post(SOURCE, "hello", me)
@@ -135,6 +142,10 @@ async def _worker_app(args: argparse.Namespace) -> None:
     for i in range(args.n):
         await worker_events.post_async(SOURCE, "n", [me, i, time.monotonic()])
     finished = await loaded
+    # The paced phase starts once every worker has handled the whole load: its latency
+    # is not spent queueing behind the first phase's tail.
+    worker_events.post(SOURCE, "loaded", me)
+    await everyone_loaded
     pace = 1.0 / PACED_RATE
     start = time.monotonic()
     for i in range(args.m):

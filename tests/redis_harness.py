@@ -27,7 +27,8 @@ order after its own hello), so nothing posted after the barrier can miss anyone.
              events it writes OUTDIR/progress-TAG once.
   unique     each worker posts --posts unique events (key TAG-i); whoever handles one
              appends "KEY PID" to OUTDIR/handled-TAG-PID.txt at once; a key named by
-             --kill-key makes the first worker that handles it SIGKILL itself instead.
+             --kill-key makes the first worker that handles it SIGKILL itself instead;
+             every worker also posts the unique key --shared-key, if given.
   hold       as unique, but the worker that handles a key named by --hold-key writes
              OUTDIR/holding-KEY and then blocks its process (it never acknowledges).
   flood      past the barrier a worker writes OUTDIR/ready-TAG; on SIGUSR1 it posts
@@ -35,7 +36,9 @@ order after its own hello), so nothing posted after the barrier can miss anyone.
              --posts posts, and writes OUTDIR/flooded-TAG.json {"count", "error"}; once
              it has handled all of its own `count` posts it writes OUTDIR/log-TAG.json.
 
---max-payload and --max-queued set the supervisor's Limits.
+--limit NAME=VALUE sets a field of the supervisor's Limits. In broadcast mode the worker
+tagged --stall blocks in its handler at the first "e" it handles, until the test writes to
+OUTDIR/fifo (once its broker has evicted it).
 
 A worker's tag is HOST.INDEX. The --observer worker of each host posts nothing and
 takes no part in the barrier (the test may kill it).
@@ -448,6 +451,9 @@ class ClusterWorker:
                 self._check_flood_done()
         elif event == "e":
             self.log.append(data)
+            if self.tag == self.args.stall and len(self.log) == 1:
+                with open(os.path.join(self.args.outdir, "fifo"), "rb") as fifo:
+                    fifo.read(1)  # blocks this worker until the test writes
             if len(self.log) == self.args.progress:
                 _touch(os.path.join(self.args.outdir, f"progress-{self.tag}"))
         elif event == "hello":
@@ -545,6 +551,8 @@ class ClusterWorker:
         for key in args.hold_key + args.kill_key:
             if key.startswith(self.tag + ":"):
                 await self.events.post_async("u", "job", key, unique=key)
+        if args.shared_key:
+            await self.events.post_async("u", "job", args.shared_key, unique=args.shared_key)
         await self.events.post_async("t", "finished", self.tag)
 
 
@@ -558,6 +566,11 @@ async def _host_app(listener: socket.socket, args: argparse.Namespace) -> None:
     )
     worker.hello()
     await asyncio.Event().wait()
+
+
+def _limit(text: str) -> tuple[str, float | int]:
+    name, _, value = text.partition("=")
+    return name, float(value) if "." in value else int(value)
 
 
 def host_main(argv: list[str]) -> int:
@@ -582,15 +595,17 @@ def host_main(argv: list[str]) -> int:
     )
     parser.add_argument("--kill-key", action="append", default=[])
     parser.add_argument("--hold-key", action="append", default=[])
-    parser.add_argument("--max-payload", type=int)
-    parser.add_argument("--max-queued", type=int)
+    parser.add_argument("--shared-key")
+    parser.add_argument("--limit", action="append", default=[], type=_limit)
+    parser.add_argument("--stall")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     async def app(listener: socket.socket) -> None:
         await _host_app(listener, args)
 
-    limits = {"max_payload": args.max_payload, "max_queued": args.max_queued}
+    if args.stall and args.stall.split(".")[0] == str(args.host):
+        os.mkfifo(os.path.join(args.outdir, "fifo"))
     return cqloop.workers.serve(
         app,
         workers=args.workers,
@@ -598,7 +613,7 @@ def host_main(argv: list[str]) -> int:
         port=0,
         grace_period=5,
         events=args.url,
-        limits=Limits(**{k: v for k, v in limits.items() if v is not None}),
+        limits=Limits(**dict(args.limit)),
     )
 
 
