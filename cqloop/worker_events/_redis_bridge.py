@@ -394,7 +394,7 @@ class RedisBridge:
             args: list[Any] = [
                 self.settings.maxlen,
                 POSTER_TTL_MS,
-                int(self.broker.limits.unique_window * MS_PER_S),
+                max(1, round(self.broker.limits.unique_window * MS_PER_S)),  # PX must be >= 1
                 self._coalesce_prefix,
             ]
             for number, key, blob, _ in batch:
