@@ -275,14 +275,18 @@ class CutProxy:
 
 
 class NetnsLink:
-    """A namespace NAME and a veth pair: LOCAL_ADDRESS here, PEER_ADDRESS in the namespace
-    (link-local addresses, on a link this test made and removes)."""
+    """A namespace NAME and a veth pair: `local_address` here, `peer_address` in the
+    namespace (link-local, on a link this test made and removes; a /30 of its own per
+    test process, so that two suites running side by side do not share a subnet)."""
 
-    LOCAL_ADDRESS = "169.254.77.1"
-    PEER_ADDRESS = "169.254.77.2"
     PREFIX = 30
+    SUBNETS = 16000  # /30s in 169.254.1.0 .. 169.254.250.255
 
     def __init__(self) -> None:
+        base = (os.getpid() % self.SUBNETS) * 4
+        third, fourth = 1 + base // 256, base % 256
+        self.local_address = f"169.254.{third}.{fourth + 1}"
+        self.peer_address = f"169.254.{third}.{fourth + 2}"
         tag = f"{os.getpid() % 100000}"
         self.name = f"cqlt{tag}"
         self.local = f"cqla{tag}"
@@ -294,10 +298,10 @@ class NetnsLink:
             self._ip("link", "add", self.local, "type", "veth", "peer", "name", self.peer)
             self.made.append(["link", "del", self.local])
             self._ip("link", "set", self.peer, "netns", self.name)
-            self._ip("addr", "add", f"{self.LOCAL_ADDRESS}/{self.PREFIX}", "dev", self.local)
+            self._ip("addr", "add", f"{self.local_address}/{self.PREFIX}", "dev", self.local)
             self._ip("link", "set", self.local, "up")
             inside = ["netns", "exec", self.name, "ip"]
-            self._ip(*inside, "addr", "add", f"{self.PEER_ADDRESS}/{self.PREFIX}", "dev", self.peer)
+            self._ip(*inside, "addr", "add", f"{self.peer_address}/{self.PREFIX}", "dev", self.peer)
             self._ip(*inside, "link", "set", self.peer, "up")
             self._ip(*inside, "link", "set", "lo", "up")
         except BaseException:

@@ -581,13 +581,13 @@ def test_a_host_in_its_own_network_namespace_rides_out_a_silent_partition(
     # Host 2 runs in a namespace of its own and reaches Redis over a veth pair; the link
     # goes down for 2 s (packets dropped, nothing reset), and comes back.
     # (Redis serves a non-loopback client only with a password: AUTH runs over the link.)
-    bind = ("127.0.0.1", NetnsLink.LOCAL_ADDRESS)
+    bind = ("127.0.0.1", netns_link.local_address)
     server = RedisServer(tmp_path / "redis", bind=bind, password="over-the-veth")
     server.start()
     try:
         per_worker = 500
         url = server.url + "?stream=t11&backoff_max=0.25"
-        far_url = url.replace("127.0.0.1", NetnsLink.LOCAL_ADDRESS)
+        far_url = url.replace("127.0.0.1", netns_link.local_address)
         args = [*common(per_worker), "--hosts", "3", "--rate", "250", "--progress", "600"]
         running = [Host(tmp_path, "broadcast", url, h, *args) for h in (0, 1)]
         running.append(Host(tmp_path, "broadcast", far_url, 2, *args, prefix=netns_link.prefix))
