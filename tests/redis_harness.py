@@ -195,6 +195,7 @@ class CutProxy:
         self.target_port = target_port
         self.port = 0
         self._cut = False
+        self._swallow = False
         self._writers: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -206,6 +207,11 @@ class CutProxy:
 
     def cut(self) -> None:
         self._call(self._do_cut)
+
+    def swallow(self) -> None:
+        """Keep relaying requests to Redis, but drop its replies: a reply lost on the
+        way, as when a connection breaks after the server acted (until cut())."""
+        self._call(self._do_swallow)
 
     def heal(self) -> None:
         self._call(self._do_heal)
@@ -227,8 +233,12 @@ class CutProxy:
         if not done.wait(STOP_DEADLINE_S):
             raise AssertionError("the proxy did not answer")
 
+    def _do_swallow(self) -> None:
+        self._swallow = True
+
     def _do_cut(self) -> None:
         self._cut = True
+        self._swallow = False
         for writer in list(self._writers):
             writer.transport.abort()
 
@@ -259,16 +269,21 @@ class CutProxy:
             return
         self._writers |= {writer, up_writer}
         try:
-            await asyncio.gather(self._relay(reader, up_writer), self._relay(up_reader, writer))
+            await asyncio.gather(
+                self._relay(reader, up_writer), self._relay(up_reader, writer, replies=True)
+            )
         finally:
             for w in (writer, up_writer):
                 self._writers.discard(w)
                 w.transport.abort()
 
-    @staticmethod
-    async def _relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _relay(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, replies: bool = False
+    ) -> None:
         with contextlib.suppress(OSError, ConnectionError):
             while data := await reader.read(RELAY_CHUNK):
+                if replies and self._swallow:
+                    continue
                 writer.write(data)
                 await writer.drain()
         writer.transport.abort()

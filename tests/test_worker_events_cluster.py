@@ -647,3 +647,27 @@ def test_a_stalled_worker_is_evicted_and_the_rest_of_its_host_reads_on(
     lost = len(reference) - len(seen)
     assert 0 < lost <= stalled["gaps"][0]["missed"]
     assert seen == reference[:start] + reference[start + lost :]
+
+
+def test_posts_whose_reply_was_lost_are_appended_once(redis_server: RedisServer, tmp_path: Path):
+    # Host 1's replies from Redis are dropped for a while (its appends and reads reach
+    # Redis and act there), then its connections break: it resends the batches whose
+    # reply it never had and reads again from where it was. Nothing twice.
+    per_worker = 600
+    proxy = CutProxy(redis_server.port)
+    try:
+        url = redis_server.url + "?stream=t13&backoff_max=0.25"
+        lossy_url = url.replace(f":{redis_server.port}/", f":{proxy.port}/")
+        args = [*common(per_worker), "--hosts", "2", "--rate", "300", "--progress", "300"]
+        with hosts(tmp_path, "broadcast", [url, lossy_url], *args) as running:
+            wait_files(tmp_path, "progress-1.*", 1, running, "host 1 under way", RUN_DEADLINE_S)
+            proxy.swallow()
+            time.sleep(0.5)  # how long replies are lost, not a synchronisation
+            proxy.cut()
+            proxy.heal()
+            wait_files(tmp_path, "log-*.json", 2 * WORKERS, running, "every log", RUN_DEADLINE_S)
+            check_broadcast_logs(tmp_path, 2 * WORKERS, per_worker)
+            for host in running:
+                assert host.stop() == 0
+    finally:
+        proxy.close()
