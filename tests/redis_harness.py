@@ -23,8 +23,8 @@ order after its own hello), so nothing posted after the barrier can miss anyone.
   broadcast  each worker posts --posts events (source "t", event "e", data [tag, i]) with
              post_async, --rate of them a second when given, then "finished"; once it has
              heard "finished" from every expected worker it writes OUTDIR/log-TAG.json
-             (every "e" in the order handled, and the gap events). After --progress
-             events it writes OUTDIR/progress-TAG once.
+             (every "e" in the order handled, and the gap events). After each --progress
+             count of events it writes OUTDIR/progress-TAG-COUNT.
   unique     each worker posts --posts unique events (key TAG-i); whoever handles one
              appends "KEY PID" to OUTDIR/handled-TAG-PID.txt at once; a key named by
              --kill-key makes the first worker that handles it SIGKILL itself instead;
@@ -473,8 +473,8 @@ class ClusterWorker:
             if self.tag == self.args.stall and len(self.log) == 1:
                 with open(os.path.join(self.args.outdir, "fifo"), "rb") as fifo:
                     fifo.read(1)  # blocks this worker until the test writes
-            if len(self.log) == self.args.progress:
-                _touch(os.path.join(self.args.outdir, f"progress-{self.tag}"))
+            if len(self.log) in self.args.progress:
+                _touch(os.path.join(self.args.outdir, f"progress-{self.tag}-{len(self.log)}"))
         elif event == "hello":
             if data not in self.heard:
                 self.heard.add(data)
@@ -607,7 +607,7 @@ def host_main(argv: list[str]) -> int:
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--posts", type=int, default=100)
     parser.add_argument("--rate", type=float, default=0.0)
-    parser.add_argument("--progress", type=int, default=0)
+    parser.add_argument("--progress", type=int, action="append", default=[])
     parser.add_argument("--observer", type=int, default=-1)
     parser.add_argument(
         "--barrier-hosts", type=lambda text: [int(h) for h in text.split(",")], default=[]

@@ -206,7 +206,7 @@ def test_a_host_killed_while_holding_a_unique_event_is_replaced_and_restarts(
     redis_server: RedisServer, tmp_path: Path
 ):
     hold_key = "0.0:hold"
-    url = redis_server.url + "?stream=t4&claim_timeout=1"
+    url = redis_server.url + "?stream=t4&claim_timeout=2"
     base = ("--workers", "2", "--posts", "0")
     with contextlib.ExitStack() as stack:
         started = hosts(tmp_path, "hold", [url], *base, "--hold-key", hold_key)
@@ -228,9 +228,9 @@ def test_a_host_killed_while_holding_a_unique_event_is_replaced_and_restarts(
         wait_files(
             tmp_path, "started-[12]-*.json", 4, [first, *others], "hosts 1 and 2", RUN_DEADLINE_S
         )
-        # While host 0 lives it keeps the event fresh: three claim timeouts pass (a
-        # duration of the check, not a synchronisation) and nobody else takes it.
-        time.sleep(3.0)
+        # While host 0 lives it keeps the event fresh: two and a half claim timeouts pass
+        # (a duration of the check, not a synchronisation) and nobody else takes it.
+        time.sleep(5.0)
         assert handled_keys(tmp_path) == []
         first.kill()
         found = wait_handled(tmp_path, {hold_key}, others, RUN_DEADLINE_S)
@@ -319,21 +319,24 @@ def test_a_host_that_resumes_past_the_trimmed_part_gets_one_gap_event(
     redis_server: RedisServer, tmp_path: Path
 ):
     # Host 0 posts (paced) while host 1, which posts nothing, is cut off for longer than
-    # the stream keeps: host 1 resumes past the trimmed part.
+    # the stream keeps (until host 0 has handled 1,100 more events): host 1 resumes past
+    # the trimmed part.
     per_worker = 1000
     proxy = CutProxy(redis_server.port)
     try:
         url = redis_server.url + "?stream=t7&maxlen=300&backoff_max=0.25"
         cut_url = url.replace(f":{redis_server.port}/", f":{proxy.port}/")
-        pacing = ("--hosts", "2", "--workers", "2", "--rate", "400", "--progress", "100")
+        pacing = ("--hosts", "2", "--workers", "2", "--rate", "400")
+        pacing += ("--progress", "100", "--progress", "1200")
         running = [
             Host(tmp_path, "broadcast", url, 0, *pacing, "--posts", str(per_worker)),
             Host(tmp_path, "broadcast", cut_url, 1, *pacing, "--posts", "0"),
         ]
         try:
-            wait_files(tmp_path, "progress-1.*", 1, running, "host 1 under way", RUN_DEADLINE_S)
+            wait_files(tmp_path, "progress-1.*-100", 1, running, "host 1 under way", RUN_DEADLINE_S)
             proxy.cut()
-            time.sleep(2.0)  # the length of the partition, not a synchronisation
+            # Host 0 handles 1,100 more events meanwhile, far past what the stream keeps.
+            wait_files(tmp_path, "progress-0.0-1200", 1, running, "host 0 on", RUN_DEADLINE_S)
             proxy.heal()
             wait_files(tmp_path, "log-*.json", 4, running, "every log", RUN_DEADLINE_S)
             for host in running:
