@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 import cqloop.workers
-from cqloop.worker_events import Broker, Codec, Limits
+from cqloop.worker_events import Broker, ClientState, Codec, Limits
 from cqloop.worker_events.client import Registry, open_client
 from cqloop.worker_events.cluster import ClusterSettings
 from tests.redis_harness import (
@@ -40,7 +40,7 @@ from tests.redis_harness import (
     redis_server_path,
     wait_files,
 )
-from tests.test_worker_events import until
+from tests.test_worker_events import group, until
 from tests.workers_harness import wait_for
 
 if redis_server_path() is None:
@@ -674,3 +674,32 @@ def test_posts_whose_reply_was_lost_are_appended_once(redis_server: RedisServer,
                 assert host.stop() == 0
     finally:
         proxy.close()
+
+
+async def test_an_event_over_this_hosts_max_payload_becomes_a_gap_there(
+    redis_server: RedisServer,
+):
+    # Host A allows 64 KiB events, host B 1 KiB: A's large event would break B's workers'
+    # connections (their frame bound is B's), so B's get a gap event in its place.
+    settings = ClusterSettings.from_url(redis_server.url + "?stream=t14")
+    big, small = Limits(max_payload=64 * 1024), Limits(max_payload=1024)
+    async with group(1, big) as (broker_a, [a]), group(1, small) as (broker_b, [b]):
+        bridges = [RedisBridge(settings, broker) for broker in (broker_a, broker_b)]
+        try:
+            for bridge, broker, member in zip(bridges, (broker_a, broker_b), (a, b), strict=True):
+                broker.set_upstream(bridge)
+                bridge.start()
+                member.client.post("t", "ping", id(member))
+                await until(lambda m=member: id(m) in m.events(), "its own ping", 30)
+            a.client.post("t", "big", "x" * 4000)
+            a.client.post("t", "after", 1)
+            await until(lambda: 1 in b.events() and 1 in a.events(), "the event after", 30)
+            assert "x" * 4000 in a.events()
+            assert "x" * 4000 not in b.events()
+            gaps = [entry for entry in b.log if entry[1:3] == ("cqloop.worker_events", "gap")]
+            assert [gap[3]["missed"] for gap in gaps] == [1]
+            assert b.client.state is ClientState.READY
+            assert bridges[1].statistics().missed == 1
+        finally:
+            for bridge in bridges:
+                await bridge.close()

@@ -262,6 +262,7 @@ class RedisBridge:
                 self._outbox_bytes,
                 self.settings.redacted,
             )
+        logger.info("worker_events cluster: host %s closed: %s", self.host_id, self.statistics())
         with contextlib.suppress(*self._errors):
             await self._redis.aclose()
 
@@ -491,8 +492,30 @@ class RedisBridge:
             )
         self._last_id = entry_id
         self._last_n = n
+        blob = fields[b"b"]
+        if self._too_large(entry_id, blob):
+            self._gaps += 1
+            self._missed += 1
+            self.broker.deliver_gap(1)
+            return
         self._delivered += 1
-        self.broker.deliver(fields[b"b"])
+        self.broker.deliver(blob)
+
+    def _too_large(self, entry_id: str, blob: bytes) -> bool:
+        """An event posted on a host whose Limits.max_payload is larger than ours would
+        break our workers' connections (their frame bound comes from our broker): it is
+        lost to this host instead, loudly."""
+        if len(blob) - 1 <= self.broker.limits.max_payload:
+            return False
+        logger.warning(
+            "worker_events cluster: entry %s of %s holds %d bytes, over this host's "
+            "max_payload of %d; its workers get a gap event in its place",
+            entry_id,
+            self.settings.redacted,
+            len(blob) - 1,
+            self.broker.limits.max_payload,
+        )
+        return True
 
     # -- unique events --
 
@@ -551,6 +574,10 @@ class RedisBridge:
                 self.settings.redacted,
             )
             self._to_ack.append(entry_id)
+            self._acks_ready.set()
+            return
+        if self._too_large(entry_id, fields[b"b"]):
+            self._to_ack.append(entry_id)  # no worker here can take it
             self._acks_ready.set()
             return
         key = fields[b"k"].decode()
