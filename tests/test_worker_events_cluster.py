@@ -703,3 +703,29 @@ async def test_an_event_over_this_hosts_max_payload_becomes_a_gap_there(
         finally:
             for bridge in bridges:
                 await bridge.close()
+
+
+async def test_a_stream_reset_under_the_bridge_is_logged_and_delivery_goes_on(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+):
+    # FLUSHALL stands for a Redis restarted without its data: the stream, its counter,
+    # the posters' numbers and the unique events' group are gone.
+    settings = ClusterSettings.from_url(redis_server.url + "?stream=t15")
+    async with group(2) as (broker, members):
+        bridge = RedisBridge(settings, broker)
+        broker.set_upstream(bridge)
+        bridge.start()
+        try:
+            first, second = members
+            first.client.post("t", "n", 0)
+            await until(lambda: all(m.events() == [0] for m in members), "event 0", 30)
+            with contextlib.closing(redis_server.client()) as admin:
+                admin.flushall()
+            first.client.post("t", "n", 1)
+            second.client.post("u", "job", "once", unique="once")
+            await until(lambda: all(m.events() == [0, 1] for m in members), "event 1", 30)
+            await until(lambda: sum(m.events("u") == ["once"] for m in members) == 1, "job", 30)
+            await until(lambda: bridge.statistics().uniques_acknowledged == 1, "the ack", 30)
+            assert "was reset" in caplog.text
+        finally:
+            await bridge.close()

@@ -554,9 +554,11 @@ class RedisBridge:
                 block=READ_BLOCK_MS,
             )
         except self._response_error as exc:
-            if "NOGROUP" not in str(exc):
+            # NOGROUP: Redis lost the group (restarted without its data); UNBLOCKED: the
+            # stream was deleted under our blocked read.
+            if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
                 raise
-            await self._ensure_group()  # Redis lost it (restarted without its data)
+            await self._ensure_group()
             return None
 
     def _has_workers(self) -> bool:
@@ -608,13 +610,17 @@ class RedisBridge:
         backoff = _Backoff(self.settings)
         while await self._work_left(self._to_ack, self._acks_ready):
             ids = self._to_ack[:UNIQUE_IN_FLIGHT]
-            ok, _ = await self._attempt(
-                "acknowledging unique events",
-                backoff,
-                self._redis.xack(self._unique_stream, GROUP, *ids),
-            )
+            ok, _ = await self._attempt("acknowledging unique events", backoff, self._ack(ids))
             if ok:
                 del self._to_ack[: len(ids)]
+
+    async def _ack(self, ids: list[str]) -> None:
+        try:
+            await self._redis.xack(self._unique_stream, GROUP, *ids)
+        except self._response_error as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # Redis lost the group (restarted without its data): nothing is pending.
 
     async def _claim_loop(self) -> None:
         """Every claim_timeout / 3: refresh the entries held here (so that nobody claims
