@@ -434,7 +434,7 @@ class _Supervisor:
         else:
             worker.channel.close()
         self.workers.pop(worker.pid, None)
-        self.broker.post_system("exited", {**worker.describe(), "exitcode": code})
+        self.broker.post_system_after_posts("exited", {**worker.describe(), "exitcode": code})
         if self.slots[worker.index] is not worker:
             return  # replaced (rolling restart) or never installed
         self.slots[worker.index] = None

@@ -36,6 +36,11 @@ order after its own hello), so nothing posted after the barrier can miss anyone.
              --posts posts, and writes OUTDIR/flooded-TAG.json {"count", "error"}; once
              it has handled all of its own `count` posts it writes OUTDIR/log-TAG.json.
 
+In broadcast mode the worker tagged --exit-after-posting returns from its app once it has
+posted (its supervisor starts another, which only watches); every other worker writes
+OUTDIR/exited-TAG.json (its events, and "exited" where it came) when it hears that the
+first one exited.
+
 --limit NAME=VALUE sets a field of the supervisor's Limits. In broadcast mode the worker
 tagged --stall blocks in its handler at the first "e" it handles, until the test writes to
 OUTDIR/fifo (once its broker has evicted it).
@@ -445,6 +450,7 @@ class ClusterWorker:
         self.gaps: list[Any] = []
         self.started = False
         self.done = False
+        self.posted = asyncio.Event()
         self.flood_count: int | None = None
         self.flooded: list[int] = []
         self.loop = asyncio.get_running_loop()
@@ -452,6 +458,7 @@ class ClusterWorker:
 
     def register(self) -> None:
         self.events.register(self.on_event, "t")
+        self.events.register(self.on_exited, "cqloop.workers", "exited")
         self.events.register(self.on_gap, "cqloop.worker_events", "gap")
         if self.args.mode != "broadcast":
             self.events.register(self.on_unique, "u", "job")
@@ -459,6 +466,15 @@ class ClusterWorker:
     def hello(self) -> None:
         if not self.observer:
             self.events.post("t", "hello", self.tag)
+
+    def on_exited(self, data: Any, event: str, source: str, pid: int) -> None:
+        if not self.args.exit_after_posting:
+            return
+        who = f"{self.args.host}.{data['worker']}"
+        self.log.append(["exited", who])
+        if who == self.args.exit_after_posting and data["generation"] == 1:
+            path = os.path.join(self.args.outdir, f"exited-{self.tag}.json")
+            _write_json(path, {"tag": self.tag, "events": self.log})
 
     def on_gap(self, data: Any, event: str, source: str, pid: int) -> None:
         self.gaps.append(data)
@@ -573,6 +589,7 @@ class ClusterWorker:
         if args.shared_key:
             await self.events.post_async("u", "job", args.shared_key, unique=args.shared_key)
         await self.events.post_async("t", "finished", self.tag)
+        self.posted.set()
 
 
 async def _host_app(listener: socket.socket, args: argparse.Namespace) -> None:
@@ -584,6 +601,9 @@ async def _host_app(listener: socket.socket, args: argparse.Namespace) -> None:
         {"tag": worker.tag, "pid": os.getpid(), "observer": worker.observer},
     )
     worker.hello()
+    if worker.tag == args.exit_after_posting and not worker.observer:
+        await worker.posted.wait()
+        return
     await asyncio.Event().wait()
 
 
@@ -617,6 +637,7 @@ def host_main(argv: list[str]) -> int:
     parser.add_argument("--shared-key")
     parser.add_argument("--limit", action="append", default=[], type=_limit)
     parser.add_argument("--stall")
+    parser.add_argument("--exit-after-posting")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 

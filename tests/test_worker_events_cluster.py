@@ -729,3 +729,23 @@ async def test_a_stream_reset_under_the_bridge_is_logged_and_delivery_goes_on(
             assert "was reset" in caplog.text
         finally:
             await bridge.close()
+
+
+def test_exited_comes_after_every_event_the_worker_posted(
+    redis_server: RedisServer, tmp_path: Path
+):
+    # As on one host: a worker's "exited" (a system event of its own host) is sequenced
+    # after its last posts have come back from the stream, not before.
+    per_worker = 300
+    url = redis_server.url + "?stream=t16"
+    args = [*common(per_worker), "--hosts", "1", "--exit-after-posting", "0.1"]
+    with hosts(tmp_path, "broadcast", [url], *args) as running:
+        found = wait_files(tmp_path, "exited-*.json", 2, running, "the exits", RUN_DEADLINE_S)
+        for host in running:
+            assert host.stop() == 0
+    for log in map(read_json, found):
+        events = log["events"]
+        exited = events.index(["exited", "0.1"])
+        assert [["0.1", i] for i in range(per_worker)] == [
+            e for e in events[:exited] if e[0] == "0.1"
+        ], log["tag"]

@@ -43,7 +43,7 @@ import os
 import secrets
 import socket
 from collections import deque
-from collections.abc import Awaitable, Sized
+from collections.abc import Awaitable, Callable, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +60,8 @@ GROUP = "cqloop"
 READ_BLOCK_MS = 1000
 SOCKET_TIMEOUT_MARGIN_S = 4.0
 CONNECT_TIMEOUT_S = 5.0
+# How long close() waits for a loop to return once its connections are closed.
+CLOSE_TIMEOUT_S = 2.0
 # Entries one XREAD returns at most: how far delivery may run past the broker's
 # backpressure before it pauses.
 READ_COUNT = 512
@@ -72,6 +74,10 @@ UNIQUE_CLAIM_COUNT = 64
 # How long a host's last post number is kept, in ms: longer than any outage it rides out.
 POSTER_TTL_MS = 7 * 24 * 3600 * 1000
 MS_PER_S = 1000
+# A blob that opens with this byte is no event but a bridge's marker (codec ids start at
+# 1): "HOST_ID:NUMBER". Every bridge skips it; the one that appended it learns that every
+# post it appended before has come back (see after_posts()).
+MARKER = b"\x00"
 # Error replies of a server that cannot serve us *now* (refusing a remote client, loading
 # its data, out of memory, a replica, ...): retried with the backoff like a lost
 # connection, with a warning. Any other error reply is a bug, and stops the loop loudly.
@@ -137,12 +143,20 @@ class BridgeStatistics:
     reconnects: int
 
 
-class _Backoff:
-    """backoff_min, doubling up to backoff_max; reset() after a success."""
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep `seconds`, or less if `stop` is set meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
 
-    def __init__(self, settings: ClusterSettings) -> None:
+
+class _Backoff:
+    """backoff_min, doubling up to backoff_max; reset() after a success. A wait ends
+    early when the bridge closes."""
+
+    def __init__(self, settings: ClusterSettings, stop: asyncio.Event) -> None:
         self.low = settings.backoff_min
         self.high = settings.backoff_max
+        self.stop = stop
         self.delay = 0.0
 
     def reset(self) -> None:
@@ -150,7 +164,7 @@ class _Backoff:
 
     async def wait(self) -> None:
         self.delay = min(self.high, self.delay * 2 if self.delay else self.low)
-        await asyncio.sleep(self.delay)
+        await _sleep_unless(self.stop, self.delay)
 
 
 class RedisBridge:
@@ -193,6 +207,7 @@ class RedisBridge:
         self._readers: list[asyncio.Task[None]] = []
         self._writers: list[asyncio.Task[None]] = []
         self._closing = False
+        self._stop = asyncio.Event()  # set by close(): every wait of the loops ends
         # None until the first attempt: the first failure is logged too.
         self._connected: bool | None = None
         # Set once the read position is known: appends wait for it, so that a host
@@ -205,6 +220,10 @@ class RedisBridge:
         self._outbox_ready = asyncio.Event()
         self._wants_room = False
         self._post_number = 0
+        self._appended_through = 0  # the number of the last post Redis took
+        self._marker_prefix = MARKER + f"{self.host_id}:".encode()
+        # (post number of the marker, callback), in post order.
+        self._markers: deque[tuple[int, Callable[[], None]]] = deque()
         self._last_id: str | None = None
         self._last_n: int | None = None
         # Unique events a worker here holds: entry id -> True once being handled.
@@ -246,15 +265,27 @@ class RedisBridge:
         if self._closing:
             return
         self._closing = True
-        for task in self._readers:
-            task.cancel()
-        self._outbox_ready.set()
-        self._acks_ready.set()
+        # Every wait of the loops ends (the loops that waited for a read position, which
+        # never came if Redis was never reached, see the bridge closing and return).
+        for event in (self._stop, self._outbox_ready, self._acks_ready, self._flowing):
+            event.set()
+        self._unique_room.set()
+        self._positioned.set()
         if self._writers and timeout > 0:
             await asyncio.wait(self._writers, timeout=timeout)
-        for task in self._writers:
-            task.cancel()
-        await asyncio.gather(*self._readers, *self._writers, return_exceptions=True)
+        # The loops are not cancelled while a command may be in flight: the redis
+        # package's asyncio client can hang a task cancelled in a blocking read
+        # (redis/redis-py#2579, #2028). Closing the connections ends those reads with
+        # an error instead, and each loop, seeing the bridge closing, returns.
+        with contextlib.suppress(*self._errors):
+            await self._redis.connection_pool.disconnect(inuse_connections=True)
+        tasks = [*self._readers, *self._writers]
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT_S)
+            for task in stuck:
+                task.cancel()
+            if stuck:
+                await asyncio.wait(stuck, timeout=CLOSE_TIMEOUT_S)
         if self._outbox:
             logger.warning(
                 "worker_events cluster: %d posts (%d bytes) were never appended to %s",
@@ -321,6 +352,11 @@ class RedisBridge:
     def resume_delivery(self) -> None:
         self._flowing.set()
 
+    def after_posts(self, callback: Callable[[], None]) -> None:
+        marker = self._marker_prefix + str(self._post_number + 1).encode()
+        self.append(None, marker, len(marker))
+        self._markers.append((self._post_number, callback))
+
     # -- connection state (for the log: one line per change, not per retry) --
 
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
@@ -362,6 +398,8 @@ class RedisBridge:
         try:
             reply = await command
         except self._errors as exc:
+            if self._closing:
+                return False, None  # close() closed the connection under the command
             self._on_error(what, exc)
             await backoff.wait()
             return False, None
@@ -388,7 +426,7 @@ class RedisBridge:
     # -- appending --
 
     async def _append_loop(self) -> None:
-        backoff = _Backoff(self.settings)
+        backoff = _Backoff(self.settings, self._stop)
         await self._positioned.wait()
         while await self._work_left(self._outbox, self._outbox_ready):
             batch = self._next_batch()
@@ -404,13 +442,16 @@ class RedisBridge:
                 "appending", backoff, self._script(keys=self._keys, args=args)
             )
             if not ok:
+                if self._closing:
+                    return  # what is left is logged by close()
                 continue
             appended, coalesced = reply
             self._appended += appended
             self._coalesced += coalesced
             for _ in batch:
-                _, _, _, size = self._outbox.popleft()
+                number, _, _, size = self._outbox.popleft()
                 self._outbox_bytes -= size
+            self._appended_through = number
             if self._wants_room:
                 self._wants_room = False
                 self.broker.on_upstream_room()
@@ -428,9 +469,9 @@ class RedisBridge:
     # -- delivering the stream --
 
     async def _read_loop(self) -> None:
-        backoff = _Backoff(self.settings)
+        backoff = _Backoff(self.settings, self._stop)
         stream = self.settings.stream
-        while True:
+        while not self._closing:
             if self.broker.backpressure:
                 self._flowing.clear()
                 await self._flowing.wait()
@@ -481,6 +522,8 @@ class RedisBridge:
                 self._last_id,
             )
             self.broker.deliver_gap(missed)
+            # Our markers may have been in the trimmed part: the order is broken anyway.
+            self._markers_reached(self._appended_through)
         elif last_n is not None and n <= last_n:
             logger.warning(
                 "worker_events cluster: the stream %s was reset (entry %s is number %d, "
@@ -493,6 +536,10 @@ class RedisBridge:
         self._last_id = entry_id
         self._last_n = n
         blob = fields[b"b"]
+        if blob[:1] == MARKER:
+            if blob.startswith(self._marker_prefix):
+                self._markers_reached(int(blob[len(self._marker_prefix) :]))
+            return
         if self._too_large(entry_id, blob):
             self._gaps += 1
             self._missed += 1
@@ -500,6 +547,11 @@ class RedisBridge:
             return
         self._delivered += 1
         self.broker.deliver(blob)
+
+    def _markers_reached(self, number: int) -> None:
+        markers = self._markers
+        while markers and markers[0][0] <= number:
+            markers.popleft()[1]()
 
     def _too_large(self, entry_id: str, blob: bytes) -> bool:
         """An event posted on a host whose Limits.max_payload is larger than ours would
@@ -527,10 +579,10 @@ class RedisBridge:
                 raise
 
     async def _unique_loop(self) -> None:
-        backoff = _Backoff(self.settings)
+        backoff = _Backoff(self.settings, self._stop)
         await self._positioned.wait()
         streams = {self._unique_stream: ">"}
-        while True:
+        while not self._closing:
             if len(self._in_flight) >= UNIQUE_IN_FLIGHT or not self._has_workers():
                 self._unique_room.clear()
                 with contextlib.suppress(TimeoutError):
@@ -607,12 +659,14 @@ class RedisBridge:
         self._unique_room.set()
 
     async def _ack_loop(self) -> None:
-        backoff = _Backoff(self.settings)
+        backoff = _Backoff(self.settings, self._stop)
         while await self._work_left(self._to_ack, self._acks_ready):
             ids = self._to_ack[:UNIQUE_IN_FLIGHT]
             ok, _ = await self._attempt("acknowledging unique events", backoff, self._ack(ids))
             if ok:
                 del self._to_ack[: len(ids)]
+            elif self._closing:
+                return
 
     async def _ack(self, ids: list[str]) -> None:
         try:
@@ -625,12 +679,14 @@ class RedisBridge:
     async def _claim_loop(self) -> None:
         """Every claim_timeout / 3: refresh the entries held here (so that nobody claims
         them), then claim those idle for claim_timeout (their host went silent)."""
-        backoff = _Backoff(self.settings)
+        backoff = _Backoff(self.settings, self._stop)
         interval = self.settings.claim_timeout / 3
         idle_ms = int(self.settings.claim_timeout * MS_PER_S)
         await self._positioned.wait()
-        while True:
-            await asyncio.sleep(interval)
+        while not self._closing:
+            await _sleep_unless(self._stop, interval)
+            if self._closing:
+                return
             await self._attempt("claiming unique events", backoff, self._claim(idle_ms))
 
     async def _claim(self, idle_ms: int) -> None:

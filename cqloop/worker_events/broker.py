@@ -44,7 +44,8 @@ which takes them while its bounded queue has room (the POST_CREDIT waits otherwi
 posters queue in their own processes, as under backpressure), and the upstream delivers
 the stream's entries back through deliver(), deliver_unique() and deliver_gap(), which
 number them here like any post. Backpressure then pauses the upstream's reading instead
-of the posters' sequencing. System events stay local to the host.
+of the posters' sequencing. System events stay local to the host; "exited" waits until
+the worker's posts have come back through the upstream (post_system_after_posts()).
 
 Who calls in: cqloop.workers (one Broker on the supervisor's loop, add_peer() per worker),
 the standalone broker (__main__.py, serve_unix()) and an upstream bridge. Runs on any
@@ -112,6 +113,9 @@ class Upstream(Protocol):
 
     def resume_delivery(self) -> None:
         """The broker's backpressure is released: deliver again."""
+
+    def after_posts(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once every post taken so far has been delivered back."""
 
 
 @dataclass(frozen=True)
@@ -373,6 +377,20 @@ class Broker:
         """For loop.create_unix_server(): a client that must be of this user."""
         self._check_open()
         return _Peer(self, worker=None, check_peer_uid=True)
+
+    def post_system_after_posts(self, event: str, data: dict[str, Any]) -> None:
+        """post_system(), once every post taken so far is sequenced: at once here, or,
+        with an upstream, once those posts have come back through it (so that a worker's
+        "exited" follows its posts on every host's order, as on one)."""
+        if self._upstream is None:
+            self.post_system(event, data)
+            return
+
+        def post() -> None:
+            if not self._closed:
+                self.post_system(event, data)
+
+        self._upstream.after_posts(post)
 
     def post_system(self, event: str, data: dict[str, Any]) -> int:
         """Post a "cqloop.workers" event from the broker itself; returns its seq."""
@@ -732,7 +750,7 @@ class Broker:
             peer.lost.set_result(None)
         if was_active and peer.worker is None and not self._closed:
             # A standalone client: its connection is all there is of it.
-            self.post_system("exited", {"pid": peer.pid, "worker": None})
+            self.post_system_after_posts("exited", {"pid": peer.pid, "worker": None})
         self._flush_soon()
 
     # -- output scheduling --
