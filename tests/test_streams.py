@@ -9,6 +9,7 @@ refusals, cancellation, fd exhaustion) are in test_network_faults.py.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import socket
 import sys
@@ -240,6 +241,55 @@ async def test_write_can_be_replaced_on_the_instance() -> None:
     await peer.enough
     assert seen == [b"hi"]
     await _close_all(server, client, peer)
+
+
+async def test_transport_methods_taken_as_values_act_on_their_transport() -> None:
+    server, client, peer = await _tcp_pair()
+    transport = client.transport
+    write, writelines = transport.write, transport.writelines
+    is_closing, is_reading = transport.is_closing, transport.is_reading
+    pause, resume = transport.pause_reading, transport.resume_reading
+    peer.wanted = 6
+    write(b"ab")
+    writelines([b"cd", b"ef"])
+    await peer.enough
+    assert bytes(peer.data) == b"abcdef"
+    assert transport.get_write_buffer_size() == 0
+    pause()
+    assert not is_reading()
+    resume()
+    assert is_reading()
+    assert not is_closing()
+    transport.close()
+    assert is_closing()
+    await _close_all(server, client, peer)
+
+
+@pytest.mark.cqloop_only
+async def test_transport_methods_refuse_another_object_as_self() -> None:
+    server, client, peer = await _tcp_pair()
+    cls = type(client.transport)
+    with pytest.raises(TypeError):
+        cls.write(object(), b"x")
+    with pytest.raises(TypeError):
+        cls.is_closing(peer)
+    await _close_all(server, client, peer)
+
+
+@pytest.mark.cqloop_only
+async def test_transport_whose_init_failed_is_dropped_without_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cqloop.transports.socket_transport import SocketTransport
+
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    sock = socket.socket()
+    sock.close()
+    with pytest.raises(OSError):
+        SocketTransport(asyncio.get_running_loop(), sock, asyncio.Protocol())
+    gc.collect()
+    assert unraisable == []
 
 
 async def test_close_waits_for_the_buffer_then_loses_the_connection_once() -> None:

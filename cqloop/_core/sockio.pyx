@@ -345,12 +345,21 @@ cdef Py_ssize_t _slot_offset(type cls, str name):
         return -1
     try:
         probe = cls.__new__(cls)
+    except Exception:
+        return -1
+    try:
         for marker in (object(), object()):
             setattr(probe, name, marker)
             if (<PyObject **>(<char *><PyObject *>probe + offset))[0] is not <PyObject *>marker:
                 return -1
     except Exception:
         return -1
+    finally:
+        # Unset again: the probe's finaliser (if its class has one) finds it never set up.
+        try:
+            delattr(probe, name)
+        except AttributeError:
+            pass
     return offset
 
 

@@ -69,6 +69,10 @@ cdef class StreamTransport(FdWatcher):
 
     # -- methods ----------------------------------------------------------------------
     cdef int _sync_interest(self) except -1
+    cdef int _pause_reading(self) except -1
+    cdef int _resume_reading(self) except -1
+    cdef int _write(self, object data) except -1
+    cdef int _writelines(self, object list_of_data) except -1
     cdef int _on_readable(self) except -1
     cdef int _on_writable(self) except -1
     cdef int _read_data(self) except -1

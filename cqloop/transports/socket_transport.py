@@ -16,7 +16,7 @@ from asyncio import constants
 from collections.abc import Callable
 from typing import Any
 
-from cqloop._core.stream import StreamTransport
+from cqloop._core.stream import StreamTransport, bind_engine_methods
 from cqloop.transports.sockutil import set_nodelay
 
 __all__ = ["SocketTransport"]
@@ -31,41 +31,21 @@ def _set_result_unless_cancelled(fut: asyncio.Future[None], result: None) -> Non
 _SOCKET_INFO = frozenset(("socket", "sockname", "peername"))
 
 
-class _EngineMethod:
-    """A method a protocol calls per message, taken straight from the compiled engine.
-
-    A non-data descriptor: its first use on an instance stores the engine's bound method on
-    the instance, where every later lookup finds it, so a call costs no Python frame of
-    ours. Stored with setattr, not through `__dict__`: setattr keeps it in the instance's
-    inline values, and asking for `__dict__` would make a dict for them, whose lookup cost
-    51 more instructions per `transport.write` (callgrind, 1 KiB echo). Bound on first use
-    rather than in __init__: an idle connection carries none (binding all seven up front
-    cost 448 bytes per connection).
-    """
-
-    __slots__ = ("name",)
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, transport: Any, owner: type | None = None) -> Any:
-        if transport is None:
-            return self
-        method = getattr(transport._core, self.name)
-        setattr(transport, self.name, method)
-        return method
-
-
 class SocketTransport(asyncio.Transport):
     """A connected stream socket as an asyncio transport.
 
     A real asyncio.Transport subclass (CPython's tests and some libraries check), driven by
     a compiled StreamTransport engine (`_core`). asyncio.Transport has a fixed instance
-    layout, so the engine cannot be a base class; it is held instead, and the hot methods
-    are bound onto the instance from it on first use (_EngineMethod).
+    layout, so the engine cannot be a base class; it is held in a slot instead, where the
+    per-message methods (write, writelines, is_closing, ...: C method descriptors the
+    engine's module puts on this class, bind_engine_methods below) find it at a fixed
+    offset. Instances keep a __dict__ (test suites replace `transport.write` on one).
     """
 
+    __slots__ = ("__dict__", "__weakref__", "_core")
+
     _extra: dict[str, Any]  # set by BaseTransport.__init__ (a slot there)
+    _core: StreamTransport
 
     # loop.sendfile may hand the socket to os.sendfile once the write buffer is empty.
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
@@ -97,15 +77,8 @@ class SocketTransport(asyncio.Transport):
         if waiter is not None:
             loop.call_soon(_set_result_unless_cancelled, waiter, None, context=context)
 
-    # -- asyncio.Transport, delegated to the engine (the hot ones bound on first use) --
-
-    write: Any = _EngineMethod()
-    writelines: Any = _EngineMethod()
-    is_closing: Any = _EngineMethod()
-    pause_reading: Any = _EngineMethod()
-    resume_reading: Any = _EngineMethod()
-    is_reading: Any = _EngineMethod()
-    get_write_buffer_size: Any = _EngineMethod()
+    # -- asyncio.Transport, delegated to the engine (the per-message methods: see the
+    # class docstring) ---------------------------------------------------------------
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         extra = self._extra
@@ -171,7 +144,11 @@ class SocketTransport(asyncio.Transport):
         return "<{}>".format(" ".join(info))
 
     def __del__(self, _warn: Callable[..., Any] = warnings.warn) -> None:
-        sock = self._core._sock
+        core = getattr(self, "_core", None)  # None: __init__ failed before making it
+        sock = None if core is None else core._sock
         if sock is not None:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             sock.close()
+
+
+bind_engine_methods(SocketTransport)
