@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import os
 import socket
+import struct
 import sys
 import uuid
 from typing import Any
@@ -525,3 +527,48 @@ async def test_add_reader_on_a_transports_fd_is_refused() -> None:
     peer.wanted = 5
     await peer.enough
     await _close_all(server, client, peer)
+
+
+async def test_slow_data_received_is_logged_naming_the_read_callback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    loop = asyncio.get_running_loop()
+    skip_where_uvloop_differs(loop, "its debug log names its own handle types")
+    server, client, peer = await _tcp_pair()
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.0
+    try:
+        with caplog.at_level(logging.WARNING, logger="asyncio"):
+            peer.wanted = 2
+            client.transport.write(b"hi")
+            await peer.enough
+    finally:
+        loop.set_debug(False)
+    slow = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Executing")]
+    assert any("_read_ready()" in message for message in slow), slow
+    await _close_all(server, client, peer)
+
+
+async def test_accepted_connection_names_its_peer_after_the_peer_reset_it() -> None:
+    loop = asyncio.get_running_loop()
+    skip_where_uvloop_differs(loop, "it asks the socket, which no longer knows")
+    made: asyncio.Future[None] = loop.create_future()
+    seen: asyncio.Future[Any] = loop.create_future()
+
+    class Lost(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            made.set_result(None)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            seen.set_result(self.transport.get_extra_info("peername"))
+
+    server = await loop.create_server(Lost, "127.0.0.1", 0)
+    client = socket.create_connection(server.sockets[0].getsockname())
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    address = client.getsockname()
+    await made
+    client.close()  # with a zero linger time: a reset
+    assert await seen == address
+    server.close()
+    await server.wait_closed()

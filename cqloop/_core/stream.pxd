@@ -34,6 +34,8 @@ cdef class StreamTransport(FdWatcher):
     # Protocol callbacks run in this context: the one current when the transport was made.
     cdef readonly object _context
     cdef public dict _extra
+    # The peer's address from accept(), until fill_socket_info moves it into _extra.
+    cdef object _peername
     cdef object _server
 
     # -- state ------------------------------------------------------------------------

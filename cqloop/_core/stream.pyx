@@ -21,7 +21,8 @@ Semantics follow asyncio's _SelectorSocketTransport, callback for callback:
 - connection_lost runs from the ready queue, once, after which the socket is closed and the
   fd leaves the kernel's table; nothing touches the fd afterwards.
 
-Invariants: `_write_pending > 0` exactly when `_write_buf` is non-empty; epoll interest is
+Invariants: `_write_pending > 0` exactly when `_write_buf` is non-empty (it is None until
+something is first queued); epoll interest is
 EPOLLIN while reading is started, not paused and not closing, plus EPOLLOUT while bytes are
 queued (`wanted()`); `_sync_interest` brings the registration in line after every change.
 
@@ -30,7 +31,7 @@ control and the empty waiter) into a base class of its own.
 """
 
 import logging
-from asyncio import BufferedProtocol, constants
+from asyncio import BufferedProtocol, constants, format_helpers
 from asyncio.trsock import TransportSocket
 
 from libc.string cimport strerror
@@ -75,6 +76,7 @@ from cqloop._core.includes.system cimport EAGAIN, EINTR, EPOLLIN, EPOLLOUT, errn
 from cqloop._core.kernel cimport Kernel
 
 logger = logging.getLogger("asyncio")
+cdef object _format_callback_source = format_helpers._format_callback_source
 
 cdef enum:
     # asyncio reads at most this much per readiness event (selector_events' max_size).
@@ -167,11 +169,25 @@ def is_current_context(context):
 
 cdef class _ReadyHandle(Handle):
     """The handle the kernel queues when a transport's fd is ready: runs its read or write
-    path in the transport's context. The Handle fields keep asyncio's view of it (its
-    callback is the transport's _read_ready or _write_ready, for reprs and debug logs)."""
+    path in the transport's context. Its repr and error reports name the transport's
+    _read_ready or _write_ready as its callback, as asyncio's reader and writer handles
+    would; the bound method is made only for them (`_callback` stays None): held by every
+    connection's read handle, it cost 72 bytes per idle connection."""
 
     cdef StreamTransport transport
     cdef bint writing
+
+    cdef object _bound_callback(self):
+        if self.transport is None:
+            return None
+        return self.transport._write_ready if self.writing else self.transport._read_ready
+
+    cdef list _repr_info(self):
+        info = Handle._repr_info(self)
+        callback = None if self._cancelled else self._bound_callback()
+        if callback is not None:
+            info.insert(1, _format_callback_source(callback, ()))
+        return info
 
     cdef int _run(self) except -1:
         cdef StreamTransport transport = self.transport
@@ -179,6 +195,8 @@ cdef class _ReadyHandle(Handle):
         # property read is an attribute lookup per readiness event.
         cdef object context = self._ctx
         if PyContext_Enter(context) < 0:
+            # The report names the callback (see the class docstring).
+            self._callback = self._bound_callback()
             return self._on_callback_error()
         try:
             if self.writing:
@@ -193,7 +211,7 @@ cdef class _ReadyHandle(Handle):
             # what gets here is unexpected.
             PyContext_Exit(context)
             self._loop.call_exception_handler({
-                "message": f"Exception in callback {self._callback!r}",
+                "message": f"Exception in callback {self._bound_callback()!r}",
                 "exception": exc,
                 "handle": self,
             })
@@ -203,9 +221,8 @@ cdef class _ReadyHandle(Handle):
         return 0
 
 
-cdef _ReadyHandle _ready_handle(StreamTransport transport, bint writing, object callback):
+cdef _ReadyHandle _ready_handle(StreamTransport transport, bint writing):
     cdef _ReadyHandle handle = _ReadyHandle.__new__(_ReadyHandle)
-    handle._callback = callback
     handle._args = ()
     handle._ctx = transport._context
     handle._loop = transport._loop
@@ -218,7 +235,7 @@ cdef class StreamTransport(FdWatcher):
     """The read and write paths of a stream socket transport (see the module docstring)."""
 
     def __init__(self, Kernel loop not None, owner not None, sock, protocol, extra=None,
-                 server=None):
+                 server=None, peername=None):
         self._owner = owner
         self.fd = sock.fileno()
         self.persistent = True
@@ -227,13 +244,18 @@ cdef class StreamTransport(FdWatcher):
         self._context = PyContext_CopyCurrent()
         # Taken as given, not copied: the public transport builds it for this engine.
         self._extra = {} if extra is None else extra
+        # The address accept() gave, kept out of the dict until asked for (see
+        # fill_socket_info): a one-entry dict costs its key table, 104 bytes.
+        self._peername = peername
         self._server = server
-        self._write_buf = []
+        # The write queue is made when something is first queued (_buffer_item): most
+        # writes go out at once, and an idle connection never writes (72 bytes each).
+        self._write_buf = None
         self._write_offset = 0
         self._write_pending = 0
         self._high_water, self._low_water = water_marks()
         self._set_protocol(protocol)
-        self._read_handle = _ready_handle(self, False, self._read_ready)
+        self._read_handle = _ready_handle(self, False)
         # The write handle is made when the socket first reports writable (_on_events):
         # most connections never fill the socket's buffer, and an idle one never writes
         # (200 bytes per connection).
@@ -262,7 +284,7 @@ cdef class StreamTransport(FdWatcher):
             ready.append(self._read_handle)
         if events & ~EPOLLIN and self.registered & EPOLLOUT:
             if self._write_handle is None:
-                self._write_handle = _ready_handle(self, True, self._write_ready)
+                self._write_handle = _ready_handle(self, True)
             ready.append(self._write_handle)
         return 0
 
@@ -495,10 +517,14 @@ cdef class StreamTransport(FdWatcher):
             except OSError:
                 extra["sockname"] = None
         if "peername" not in extra:
-            try:
-                extra["peername"] = sock.getpeername()
-            except OSError:
-                extra["peername"] = None
+            if self._peername is not None:
+                extra["peername"] = self._peername
+                self._peername = None
+            else:
+                try:
+                    extra["peername"] = sock.getpeername()
+                except OSError:
+                    extra["peername"] = None
 
     def _make_empty_waiter(self):
         if self._empty_waiter is not None:
@@ -702,6 +728,8 @@ cdef class StreamTransport(FdWatcher):
             data = bytes(memoryview(data).cast("B")[offset:])
             offset = 0
         size = PyBytes_GET_SIZE(data)
+        if self._write_buf is None:
+            self._write_buf = []
         if not self._write_buf:
             self._write_offset = offset
         elif offset:

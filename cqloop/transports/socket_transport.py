@@ -58,14 +58,17 @@ class SocketTransport(asyncio.Transport):
         waiter: asyncio.Future[None] | None = None,
         extra: dict[str, Any] | None = None,
         server: Any = None,
+        peername: Any = None,
     ) -> None:
         # "socket", "sockname" and "peername" are filled in when first asked for, or
         # before the socket closes (the engine's fill_socket_info), not here: an idle
         # connection keeps no copy of what the kernel knows (about 200 bytes each).
+        # `peername` is the address accept() gave (a server's connections), kept by the
+        # engine until then.
         info = {} if extra is None else dict(extra)
         set_nodelay(sock)
         self._loop = loop
-        self._core = core = StreamTransport(loop, self, sock, protocol, info, server)
+        self._core = core = StreamTransport(loop, self, sock, protocol, info, server, peername)
         # The engine's dict: get_extra_info (asyncio's) reads it.
         super().__init__(core._extra)
         if server is not None:
