@@ -2,7 +2,8 @@
 
     python -m cqloop._bench.callgrind --loop cqloop|asyncio|uvloop|rloop
                                       (--echo MODE | --http APP)
-                                      [--conns N] [--size BYTES] [--duration S] [--out FILE]
+                                      [--conns N] [--size BYTES] [--close]
+                                      [--duration S] [--out FILE]
 
 Runs one benchmark server (echo/server.py in MODE, or http_server.py serving APP) under
 `valgrind --tool=callgrind --instr-atstart=no`, loads it with the C load generator for a
@@ -56,6 +57,9 @@ def main(argv: list[str]) -> int:
     path.add_argument("--http", metavar="APP", help="an http_server.py app (protocol, ...)")
     parser.add_argument("--conns", type=int, default=10)
     parser.add_argument("--size", type=int, default=1024, help="echo message bytes")
+    parser.add_argument(
+        "--close", action="store_true", help="HTTP: a new connection per request (-C)"
+    )
     parser.add_argument("--duration", type=float, default=5.0, help="seconds counted")
     parser.add_argument("--out", help="the profile (default: callgrind.LOOP.PATH.out)")
     args = parser.parse_args(argv)
@@ -79,7 +83,7 @@ def main(argv: list[str]) -> int:
         listener.listen(1024)
         command = [sys.executable, "-m", "cqloop._bench.http_server", "--loop", args.loop]
         command += ["--app", args.http, "--fd", str(listener.fileno())]
-        load = ["-H", "/"]
+        load = ["-H", "/", "-C"] if args.close else ["-H", "/"]
         pass_fds = (listener.fileno(),)
     with open(out + ".log", "w") as log:
         server = subprocess.Popen(

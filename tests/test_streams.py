@@ -218,6 +218,17 @@ async def test_extra_info_names_socket_ends_and_tcp_nodelay_is_on() -> None:
     await _close_all(server, client, peer)
 
 
+async def test_accepted_socket_is_a_non_blocking_tcp_socket_with_nodelay() -> None:
+    server, client, peer = await _tcp_pair()
+    sock = peer.transport.get_extra_info("socket")
+    assert sock.family is socket.AF_INET
+    assert sock.type is socket.SOCK_STREAM
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    assert sock.gettimeout() == 0
+    assert peer.transport.get_extra_info("sockname") == server.sockets[0].getsockname()
+    await _close_all(server, client, peer)
+
+
 async def test_transports_are_asyncio_transports() -> None:
     skip_where_uvloop_differs(asyncio.get_running_loop(), "its transports are not subclasses")
     server, client, peer = await _tcp_pair()

@@ -29,6 +29,7 @@ import contextvars
 import dataclasses
 import errno
 import logging
+import os
 import socket
 import sys
 from asyncio import constants, trsock
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from cqloop._core.stream import run_in_context
 from cqloop.transports.socket_transport import SocketTransport
-from cqloop.transports.sockutil import remove_unix_socket_file
+from cqloop.transports.sockutil import raw_family_and_type, remove_unix_socket_file
 from cqloop.transports.tls import SSLProtocol
 
 if TYPE_CHECKING:
@@ -217,9 +218,15 @@ class Server(asyncio.AbstractServer):
 
     def _on_acceptable(self, sock: socket.socket) -> None:
         loop = self._loop
+        # sock.accept() without its wrapper: socket.accept() reads the listening socket's
+        # family and type through properties that make enum members (two enum lookups per
+        # connection) and checks the default timeout; the connection is made non-blocking
+        # below either way.
+        family, kind = raw_family_and_type(sock)
+        proto = sock.proto
         for _ in range(self._backlog):
             try:
-                conn, addr = sock.accept()
+                fd, addr = sock._accept()  # type: ignore[attr-defined]
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return
             except OSError as exc:
@@ -228,6 +235,11 @@ class Server(asyncio.AbstractServer):
                 self._on_out_of_resources(sock, exc)
                 return
             self._accept_error_logged = False
+            try:
+                conn = socket.socket(family, kind, proto, fileno=fd)
+            except BaseException:
+                os.close(fd)
+                raise
             try:
                 conn.setblocking(False)
                 protocol = self._protocol_factory()
