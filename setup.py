@@ -18,6 +18,7 @@ CORE_MODULES = [
     "fdtable",
     "kernel",
     "stream",
+    "transportmethods",
     "osext",
     "tlsrecord",
     "tls",

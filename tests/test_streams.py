@@ -583,3 +583,20 @@ async def test_accepted_connection_names_its_peer_after_the_peer_reset_it() -> N
     assert await seen == address
     server.close()
     await server.wait_closed()
+
+
+def test_transport_dropped_unclosed_warns_and_closes_its_socket(loop_factory: Any) -> None:
+    if loop_factory.__module__.startswith("uvloop"):
+        pytest.skip("uvloop's transports warn of an unclosed resource in their own words")
+    loop = loop_factory()
+    ours, peer = socket.socketpair()
+    try:
+        transport, _ = loop.run_until_complete(loop.create_connection(asyncio.Protocol, sock=ours))
+        loop.close()  # the loop lets go of its transports without closing them
+        with pytest.warns(ResourceWarning, match="unclosed transport"):
+            del transport
+            gc.collect()
+        assert ours.fileno() == -1
+    finally:
+        ours.close()
+        peer.close()

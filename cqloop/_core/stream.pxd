@@ -71,6 +71,7 @@ cdef class StreamTransport(FdWatcher):
 
     # -- methods ----------------------------------------------------------------------
     cdef int _sync_interest(self) except -1
+    cdef int _close(self) except -1
     cdef int _pause_reading(self) except -1
     cdef int _resume_reading(self) except -1
     cdef int _write(self, object data) except -1

@@ -31,6 +31,7 @@ control and the empty waiter) into a base class of its own.
 """
 
 import logging
+import warnings
 from asyncio import BufferedProtocol, constants, format_helpers
 from asyncio.trsock import TransportSocket
 
@@ -45,14 +46,10 @@ from cqloop._core.handles cimport Handle
 from cpython.exc cimport PyErr_Clear
 
 from cqloop._core.includes.pyapi cimport (
-    METH_NOARGS,
-    METH_O,
     PyContext_Copy,
     PyContext_CopyCurrent,
     PyContext_Enter,
     PyContext_Exit,
-    PyDescr_NewMethod,
-    PyMethodDef,
     cq_thread_state_get,
 )
 from cqloop._core.includes.rawbytes cimport (
@@ -77,6 +74,7 @@ from cqloop._core.kernel cimport Kernel
 
 logger = logging.getLogger("asyncio")
 cdef object _format_callback_source = format_helpers._format_callback_source
+cdef object _warn = warnings.warn
 
 cdef enum:
     # asyncio reads at most this much per readiness event (selector_events' max_size).
@@ -449,16 +447,33 @@ cdef class StreamTransport(FdWatcher):
         return self._closing
 
     def close(self):
+        self._close()
+
+    cdef int _close(self) except -1:
         if self._closing:
-            return
+            return 0
         self._closing = True
         self._sync_interest()
         if not self._write_pending:
             self._conn_lost += 1
             self._loop._call_soon(self._call_connection_lost, (None,), self._context)
+        return 0
 
     def abort(self):
         self._force_close(None)
+
+    def __del__(self):
+        # asyncio's warning for a transport dropped unclosed, here rather than on the
+        # public class: a Python __del__ there cost every connection a Python call when it
+        # went (1,200 instructions of a short connection's life), closed or not. While
+        # the socket is open the kernel's table holds this engine and the engine its
+        # public transport, so the two go together (collected as a cycle once the loop
+        # dropped its table), and the public one is still whole here.
+        sock = self._sock
+        owner = self._owner
+        if sock is not None and owner is not None:
+            _warn(f"unclosed transport {owner!r}", ResourceWarning, source=owner)
+            sock.close()
 
     # -- for the Python half and for asyncio's names -------------------------------------
 
@@ -897,105 +912,3 @@ cdef class StreamTransport(FdWatcher):
         else:
             self._data_received = getattr(protocol, "data_received", None)
         return 0
-
-
-# -- the public transport's per-message methods ------------------------------------------
-# A protocol writes with `self.transport.write(data)` on the public SocketTransport, a
-# Python class (asyncio.Transport's layout rules out a compiled one). Its write, writelines,
-# is_closing, is_reading, pause_reading, resume_reading and get_write_buffer_size are C
-# method descriptors made here, on that class: CPython's specialised method load and call
-# (LOAD_METHOD_WITH_VALUES and PRECALL_NO_KW_METHOD_DESCRIPTOR_O on 3.11) then go
-# straight to these functions, with no bound method made and no lookup in the instance.
-# Each reads the engine from the class's `_core` slot at its offset (checked once, as
-# sockio.pyx checks socket.socket's `_io_refs`). Bound methods stored on each instance, as
-# before, cost a lookup the interpreter does not specialise (instance attributes shadowing
-# a class attribute): 160 instructions of a 1 KiB echo's 2,380, and 64 bytes per method per
-# connection. An instance attribute still shadows them (test suites replace
-# `transport.write`).
-
-cdef Py_ssize_t _engine_offset = -1
-cdef type _engine_owner = None
-cdef PyMethodDef _owner_methods[7]
-
-
-cdef inline StreamTransport _engine(object owner):
-    cdef PyObject *core
-    if _engine_offset >= 0:
-        core = (<PyObject **>(<char *><PyObject *>owner + _engine_offset))[0]
-        if core is not NULL and type(<object>core) is StreamTransport:
-            return <StreamTransport>core
-    # Unset (a transport whose __init__ failed), or the offset could not be trusted.
-    return owner._core
-
-
-cdef object _owner_write(object owner, object data):
-    _engine(owner)._write(data)
-    return None
-
-
-cdef object _owner_writelines(object owner, object list_of_data):
-    _engine(owner)._writelines(list_of_data)
-    return None
-
-
-cdef object _owner_is_closing(object owner, PyObject *unused):
-    return _engine(owner)._closing
-
-
-cdef object _owner_is_reading(object owner, PyObject *unused):
-    cdef StreamTransport core = _engine(owner)
-    return not core._paused and not core._closing
-
-
-cdef object _owner_pause_reading(object owner, PyObject *unused):
-    _engine(owner)._pause_reading()
-    return None
-
-
-cdef object _owner_resume_reading(object owner, PyObject *unused):
-    _engine(owner)._resume_reading()
-    return None
-
-
-cdef object _owner_get_write_buffer_size(object owner, PyObject *unused):
-    return _engine(owner)._write_pending
-
-
-cdef void _owner_method(int i, const char *name, void *function, int flags,
-                        const char *doc) noexcept:
-    _owner_methods[i].ml_name = name
-    _owner_methods[i].ml_meth = function
-    _owner_methods[i].ml_flags = flags
-    _owner_methods[i].ml_doc = doc
-
-
-def bind_engine_methods(type cls not None):
-    """Give cls (the public socket transport, whose `_core` slot holds its StreamTransport)
-    the engine's per-message methods as C method descriptors (see above). Once per
-    process, for one class; its subclasses inherit them."""
-    global _engine_offset, _engine_owner
-    from cqloop._core.sockio import slot_offset
-
-    if _engine_owner is not None:
-        if cls is _engine_owner:
-            return
-        raise RuntimeError(f"the engine's methods are bound to {_engine_owner!r} already")
-    _owner_method(0, "write", <void *>_owner_write, METH_O,
-                  "write(data): send data, or queue what the socket does not take now.")
-    _owner_method(1, "writelines", <void *>_owner_writelines, METH_O,
-                  "writelines(list_of_data): write the items with one gathered send.")
-    _owner_method(2, "is_closing", <void *>_owner_is_closing, METH_NOARGS,
-                  "Whether the transport is closing or closed.")
-    _owner_method(3, "is_reading", <void *>_owner_is_reading, METH_NOARGS,
-                  "Whether the transport is receiving.")
-    _owner_method(4, "pause_reading", <void *>_owner_pause_reading, METH_NOARGS,
-                  "Pause the receiving end.")
-    _owner_method(5, "resume_reading", <void *>_owner_resume_reading, METH_NOARGS,
-                  "Resume the receiving end.")
-    _owner_method(6, "get_write_buffer_size", <void *>_owner_get_write_buffer_size,
-                  METH_NOARGS, "The bytes queued to send.")
-    _engine_offset = slot_offset(cls, "_core")
-    _engine_owner = cls
-    for i in range(7):
-        name = _owner_methods[i].ml_name.decode()
-        setattr(cls, name, PyDescr_NewMethod(cls, &_owner_methods[i]))

@@ -2,8 +2,9 @@
 
 The read and write paths are compiled (cqloop/_core/stream.pyx, StreamTransport); this
 class adds what is policy: the extra info asyncio records, TCP_NODELAY, the three
-callbacks that start a connection, the repr, and the ResourceWarning for a transport
-dropped unclosed. Being a Python class, its instances take attributes: test suites that
+callbacks that start a connection and the repr (the ResourceWarning for a transport
+dropped unclosed is the engine's finaliser, so that closed ones cost no Python call when
+they go). Being a Python class, its instances take attributes: test suites that
 replace `transport.write` on an instance (aiohttp's, uvicorn's) work.
 """
 
@@ -11,12 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import warnings
 from asyncio import constants
-from collections.abc import Callable
 from typing import Any
 
-from cqloop._core.stream import StreamTransport, bind_engine_methods
+from cqloop._core.stream import StreamTransport
+from cqloop._core.transportmethods import bind_engine_methods
 from cqloop.transports.sockutil import set_nodelay
 
 __all__ = ["SocketTransport"]
@@ -101,12 +101,6 @@ class SocketTransport(asyncio.Transport):
     def write_eof(self) -> None:
         self._core.write_eof()
 
-    def close(self) -> None:
-        self._core.close()
-
-    def abort(self) -> None:
-        self._core.abort()
-
     def get_protocol(self) -> asyncio.BaseProtocol:
         return self._core.get_protocol()
 
@@ -145,13 +139,6 @@ class SocketTransport(asyncio.Transport):
             state = "polling" if core._is_polling(True) else "idle"
             info.append(f"write=<{state}, bufsize={core.get_write_buffer_size()}>")
         return "<{}>".format(" ".join(info))
-
-    def __del__(self, _warn: Callable[..., Any] = warnings.warn) -> None:
-        core = getattr(self, "_core", None)  # None: __init__ failed before making it
-        sock = None if core is None else core._sock
-        if sock is not None:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            sock.close()
 
 
 bind_engine_methods(SocketTransport)
