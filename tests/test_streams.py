@@ -600,3 +600,39 @@ def test_transport_dropped_unclosed_warns_and_closes_its_socket(loop_factory: An
     finally:
         ours.close()
         peer.close()
+
+
+ACCEPT_TIMEOUT_S = 10.0
+
+
+class _ForwardingSocket:
+    """A socket-like wrapper that forwards every attribute, as gunicorn's listeners do."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+async def test_server_accepts_on_a_socket_like_wrapper() -> None:
+    loop = asyncio.get_running_loop()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    accepted: asyncio.Future[Any] = loop.create_future()
+
+    def factory() -> asyncio.Protocol:
+        proto = Collect()
+        accepted.set_result(proto)
+        return proto
+
+    server = await loop.create_server(factory, sock=_ForwardingSocket(listener))  # type: ignore[arg-type]
+    _, client = await loop.create_connection(Collect, *listener.getsockname())
+    # Bounded: a server that cannot accept on the wrapper never calls the factory.
+    peer = await asyncio.wait_for(accepted, ACCEPT_TIMEOUT_S)
+    await peer.made
+    peer.wanted = 2
+    client.transport.write(b"ok")
+    await peer.enough
+    assert bytes(peer.data) == b"ok"
+    await _close_all(server, client, peer)

@@ -218,15 +218,21 @@ class Server(asyncio.AbstractServer):
 
     def _on_acceptable(self, sock: socket.socket) -> None:
         loop = self._loop
-        # sock.accept() without its wrapper: socket.accept() reads the listening socket's
-        # family and type through properties that make enum members (two enum lookups per
-        # connection) and checks the default timeout; the connection is made non-blocking
-        # below either way.
-        family, kind = raw_family_and_type(sock)
-        proto = sock.proto
+        # A plain socket.socket is accepted from without socket.accept()'s wrapper, which
+        # reads the listening socket's family and type through properties that make enum
+        # members (two enum lookups per connection) and checks the default timeout (the
+        # connection is made non-blocking below either way). Anything else that a server
+        # was given as its socket (gunicorn's wrappers) is asked to accept().
+        plain = type(sock) is socket.socket
+        if plain:
+            family, kind = raw_family_and_type(sock)
+            proto = sock.proto
         for _ in range(self._backlog):
             try:
-                fd, addr = sock._accept()  # type: ignore[attr-defined]
+                if plain:
+                    fd, addr = sock._accept()  # type: ignore[attr-defined]
+                else:
+                    conn, addr = sock.accept()
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return
             except OSError as exc:
@@ -235,11 +241,12 @@ class Server(asyncio.AbstractServer):
                 self._on_out_of_resources(sock, exc)
                 return
             self._accept_error_logged = False
-            try:
-                conn = socket.socket(family, kind, proto, fileno=fd)
-            except BaseException:
-                os.close(fd)
-                raise
+            if plain:
+                try:
+                    conn = socket.socket(family, kind, proto, fileno=fd)
+                except BaseException:
+                    os.close(fd)
+                    raise
             try:
                 conn.setblocking(False)
                 protocol = self._protocol_factory()

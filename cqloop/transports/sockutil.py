@@ -37,13 +37,18 @@ _TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
 def set_nodelay(sock: socket.socket) -> None:
     """Turn Nagle's algorithm off on a TCP socket, as asyncio does for its transports."""
-    if _raw_family(sock) in _TCP_FAMILIES and _raw_type(sock) == socket.SOCK_STREAM:
+    family, kind = raw_family_and_type(sock)
+    if family in _TCP_FAMILIES and kind == socket.SOCK_STREAM:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def raw_family_and_type(sock: socket.socket) -> tuple[int, int]:
-    """The socket's family and type as plain ints (see above)."""
-    return _raw_family(sock), _raw_type(sock)
+def raw_family_and_type(sock: Any) -> tuple[int, int]:
+    """The socket's family and type as plain ints (see above). A socket-like object that
+    is not a socket.socket (gunicorn hands servers its own wrappers, which forward
+    attributes) is asked through its properties."""
+    if isinstance(sock, _socket.socket):
+        return _raw_family(sock), _raw_type(sock)
+    return int(sock.family), int(sock.type)
 
 
 def set_reuseport(sock: socket.socket) -> None:
