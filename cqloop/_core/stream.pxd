@@ -65,8 +65,8 @@ cdef class StreamTransport(FdWatcher):
     cdef object _empty_waiter
 
     # -- the handles the kernel queues when the fd is ready ------------------------------
+    # Each made on the first readable or writable event (see _on_events).
     cdef Handle _read_handle
-    # Made on the first writable event (see _on_events).
     cdef Handle _write_handle
 
     # -- methods ----------------------------------------------------------------------

@@ -253,10 +253,10 @@ cdef class StreamTransport(FdWatcher):
         self._write_pending = 0
         self._high_water, self._low_water = water_marks()
         self._set_protocol(protocol)
-        self._read_handle = _ready_handle(self, False)
-        # The write handle is made when the socket first reports writable (_on_events):
-        # most connections never fill the socket's buffer, and an idle one never writes
-        # (200 bytes per connection).
+        # The read and write handles are made when the socket first reports readable or
+        # writable (_on_events): a connection that has not yet received anything carries
+        # no read handle (128 bytes), most connections never fill the socket's buffer,
+        # and an idle one never writes.
         loop._install_watcher(self)
 
     def __repr__(self):
@@ -279,6 +279,8 @@ cdef class StreamTransport(FdWatcher):
         # As for add_reader/add_writer (watchers.pyx): a hang-up or error wakes both
         # directions, and the read or write that follows meets the error.
         if events & ~EPOLLOUT and self.registered & EPOLLIN:
+            if self._read_handle is None:
+                self._read_handle = _ready_handle(self, False)
             ready.append(self._read_handle)
         if events & ~EPOLLIN and self.registered & EPOLLOUT:
             if self._write_handle is None:
