@@ -18,6 +18,13 @@ The variable is the workers' event loop (cqloop, asyncio, uvloop, rloop when ins
 it runs each worker's worker_events client and handlers. The broker runs in the
 supervisor on cqloop in every row, so the ratios compare the worker side alone.
 
+Across hosts
+------------
+`--cluster` measures worker_events on Redis Streams instead: 3 hosts x 4 workers bridged
+to one stream of a throwaway redis-server, beside this single-host figure and
+redis-benchmark's XADD (benchmarks/worker_events_cluster.py; skipped with a message when
+redis-server is not installed).
+
 Method
 ------
 As in micro.py: one warm-up round, discarded; measured rounds interleave the loops,
@@ -129,18 +136,19 @@ async def _bench_app(listener: socket.socket, n: int, workers: int, outdir: str)
     for i in range(n):
         await worker_events.post_async(SOURCE, "n", [info.index, i])
     finished = await done
-    result = {
-        "go": started,
-        "done": finished,
-        "received": sum(seen),
-        "wrong": wrong[0],
-        "gaps": worker_events.client().statistics().gaps,
-    }
-    path = os.path.join(outdir, f"result-{info.index}.json")
+    write_result(outdir, info.index, go=started, done=finished, received=sum(seen), wrong=wrong[0])
+    await asyncio.Event().wait()
+
+
+def write_result(outdir: str, worker: int, **result: Any) -> None:
+    """A worker's OUTDIR/result-WORKER.json (with its count of gap events), in one step."""
+    from cqloop import worker_events
+
+    result["gaps"] = worker_events.client().statistics().gaps
+    path = os.path.join(outdir, f"result-{worker}.json")
     with open(path + ".tmp", "w") as f:
         json.dump(result, f)
     os.replace(path + ".tmp", path)
-    await asyncio.Event().wait()
 
 
 def _child(loop_name: str, n: int, workers: int, outdir: str) -> int:
@@ -190,21 +198,34 @@ def measure_once(loop_name: str, n: int, workers: int) -> float:
                     raise BenchmarkError(f"the supervisor failed:\n{errors[-2000:]}")
                 time.sleep(POLL_INTERVAL_S)
         finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        results = []
-        for path in glob.glob(os.path.join(outdir, "result-*.json")):
-            with open(path) as f:
-                results.append(json.load(f))
+            stop_processes([process])
+        results = read_results(outdir)
     for result in results:
         if result["received"] != n * workers or result["wrong"] or result["gaps"]:
             raise BenchmarkError(f"a worker saw the wrong events: {result}")
     elapsed = max(r["done"] for r in results) - min(r["go"] for r in results)
     return n * workers * workers / elapsed
+
+
+def stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each supervisor, then wait (SIGKILL after STOP_TIMEOUT_S)."""
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def read_results(outdir: str) -> list[dict[str, Any]]:
+    """The result-*.json every worker wrote."""
+    results = []
+    for path in glob.glob(os.path.join(outdir, "result-*.json")):
+        with open(path) as f:
+            results.append(json.load(f))
+    return results
 
 
 @dataclass
@@ -344,10 +365,15 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--events", type=int, help="events each worker posts")
     parser.add_argument("--loops", default=",".join(ALL_LOOPS), help="comma-separated worker loops")
     parser.add_argument("--json", metavar="PATH", help="write results here")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="worker_events across 3 hosts on Redis Streams (needs redis-server)",
+    )
     args = parser.parse_args(argv)
-    if args.rounds is None:
+    if args.rounds is None and not args.cluster:  # --cluster has its own default
         args.rounds = QUICK_ROUNDS if args.quick else DEFAULT_ROUNDS
-    if args.rounds < 1:
+    if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be at least 1")
     return args
 
@@ -357,6 +383,10 @@ def main(argv: list[str]) -> int:
         loop_name, events, workers, outdir = argv[1:5]
         return _child(loop_name, int(events), int(workers), outdir)
     args = _parse_args(argv)
+    if args.cluster:
+        from cqloop._bench import worker_events_cluster
+
+        return worker_events_cluster.run(args, lambda n: measure_once(REFERENCE_LOOP, n, WORKERS))
     n = args.events or (QUICK_EVENTS_PER_WORKER if args.quick else EVENTS_PER_WORKER)
     print(
         f"Python {platform.python_version()} on {platform.system()} {platform.machine()}, "

@@ -1,11 +1,13 @@
-"""python -m cqloop: run an asyncio program on cqloop, or run the benchmarks.
+"""python -m cqloop: run an asyncio program on cqloop, run the benchmarks, or tell the engines.
 
-usage: python -m cqloop [-h] {run,bench} ...
+usage: python -m cqloop [-h] {run,bench,info} ...
 
   run [-h] script.py [args...]     run a script as `python script.py args...` would, with
                                    asyncio's loop made by cqloop (cqloop.install())
   run [-h] -m module [args...]     run a module as `python -m module args...` would
   bench [-h] [suite] [options]     the side-by-side benchmarks (`bench --help`)
+  info                             the readiness engines (epoll, io_uring): which can run
+                                   here, why not, and which a new loop gets
 
 `run` keeps python's contract for the program: sys.argv, sys.path[0] (the script's folder,
 or the current one for -m), __file__, __name__ == "__main__", the exit status (1 and the
@@ -46,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run(rest)
     if command == "bench":
         return _bench(rest)
+    if command == "info":
+        return _info(rest)
     sys.stderr.write(USAGE + f"python -m cqloop: unknown command {command!r}\n")
     return EXIT_USAGE
 
@@ -54,6 +58,31 @@ def _bench(argv: list[str]) -> int:
     from cqloop._bench import main as bench_main
 
     return bench_main(argv)
+
+
+def _info(argv: list[str]) -> int:
+    if argv:
+        sys.stderr.write(USAGE + f"python -m cqloop info: takes no arguments, got {argv[0]!r}\n")
+        return EXIT_USAGE
+    import cqloop
+    from cqloop._core.poller import resolve_engine
+    from cqloop._core.uring import probe
+
+    usable, reason = probe()
+    sys.stdout.write(f"cqloop {cqloop.__version__} on Linux {os.uname().release}\n")
+    sys.stdout.write("engine epoll: available\n")
+    sys.stdout.write(f"engine io_uring: {'available' if usable else 'not available'}: {reason}\n")
+    setting = os.environ.get("CQLOOP_ENGINE")
+    try:
+        default = resolve_engine(None)
+    except ValueError as exc:
+        sys.stdout.write(f"default engine: none ({exc})\n")
+        return 1
+    origin = f"CQLOOP_ENGINE={setting}" if setting else "engine='auto'"
+    sys.stdout.write(
+        f"default engine: {default} ({origin}; 'auto' is epoll until io_uring is measured faster)\n"
+    )
+    return 0
 
 
 def _run(argv: list[str]) -> int:

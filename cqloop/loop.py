@@ -105,7 +105,9 @@ class Loop(  # type: ignore[misc]
     """An asyncio event loop on epoll, and a cqueues controller: its fd is pollable and
     `step()` runs one cqueues step (one poll), so it nests inside any other loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, engine: str | None = None) -> None:
+        # `engine` ("auto", "epoll", "io_uring"; None: CQLOOP_ENGINE or "auto") was taken
+        # by the kernel when the instance was made; `self.engine` says which one runs.
         self._default_executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._executor_shutdown_called = False
         self._exception_handler: Callable[..., Any] | None = None
@@ -132,6 +134,8 @@ class Loop(  # type: ignore[misc]
         )
 
     def __del__(self, _warn: Callable[..., Any] = warnings.warn) -> None:
+        if "_outer" not in self.__dict__:
+            return  # never made: the kernel refused its engine before __init__ ran
         if not self.is_closed():
             _warn(f"unclosed event loop {self!r}", ResourceWarning, source=self)
             if not self.is_running():
@@ -316,6 +320,16 @@ class Loop(  # type: ignore[misc]
             raise ValueError("a loop cannot be nested in itself")
         if self._outer is not None:
             raise RuntimeError(f"{self!r} is already nested in {self._outer!r}")
+        ancestor: Any = outer
+        while isinstance(ancestor, Loop):
+            # A cycle of loops, refused on either engine (an epoll set refuses itself with
+            # ELOOP; a ring polling a ring has no such check).
+            if ancestor is self:
+                raise OSError(
+                    errno.ELOOP,
+                    f"cannot nest {self!r} in {outer!r}: it would make a cycle of loops",
+                )
+            ancestor = ancestor._outer
         fd = self.fileno()
         try:
             outer.add_reader(fd, self._on_outer_readable)

@@ -19,9 +19,12 @@ __all__ = ["EventLoopPolicy", "install", "new_event_loop", "run"]
 _T = TypeVar("_T")
 
 
-def new_event_loop() -> Loop:
-    """A new cqloop event loop."""
-    return Loop()
+def new_event_loop(engine: str | None = None) -> Loop:
+    """A new cqloop event loop on the readiness engine `engine`: "epoll", "io_uring", or
+    "auto" (epoll, until io_uring is measured faster for what cqloop does); None reads
+    CQLOOP_ENGINE from the environment, else "auto". Asking for io_uring where it cannot
+    run raises OSError saying why (`python -m cqloop info` tells)."""
+    return Loop(engine=engine)
 
 
 class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):

@@ -27,7 +27,9 @@ cqloop.worker_events is connected in every worker before `app` starts.
 
 Owns the supervisor: forking and reaping workers, restarts, signal handling, rolling
 restarts, and the worker_events broker (one per supervisor, on the
-supervisor's own cqloop loop; see cqloop/worker_events/broker.py).
+supervisor's own cqloop loop; see cqloop/worker_events/broker.py). With
+`events="redis://..."` the broker is bridged to a Redis stream shared by the supervisors
+of several hosts (cqloop/worker_events/_redis_bridge.py, docs/cluster.md).
 
 The listening socket (cqloop/_worker_listener.py): with reuse_port (the default where
 SO_REUSEPORT exists, for TCP) each worker listens on a socket of its own to the address;
@@ -88,6 +90,7 @@ from cqloop._worker_listener import Listener
 from cqloop.worker_events._sigwake import SignalReader, watch_signals
 from cqloop.worker_events.broker import Broker, _Peer
 from cqloop.worker_events.client import Client
+from cqloop.worker_events.cluster import ClusterSettings, require_redis
 from cqloop.worker_events.codec import Codec
 from cqloop.worker_events.limits import Limits
 
@@ -224,8 +227,11 @@ class _Supervisor:
         limits: Limits,
         worker_loop_factory: Callable[[], asyncio.AbstractEventLoop],
         max_boot_failures: int | None,
+        cluster: ClusterSettings | None,
     ) -> None:
         self.app = app
+        self.cluster = cluster
+        self.bridge: Any = None  # a _redis_bridge.RedisBridge with `events=`
         self.max_boot_failures = max_boot_failures
         self.worker_loop_factory = worker_loop_factory
         self.count = count
@@ -269,6 +275,12 @@ class _Supervisor:
         self.wakeup = asyncio.Event()
         self.stopped = self.loop.create_future()
         self.broker = Broker(codec=self.codec, limits=self.limits, allow_pickle=True)
+        if self.cluster is not None:
+            from cqloop.worker_events._redis_bridge import RedisBridge
+
+            self.bridge = RedisBridge(self.cluster, self.broker)
+            self.broker.set_upstream(self.bridge)
+            self.bridge.start()
         self.signals = SignalReader(self.loop, SUPERVISOR_SIGNALS, self._on_signal)
         self.state = SupervisorState.RUNNING
         for index in range(self.count):
@@ -356,6 +368,8 @@ class _Supervisor:
             fds += self.signals.fds()
         for worker in self.workers.values():
             fds += [worker.channel.fileno(), worker.pidfd]
+        if self.bridge is not None:
+            fds += self.bridge.fds()
         for fd in fds:
             if fd >= 0 and fd != keep:
                 with contextlib.suppress(OSError):
@@ -420,7 +434,7 @@ class _Supervisor:
         else:
             worker.channel.close()
         self.workers.pop(worker.pid, None)
-        self.broker.post_system("exited", {**worker.describe(), "exitcode": code})
+        self.broker.post_system_after_posts("exited", {**worker.describe(), "exitcode": code})
         if self.slots[worker.index] is not worker:
             return  # replaced (rolling restart) or never installed
         self.slots[worker.index] = None
@@ -542,6 +556,9 @@ class _Supervisor:
                 task.cancel()
         pending = [t for t in self.tasks if t is not asyncio.current_task()]
         await asyncio.gather(*pending, return_exceptions=True)
+        if self.bridge is not None:
+            # The workers' last posts reach the stream, if Redis answers in time.
+            await self.bridge.close(self.grace_period)
         self.broker.close()
         self.state = SupervisorState.STOPPED
         self.stopped.set_result(None)
@@ -608,6 +625,8 @@ class _Supervisor:
             self.broker.close()
         for task in list(self.tasks):
             task.cancel()
+        if self.bridge is not None and not loop.is_closed():
+            loop.run_until_complete(self.bridge.close())
         if not loop.is_closed():
             loop.run_until_complete(asyncio.sleep(0))
             loop.run_until_complete(loop.shutdown_asyncgens())
@@ -700,6 +719,7 @@ def serve(
     limits: Limits | None = None,
     worker_loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
     max_boot_failures: int | None = DEFAULT_MAX_BOOT_FAILURES,
+    events: str | None = None,
 ) -> int:
     """Run `app` in `workers` processes (default: one per CPU) on one listening address
     (exactly one of port [with host], sock or path) until SIGTERM or SIGINT; returns the
@@ -710,7 +730,13 @@ def serve(
 
     A worker that dies within MIN_HEALTHY_UPTIME_S of its start `max_boot_failures` times
     in a row (None: never give up) stops the supervisor: the other workers are stopped and
-    serve() returns EXIT_BOOT_FAILED (3), after logging why."""
+    serve() returns EXIT_BOOT_FAILED (3), after logging why.
+
+    `events="redis://[:PASSWORD@]HOST:PORT/DB?stream=NAME"` (or `rediss://` for TLS)
+    bridges this supervisor's worker_events to one Redis stream shared with the
+    supervisors of other hosts: broadcasts reach every worker of every host, in the
+    stream's order, and unique events one worker of the whole fleet (docs/cluster.md;
+    needs `pip install 'cqloop[cluster]'`, and the JSON codec)."""
     if not _is_async_function(app):
         raise TypeError(f"app must be an async function of the listener, not {app!r}")
     if max_boot_failures is not None and (
@@ -729,6 +755,15 @@ def serve(
     if asyncio.events._get_running_loop() is not None:
         raise RuntimeError("cqloop.workers.serve() cannot be called from a running event loop")
     codec = Codec(codec)
+    cluster = None
+    if events is not None:
+        cluster = ClusterSettings.from_url(events)
+        if codec is not Codec.JSON:
+            raise ValueError(
+                "worker_events across hosts speaks JSON: pickle is only ever spoken "
+                "between the workers of one supervisor"
+            )
+        require_redis()
     listener = Listener.make(
         host=host, port=port, sock=sock, path=path, reuse_port=reuse_port, backlog=backlog
     )
@@ -742,6 +777,7 @@ def serve(
             limits=limits if limits is not None else Limits(),
             worker_loop_factory=worker_loop_factory or cqloop.new_event_loop,
             max_boot_failures=max_boot_failures,
+            cluster=cluster,
         )
     except BaseException:
         listener.close()

@@ -7,7 +7,8 @@ on uvloop when it is installed:
 - sync tests: the `loop` fixture (a fresh loop of each kind, closed afterwards), over the
   same loops.
 Tests of cqloop-only features (nesting, controllers) carry `@pytest.mark.cqloop_only` and
-run on cqloop alone.
+run on cqloop alone. cqloop's loops run on the readiness engine CQLOOP_ENGINE names (epoll
+by default; `CQLOOP_ENGINE=io_uring` runs the suite on io_uring).
 
 Every test is also checked for leaks: the fds the process holds after the test must be the
 ones it held before (a GC pass settles any difference first: fds held by cyclic garbage are
@@ -25,6 +26,7 @@ import pytest
 
 import cqloop
 from cqloop import socket as cqsocket
+from cqloop._core.poller import resolve_engine
 from cqloop.pytest_plugin import factories_for
 
 try:
@@ -46,6 +48,13 @@ def _factories_for(config: pytest.Config, item: pytest.Item) -> dict[str, LoopFa
     # The loops cqloop's pytest plugin was told to use (pyproject.toml's cqloop_loops, or
     # --cqloop-loops), cqloop alone for a cqloop_only test.
     return factories_for(config, item) or dict(LOOP_FACTORIES)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    # cqloop's loops run on the engine CQLOOP_ENGINE names (epoll unless it says io_uring):
+    # `CQLOOP_ENGINE=io_uring python -m pytest` runs the suite on the io_uring engine.
+    setting = os.environ.get("CQLOOP_ENGINE", "")
+    return f"cqloop engine: {resolve_engine(None)} (CQLOOP_ENGINE={setting!r})"
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -145,11 +145,12 @@ def _wchan(native_tid: int) -> str:
 
 def wait_until_blocked_in_poll(native_tid: int, timeout: float = WAIT_S) -> bool:
     """From another thread: wait until thread `native_tid` sleeps in the kernel in a poll
-    (epoll_wait, select, poll; its wchan says so). False if not seen within `timeout`."""
+    (epoll_wait, select, poll, or io_uring_enter's wait, io_cqring_wait; its wchan says
+    so). False if not seen within `timeout`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         wchan = _wchan(native_tid)
-        if "poll" in wchan or "select" in wchan:
+        if "poll" in wchan or "select" in wchan or "io_cqring_wait" in wchan:
             return True
         os.sched_yield()
     return False

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+import cqloop
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The program: what python's contract for __main__ gives it, and the loop asyncio.run made.
@@ -204,3 +206,20 @@ def test_importing_an_unbuilt_source_tree_says_so(tmp_path: Path):
     assert proc.returncode == 1
     assert "cqloop's compiled core is missing" in proc.stderr
     assert str(tmp_path / "cqloop") in proc.stderr
+
+
+def test_a_folder_named_cqloop_without_init_does_not_shadow_the_install(tmp_path: Path):
+    # What the folder holding a clone named `cqloop` looks like to Python: a folder of that
+    # name with no __init__.py. A regular install wins over such a namespace folder; the
+    # editable install must too (setup.py's INSTALLED_FIRST), not import an empty package.
+    (tmp_path / "cqloop" / "docs").mkdir(parents=True)
+    (tmp_path / "cqloop" / "README.md").write_text("a checkout\n")
+    proc = subprocess.run(
+        [sys.executable, "-c", "import cqloop; print(cqloop.__file__); print(cqloop.run)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == cqloop.__file__

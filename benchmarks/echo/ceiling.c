@@ -1,6 +1,10 @@
 /*
  * ceiling.c: a minimal echo server in C (one thread, epoll, level-triggered), the echo
  * benchmark's ceiling: what any event loop serving the same load could reach at best.
+ * Built with -DCEILING_IO_URING (and cqloop's cquring.h on the include path) it serves on
+ * io_uring instead: completions, not readiness (a multishot accept, a recv and a send in
+ * flight per connection at most, over raw system calls, no liburing): the ceiling of an
+ * io_uring engine.
  *
  *   ceiling -a tcp:HOST:PORT|unix:PATH [-p CPU]
  *
@@ -32,6 +36,11 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
+#ifdef CEILING_IO_URING
+#include <poll.h>
+#include <sys/stat.h>
+#include "cquring.h"
+#endif
 
 #define MAX_EVENTS 256
 #define BUFFER_BYTES (256 * 1024) /* asyncio's read size for a stream transport */
@@ -39,7 +48,7 @@
 
 struct conn {
     int fd;
-    unsigned events;   /* what epoll watches it for */
+    unsigned events;   /* what epoll watches it for; on io_uring, the ops in flight */
     size_t start, end; /* buffer[start:end] is read but not yet written back */
     unsigned char buffer[BUFFER_BYTES];
 };
@@ -200,6 +209,152 @@ static void on_conn_event(struct conn *c, unsigned events)
     }
 }
 
+#ifdef CEILING_IO_URING
+/* -- io_uring ---------------------------------------------------------------------------- */
+
+#define OP_RECV 1u
+#define OP_SEND 2u
+#define ACCEPT_DATA 1u /* user_data of the accept and stdin requests (conns are aligned) */
+#define STDIN_DATA 2u
+#define CQ_IORING_ACCEPT_MULTISHOT (1U << 0)
+
+static cq_ring ring;
+
+static struct cq_sqe *next_sqe(void)
+{
+    int err = 0;
+    struct cq_sqe *sqe = cq_ring_next_sqe(&ring, &err);
+    if (sqe == NULL)
+        fail("io_uring_enter", strerror(-err));
+    return sqe;
+}
+
+static void queue_accept(int listener)
+{
+    struct cq_sqe *sqe = next_sqe();
+    sqe->opcode = CQ_IORING_OP_ACCEPT;
+    sqe->fd = listener;
+    sqe->ioprio = CQ_IORING_ACCEPT_MULTISHOT;
+    sqe->op_flags = SOCK_CLOEXEC; /* accept_flags */
+    sqe->user_data = ACCEPT_DATA;
+}
+
+static void queue_stdin_poll(void)
+{
+    struct cq_sqe *sqe = next_sqe();
+    sqe->opcode = CQ_IORING_OP_POLL_ADD;
+    sqe->fd = STDIN_FILENO;
+    sqe->op_flags = POLLIN;
+    sqe->user_data = STDIN_DATA;
+}
+
+/* Queue what the connection can do now: a recv while the buffer has room, a send while it
+ * holds data, one of each in flight at most. The buffer is compacted only while no recv is
+ * in flight (a recv in flight writes past c->end). */
+static void queue_io(struct conn *c)
+{
+    if (!(c->events & OP_RECV)) {
+        if (c->start == c->end)
+            c->start = c->end = 0;
+        else if (c->end == BUFFER_BYTES && c->start > 0 && !(c->events & OP_SEND)) {
+            memmove(c->buffer, c->buffer + c->start, c->end - c->start);
+            c->end -= c->start;
+            c->start = 0;
+        }
+        if (c->end < BUFFER_BYTES) {
+            struct cq_sqe *sqe = next_sqe();
+            sqe->opcode = CQ_IORING_OP_RECV;
+            sqe->fd = c->fd;
+            sqe->addr = (uint64_t)(uintptr_t)(c->buffer + c->end);
+            sqe->len = (uint32_t)(BUFFER_BYTES - c->end);
+            sqe->user_data = (uint64_t)(uintptr_t)c | OP_RECV;
+            c->events |= OP_RECV;
+        }
+    }
+    if (!(c->events & OP_SEND) && c->start < c->end) {
+        struct cq_sqe *sqe = next_sqe();
+        sqe->opcode = CQ_IORING_OP_SEND;
+        sqe->fd = c->fd;
+        sqe->addr = (uint64_t)(uintptr_t)(c->buffer + c->start);
+        sqe->len = (uint32_t)(c->end - c->start);
+        sqe->op_flags = MSG_NOSIGNAL; /* msg_flags */
+        sqe->user_data = (uint64_t)(uintptr_t)c | OP_SEND;
+        c->events |= OP_SEND;
+    }
+}
+
+static void on_completion(int listener, uint64_t user_data, int res, unsigned flags)
+{
+    if (user_data == ACCEPT_DATA) {
+        if (res >= 0) {
+            int one = 1;
+            setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)); /* unix: fails */
+            struct conn *c = malloc(sizeof(*c));
+            if (!c)
+                fail("malloc", "out of memory");
+            c->fd = res;
+            c->start = c->end = 0;
+            c->events = 0;
+            queue_io(c);
+        } else if (res != -ECONNABORTED && res != -EINTR && res != -EAGAIN) {
+            fail("accept", strerror(-res));
+        }
+        if (!(flags & CQ_IORING_CQE_F_MORE))
+            queue_accept(listener);
+        return;
+    }
+    if (user_data == STDIN_DATA) {
+        char byte;
+        if (read(STDIN_FILENO, &byte, 1) <= 0)
+            exit(0); /* end of file: the harness is done with us */
+        queue_stdin_poll();
+        return;
+    }
+    unsigned op = (unsigned)(user_data & 3u);
+    struct conn *c = (struct conn *)(uintptr_t)(user_data & ~(uint64_t)3u);
+    c->events &= ~op;
+    if (res <= 0 && res != -EINTR && res != -EAGAIN) {
+        c->end = BUFFER_BYTES + 1; /* finished: no more I/O is queued */
+    } else if (res > 0 && op == OP_RECV) {
+        c->end += (size_t)res;
+    } else if (res > 0) {
+        c->start += (size_t)res;
+    }
+    if (c->end > BUFFER_BYTES) {
+        if (c->events == 0) {
+            close(c->fd);
+            free(c);
+        }
+        return;
+    }
+    queue_io(c);
+}
+
+static int __attribute__((noreturn)) serve_io_uring(int listener)
+{
+    int err = cq_ring_setup(&ring, 256, 4096, CQ_IORING_SETUP_SUBMIT_ALL);
+    struct stat st;
+    if (err < 0)
+        fail("io_uring_setup", strerror(-err));
+    queue_accept(listener);
+    /* stdin is the harness's pipe; anything poll cannot wait on (a file) is not. */
+    if (fstat(STDIN_FILENO, &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode)))
+        queue_stdin_poll();
+    for (;;) {
+        int n = cq_ring_submit_and_wait(&ring, NULL, NULL);
+        if (n < 0 && n != -EINTR && n != -ETIME)
+            fail("io_uring_enter", strerror(-n));
+        unsigned ready = cq_ring_ready(&ring);
+        for (unsigned i = 0; i < ready; i++) {
+            struct cq_cqe *cqe = cq_ring_cqe_at(&ring, i);
+            on_completion(listener, cqe->user_data, cqe->res, cqe->flags);
+        }
+        cq_ring_advance(&ring, ready);
+    }
+}
+#endif
+static int serve_epoll(int listener) __attribute__((unused));
+
 int main(int argc, char **argv)
 {
     const char *address = NULL;
@@ -223,10 +378,19 @@ int main(int argc, char **argv)
         if (sched_setaffinity(0, sizeof(set), &set) < 0)
             fail_errno("sched_setaffinity");
     }
+    int listener = listen_on(address);
+#ifdef CEILING_IO_URING
+    return serve_io_uring(listener);
+#else
+    return serve_epoll(listener);
+#endif
+}
+
+static int serve_epoll(int listener)
+{
     epfd = epoll_create1(EPOLL_CLOEXEC);
     if (epfd < 0)
         fail_errno("epoll_create1");
-    int listener = listen_on(address);
     watch(EPOLL_CTL_ADD, listener, EPOLLIN, &listener_tag);
     /* stdin is the harness's pipe; anything epoll cannot watch (a file) is not. */
     struct epoll_event stdin_event = {.events = EPOLLIN, .data.ptr = &stdin_tag};

@@ -7,7 +7,8 @@ compiler and its flags, so that a changed source is rebuilt and an unchanged one
 and so that runs from different checkouts or with different compilers do not collide.
 build_tls_loadgen() builds loadgen.c a second time with its TLS option (-DLOADGEN_TLS,
 linked with OpenSSL): only that build needs OpenSSL's headers (Debian's libssl-dev), so the
-plain benchmarks build on a machine without them.
+plain benchmarks build on a machine without them. build_io_uring_ceiling() builds ceiling.c
+a second time on io_uring (-DCEILING_IO_URING, with cqloop's own cquring.h: no liburing).
 
 Callers: benchmarks/echo/run.py, benchmarks/scale.py and benchmarks/http.py (build),
 benchmarks/tls_echo.py (build_tls_loadgen).
@@ -87,6 +88,23 @@ def build_tls_loadgen() -> Path:
     return _build_one(find_compiler(), "loadgen", cache_dir(), TLS_DEFINES, TLS_LIBS, "tls_loadgen")
 
 
+def build_io_uring_ceiling() -> Path:
+    """Compile (or find already compiled) ceiling.c on io_uring; raise NativeUnavailable if
+    not."""
+    import cqloop._core
+
+    includes = Path(cqloop._core.__file__).resolve().parent / "includes"
+    return _build_one(
+        find_compiler(),
+        "ceiling",
+        cache_dir(),
+        ("-DCEILING_IO_URING", f"-I{includes}"),
+        (),
+        "ceiling_io_uring",
+        headers=(includes / "cquring.h",),
+    )
+
+
 def _build_one(
     compiler: str,
     name: str,
@@ -94,15 +112,16 @@ def _build_one(
     defines: tuple[str, ...] = (),
     libs: tuple[str, ...] = (),
     binary: str | None = None,
+    headers: tuple[Path, ...] = (),
 ) -> Path:
     """Compile SOURCE_DIR/name.c with CFLAGS, defines and libs into the cache as `binary`
-    (name by default) plus the hash of all that."""
+    (name by default) plus the hash of all that and of the `headers` it includes."""
     binary = binary or name
     source = SOURCE_DIR / f"{name}.c"
     try:
-        text = source.read_bytes()
+        text = source.read_bytes() + b"".join(header.read_bytes() for header in headers)
     except OSError as exc:
-        raise NativeUnavailable(f"cannot read {source}: {exc}") from exc
+        raise NativeUnavailable(f"cannot read {source} or its headers: {exc}") from exc
     flags = (*CFLAGS, *defines, *libs)
     key = hashlib.sha256(b"\0".join([text, compiler.encode(), *map(str.encode, flags)]))
     target = directory / f"{binary}-{key.hexdigest()[:HASH_CHARS]}"

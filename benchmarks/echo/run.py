@@ -14,6 +14,8 @@ rest of the bytes received without being copied out over TCP: see loadgen.c). Th
 echoes completed per second. A minimal epoll echo server in C (ceiling.c) serves the same
 load once per transport and size: its column is the ceiling, roughly what the machine and
 the generator allow at all, and `cq/ceiling` says how much of it cqloop reaches.
+`--ceiling io_uring` makes the ceiling the same server on io_uring (completions, not
+readiness), and `--engine epoll|io_uring` runs cqloop's servers on that readiness engine.
 
 Two more modes echo lines instead of raw bytes (`--modes readline,cqsocket`; the generator
 then sends CRLF-terminated text lines): asyncio streams' readline() on each loop, and
@@ -128,6 +130,9 @@ class MeasurementError(Exception):
         super().__init__(message)
         self.retry = retry  # worth measuring again before calling the server failed
 
+
+# The engines --engine and --ceiling choose from (cqloop's `auto` is epoll).
+ENGINES = ("epoll", "io_uring")
 
 # --------------------------------------------------------------------------------------------
 # Server processes
@@ -556,6 +561,18 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--no-ceiling", action="store_true", help="do not run the C echo server")
     parser.add_argument(
+        "--ceiling",
+        choices=ENGINES,
+        default="epoll",
+        help="the C echo server's engine: epoll (the default) or io_uring",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=None,
+        help="the readiness engine of cqloop's servers (default: CQLOOP_ENGINE, else epoll)",
+    )
+    parser.add_argument(
         "--pin",
         choices=PINNINGS,
         default=PIN_SPLIT,
@@ -621,9 +638,26 @@ def main(argv: list[str]) -> int:
     print("echo benchmark")
     try:
         programs = native.build()
+        if args.ceiling == "io_uring" and not args.no_ceiling:
+            programs = dataclasses.replace(programs, ceiling=native.build_io_uring_ceiling())
     except native.NativeUnavailable as exc:
         print(f"skipped: the echo benchmark needs a C compiler for its load generator: {exc}")
         return micro.EXIT_OK
+    saved_engine = os.environ.get("CQLOOP_ENGINE")
+    if args.engine is not None:
+        # The servers inherit it (see _server_environment).
+        os.environ["CQLOOP_ENGINE"] = args.engine
+    try:
+        return _main(args, programs)
+    finally:
+        if saved_engine is None:
+            os.environ.pop("CQLOOP_ENGINE", None)
+        else:
+            os.environ["CQLOOP_ENGINE"] = saved_engine
+
+
+def _main(args: argparse.Namespace, programs: native.Programs) -> int:
+    from cqloop._core.poller import resolve_engine
 
     loops = micro.installed_loops(args.loop_names)
     server_core, generator_core, pinning = _cores(args.pin)
@@ -645,6 +679,8 @@ def main(argv: list[str]) -> int:
         print("nothing to benchmark")
         return micro.EXIT_OK
     print(f"  {pinning}; C programs built with {programs.compiler}")
+    ceiling = "no ceiling" if args.no_ceiling else f"the C ceiling on {args.ceiling}"
+    print(f"  cqloop's readiness engine: {resolve_engine(None)}; {ceiling}")
     print(
         f"{plan.warmup_s:g}s warm-up per server, then {plan.rounds} interleaved round"
         f"{'' if plan.rounds == 1 else 's'} of {plan.duration_s:g}s per server and size, "

@@ -282,7 +282,12 @@ cdef class FdTable:
         finds nothing to read needs no re-arm: the next data brings the next edge."""
         cdef HandleWatcher watcher
         cdef Handle handle
-        cdef object found = self._table_get(fd)
+        cdef object found
+        if self._poller.holds_files:
+            # io_uring: an idle registration would hold the socket's file open after its
+            # owner closes it (poller.pxd); every wait is one-shot there.
+            return self._register_handle(fd, callback, args, True, WAIT_ONESHOT)
+        found = self._table_get(fd)
         if found is not None and type(found) is HandleWatcher:
             watcher = <HandleWatcher>found
             if (

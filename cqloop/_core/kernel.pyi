@@ -11,6 +11,8 @@ class Kernel(FdTable):
     _thread_id: int | None
     _task_factory: Callable[..., Any] | None
     slow_callback_duration: float
+    @property
+    def engine(self) -> str: ...
     def time(self) -> float: ...
     def call_soon(
         self, callback: Callable[..., object], *args: Any, context: Context | None = None

@@ -92,7 +92,7 @@ from cqloop._core.includes.system cimport (
     write,
 )
 from cqloop._core.fdtable cimport FdTable
-from cqloop._core.poller cimport Poller
+from cqloop._core.poller cimport Poller, new_poller
 from cqloop._core.timerheap cimport TimerHeap
 from cqloop._core.watchers cimport FdWatcher
 
@@ -171,7 +171,7 @@ cdef class Kernel(FdTable):
         self._tfd = -1
         self._tfd_armed = False
         self._tfd_deadline = 0.0
-        self._poller = Poller()
+        self._poller = new_poller(kwargs.get("engine"))
         self._efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)
         if self._efd < 0:
             raise OSError(errno, "eventfd failed")
@@ -451,7 +451,7 @@ cdef class Kernel(FdTable):
         self._check_closed()
         if self._running:
             raise RuntimeError("cannot reset a running event loop")
-        poller = Poller()
+        poller = new_poller(self._poller.engine)
         efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)
         if efd < 0:
             raise OSError(errno, "eventfd failed")
@@ -787,6 +787,8 @@ cdef class Kernel(FdTable):
             self._arm_timerfd(self._timers.peek_when(), True)
         else:
             self._arm_timerfd(0.0, False)
+        # Last: an engine that reports completions (io_uring) re-polls what they said.
+        self._poller.flush()
         return 0
 
     def _refresh_pollfd(self):
@@ -820,6 +822,11 @@ cdef class Kernel(FdTable):
         # Never NaN, never past the kernel's own cap on one wait (select() and poll()
         # refuse an infinite timeout).
         return _wait_limit(max(0.0, self._timers.peek_when() - _clock(self)))
+
+    @property
+    def engine(self):
+        """The readiness engine the loop runs on: "epoll" or "io_uring"."""
+        return self._poller.engine
 
     def _set_wait_sigmask(self, signals):
         """The signal mask for the kernel's waits (a list of signals to block), or None

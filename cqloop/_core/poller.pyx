@@ -1,6 +1,14 @@
-"""Poller: one epoll instance, the kernel queue's file descriptor.
+"""Poller: the kernel queue's readiness engine, and EpollPoller, its epoll engine.
 
-Owns: the epoll fd and the event buffer epoll_wait fills. register, modify and unregister
+Poller is the interface the kernel calls (register / modify / unregister / wait / flush /
+close) and owns what every engine shares: the event buffer `wait` fills with epoll_event
+entries (the kernel's dispatch reads them), its growth, and the signal mask of Loop.pause's
+wait. The engines: EpollPoller (here: one epoll instance) and UringPoller (uring.pyx: poll
+requests on an io_uring). `new_poller` makes the one a loop asks for (engine="auto",
+"epoll", "io_uring", or CQLOOP_ENGINE in the environment); "auto" is epoll until io_uring
+is measured faster for what cqloop does (docs/design.md, "The io_uring engine").
+
+EpollPoller owns the epoll fd. register, modify and unregister
 return 0 or an errno rather than raising, because EEXIST, ENOENT and EBADF are normal events
 for the kernel (an fd closed or reused behind its back) and it decides what each means.
 `wait` is the only place in cqloop where epoll waits (epoll_pwait: with a NULL mask it is
@@ -25,6 +33,7 @@ Some facts about epoll that shape the kernel above this file:
   compiled code ran has had no bytecode boundary to run its handler at.
 """
 
+import os
 from os import strerror
 
 from libc.math cimport ceil
@@ -34,6 +43,7 @@ from cqloop._core.includes.pyapi cimport PyErr_CheckSignals
 from cqloop._core.includes.system cimport (
     CLOCK_MONOTONIC,
     EINTR,
+    ENOSYS,
     EPOLL_CLOEXEC,
     EPOLL_CTL_ADD,
     EPOLL_CTL_DEL,
@@ -64,13 +74,103 @@ cdef inline int _ctl(int epfd, int op, int fd, uint32_t events, uint64_t data) n
     return 0
 
 
+ENGINES = ("auto", "epoll", "io_uring")
+
+
+cpdef str resolve_engine(object engine):
+    """The engine a loop made with `engine` runs on: "epoll" or "io_uring". None means
+    CQLOOP_ENGINE from the environment, or "auto"; "auto" means epoll (io_uring is picked
+    by "auto" only for what it was measured faster at, and nothing is yet)."""
+    cdef str source = "engine"
+    if engine is None:
+        engine = os.environ.get("CQLOOP_ENGINE") or "auto"
+        source = "CQLOOP_ENGINE"
+    if engine not in ENGINES:
+        raise ValueError(
+            f"{source} must be one of {', '.join(map(repr, ENGINES))}, not {engine!r}")
+    if engine == "auto":
+        return "epoll"
+    return engine
+
+
+cpdef Poller new_poller(object engine):
+    """A new Poller of the engine `engine` names (see resolve_engine). Asking for io_uring
+    where it is not usable raises OSError saying why (cqloop._core.uring.probe)."""
+    if resolve_engine(engine) == "io_uring":
+        from cqloop._core.uring import UringPoller
+
+        return UringPoller()
+    return EpollPoller()
+
+
 cdef class Poller:
-    def __cinit__(self):
+    """The engine interface; EpollPoller and UringPoller implement it."""
+
+    def __cinit__(self, *args, **kwargs):
         self.epfd = -1
         self.events = <epoll_event *>malloc(INITIAL_CAPACITY * sizeof(epoll_event))
         if self.events is NULL:
             raise MemoryError()
         self.capacity = INITIAL_CAPACITY
+
+    def __dealloc__(self):
+        if self.events is not NULL:
+            free(self.events)
+            self.events = NULL
+
+    def fileno(self):
+        return self.epfd
+
+    cdef int register(self, int fd, uint32_t events, uint64_t data) noexcept:
+        return ENOSYS
+
+    cdef int modify(self, int fd, uint32_t events, uint64_t data) noexcept:
+        return ENOSYS
+
+    cdef int unregister(self, int fd) noexcept:
+        return ENOSYS
+
+    cdef int wait(self, int timeout_ms) except -1:
+        raise NotImplementedError(f"{type(self).__name__} does not implement wait")
+
+    cdef int flush(self) except -1:
+        """Submit what the engine deferred to its next wait, so that its fd tells an
+        outside poller the truth (the kernel calls it when it hands control back to one).
+        epoll defers nothing."""
+        return 0
+
+    cdef int close(self) except -1:
+        return 0
+
+    cdef int _grow(self) except -1:
+        cdef int capacity = self.capacity * 2
+        cdef epoll_event *events = <epoll_event *>realloc(
+            self.events, capacity * sizeof(epoll_event))
+        if events is NULL:
+            raise MemoryError()
+        self.events = events
+        self.capacity = capacity
+        return 0
+
+    cdef int set_waitmask(self, object signals) except -1:
+        """The signals to block during waits (epoll_pwait's mask), or None for no
+        change of mask. Loop.pause unblocks signals for one wait this way."""
+        if signals is None:
+            self.waitmask_ptr = NULL
+            return 0
+        sigemptyset(&self.waitmask)
+        for signum in signals:
+            if sigaddset(&self.waitmask, <int>signum) < 0:
+                raise OSError(errno, f"invalid signal number {signum}")
+        self.waitmask_ptr = &self.waitmask
+        return 0
+
+
+cdef class EpollPoller(Poller):
+    """One epoll instance: registrations are epoll_ctl calls, a wait is epoll_pwait."""
+
+    def __cinit__(self, *args, **kwargs):
+        self.engine = "epoll"
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
         if self.epfd < 0:
             raise OSError(errno, "epoll_create1 failed")
@@ -79,12 +179,6 @@ cdef class Poller:
         if self.epfd >= 0:
             close_fd(self.epfd)
             self.epfd = -1
-        if self.events is not NULL:
-            free(self.events)
-            self.events = NULL
-
-    def fileno(self):
-        return self.epfd
 
     cdef int register(self, int fd, uint32_t events, uint64_t data) noexcept:
         return _ctl(self.epfd, EPOLL_CTL_ADD, fd, events, data)
@@ -142,29 +236,6 @@ cdef class Poller:
         if n == self.capacity and self.capacity < MAX_CAPACITY:
             self._grow()
         return n
-
-    cdef int _grow(self) except -1:
-        cdef int capacity = self.capacity * 2
-        cdef epoll_event *events = <epoll_event *>realloc(
-            self.events, capacity * sizeof(epoll_event))
-        if events is NULL:
-            raise MemoryError()
-        self.events = events
-        self.capacity = capacity
-        return 0
-
-    cdef int set_waitmask(self, object signals) except -1:
-        """The signals to block during waits (epoll_pwait's mask), or None for no
-        change of mask. Loop.pause unblocks signals for one wait this way."""
-        if signals is None:
-            self.waitmask_ptr = NULL
-            return 0
-        sigemptyset(&self.waitmask)
-        for signum in signals:
-            if sigaddset(&self.waitmask, <int>signum) < 0:
-                raise OSError(errno, f"invalid signal number {signum}")
-        self.waitmask_ptr = &self.waitmask
-        return 0
 
     cdef int close(self) except -1:
         if self.epfd >= 0:

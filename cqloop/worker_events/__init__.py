@@ -54,6 +54,11 @@ Events the system posts: ("cqloop.workers", "started") when a worker's client co
 ("cqloop.workers", "exited") when it has gone (after every event it posted); data is
 {"pid", "worker", ...}.
 
+Across hosts: cqloop.workers.serve(app, ..., events="redis://HOST:PORT/DB?stream=NAME")
+bridges each supervisor's broker to one Redis stream (cluster.py, _redis_bridge.py; the
+extra cqloop[cluster]): the same guarantees among every worker of every host, the stream
+being the one order (docs/cluster.md).
+
 Who calls in: user code on the worker's loop. This module holds the process's default
 client (set by cqloop.workers in each worker, or by `await connect(path)`) and the
 process's callback registry.

@@ -9,6 +9,9 @@ so there is no moment at which it is open to others), and the kernel's peer cred
 (SO_PEERCRED) of each connection must name this user (or root); anyone else is refused.
 JSON only: pickle would let any client run code in every other client. Runs until SIGTERM
 or SIGINT, then closes every connection and removes the socket file.
+
+`--events redis://HOST:PORT/DB?stream=NAME` bridges this broker to a Redis stream shared
+with other hosts, as cqloop.workers.serve(events=...) does (docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import sys
 import cqloop
 from cqloop.worker_events._sigwake import watch_signals
 from cqloop.worker_events.broker import Broker
+from cqloop.worker_events.cluster import ClusterSettings, require_redis
 from cqloop.worker_events.codec import Codec
 from cqloop.worker_events.limits import DEFAULT_MAX_PAYLOAD_BYTES, Limits
 
@@ -61,10 +65,23 @@ def _bind_private(path: str) -> socket.socket:
     return sock
 
 
-async def serve_unix(path: str, limits: Limits, ready: asyncio.Future[None] | None = None) -> None:
-    """Run a broker on a Unix socket at `path` until SIGTERM or SIGINT."""
+async def serve_unix(
+    path: str,
+    limits: Limits,
+    ready: asyncio.Future[None] | None = None,
+    cluster: ClusterSettings | None = None,
+) -> None:
+    """Run a broker on a Unix socket at `path` until SIGTERM or SIGINT (bridged to
+    `cluster`'s Redis stream when given)."""
     loop = asyncio.get_running_loop()
     broker = Broker(codec=Codec.JSON, limits=limits)
+    bridge = None
+    if cluster is not None:
+        from cqloop.worker_events._redis_bridge import RedisBridge
+
+        bridge = RedisBridge(cluster, broker)
+        broker.set_upstream(bridge)
+        bridge.start()
     sock = _bind_private(path)
     stop = loop.create_future()
 
@@ -84,6 +101,8 @@ async def serve_unix(path: str, limits: Limits, ready: asyncio.Future[None] | No
     finally:
         unwatch_signals()
         server.close()
+        if bridge is not None:
+            await bridge.close(limits.stall_timeout)
         broker.close()
         await server.wait_closed()
         with contextlib.suppress(OSError):
@@ -115,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECONDS",
         help="how long a unique key coalesces later posts of it",
     )
+    parser.add_argument(
+        "--events",
+        metavar="URL",
+        help="bridge to a Redis stream shared with other hosts: "
+        "redis://[:PASSWORD@]HOST:PORT/DB?stream=NAME (docs/cluster.md)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -127,7 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.unique_window is not None:
         options["unique_window"] = args.unique_window
     limits = Limits(**options)  # type: ignore[arg-type]
-    cqloop.run(serve_unix(args.socket, limits))
+    cluster = None
+    if args.events is not None:
+        try:
+            cluster = ClusterSettings.from_url(args.events)
+            require_redis()
+        except (ImportError, ValueError) as exc:
+            parser.error(str(exc))
+    cqloop.run(serve_unix(args.socket, limits, cluster=cluster))
     return 0
 
 

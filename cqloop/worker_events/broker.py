@@ -38,9 +38,18 @@ supervisor asks a worker to stop) and "exited" (a worker's connection closed and
 supervisor, its process was reaped), from source "cqloop.workers", in the same total order.
 "exited" comes after every event that worker posted.
 
-Who calls in: cqloop.workers (one Broker on the supervisor's loop, add_peer() per worker)
-and the standalone broker (__main__.py, serve_unix()). Runs on any asyncio loop; its
-callbacks are the only code that touches its state (single-threaded).
+Across hosts (cluster.py, _redis_bridge.py): with an upstream set (set_upstream()), the
+broker sequences no post itself. Posts go to the upstream (a bridge to one Redis stream),
+which takes them while its bounded queue has room (the POST_CREDIT waits otherwise, so
+posters queue in their own processes, as under backpressure), and the upstream delivers
+the stream's entries back through deliver(), deliver_unique() and deliver_gap(), which
+number them here like any post. Backpressure then pauses the upstream's reading instead
+of the posters' sequencing. System events stay local to the host; "exited" waits until
+the worker's posts have come back through the upstream (post_system_after_posts()).
+
+Who calls in: cqloop.workers (one Broker on the supervisor's loop, add_peer() per worker),
+the standalone broker (__main__.py, serve_unix()) and an upstream bridge. Runs on any
+asyncio loop; its callbacks are the only code that touches its state (single-threaded).
 """
 
 from __future__ import annotations
@@ -52,8 +61,9 @@ import os
 import socket
 import struct
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from cqloop.worker_events.codec import (
     CREDIT,
@@ -73,7 +83,7 @@ from cqloop.worker_events.codec import (
 )
 from cqloop.worker_events.limits import Limits
 
-__all__ = ["Broker", "BrokerStatistics", "PeerState"]
+__all__ = ["Broker", "BrokerStatistics", "PeerState", "Upstream"]
 
 logger = logging.getLogger("cqloop.worker_events")
 
@@ -89,6 +99,23 @@ class PeerState(enum.Enum):
     HANDSHAKE = "handshake"  # connected, no HELLO yet
     ACTIVE = "active"  # receives every event sequenced from its WELCOME on
     CLOSED = "closed"
+
+
+class Upstream(Protocol):
+    """Where a broker with an upstream sends its posts (the Redis bridge)."""
+
+    def has_room(self, size: int) -> bool:
+        """Whether a post of `size` bytes may be taken now; when not, the upstream calls
+        Broker.on_upstream_room() once it has room again."""
+
+    def append(self, key: str | None, blob: bytes, size: int) -> None:
+        """Take a post (in post order), whether or not it has room."""
+
+    def resume_delivery(self) -> None:
+        """The broker's backpressure is released: deliver again."""
+
+    def after_posts(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once every post taken so far has been delivered back."""
 
 
 @dataclass(frozen=True)
@@ -119,9 +146,13 @@ class _Queued:
 
 @dataclass
 class _UniquePost:
-    __slots__ = ("blob", "key")
+    __slots__ = ("blob", "handled", "key", "lost")
     key: str
     blob: bytes
+    # Set for a unique event of an upstream: called once a worker has acknowledged it,
+    # or once no worker of this broker is left to give it to.
+    handled: Callable[[], None] | None
+    lost: Callable[[], None] | None
 
 
 class _Peer(asyncio.Protocol):
@@ -208,13 +239,12 @@ class _Peer(asyncio.Protocol):
         if len(blob) > broker.limits.max_payload + 1:
             raise ProtocolError(f"a post of {len(blob)} bytes is over max_payload")
         size = len(body) + 5
-        if broker._backpressure or self.held:
-            self.held.append((key, blob, size))
-            self.held_bytes += size
-            broker._held_bytes += size
+        if not (broker._backpressure or self.held) and broker._take_post(key, blob, size):
+            self.post_credit_owed += size
             return
-        broker._sequence_post(key, blob)
-        self.post_credit_owed += size
+        self.held.append((key, blob, size))
+        self.held_bytes += size
+        broker._held_bytes += size
 
     # -- output --
 
@@ -324,6 +354,7 @@ class Broker:
         self._to_flush: list[_Peer] = []
         self._flush_scheduled = False
         self._closed = False
+        self._upstream: Upstream | None = None
 
     # -- clients --
 
@@ -347,6 +378,20 @@ class Broker:
         self._check_open()
         return _Peer(self, worker=None, check_peer_uid=True)
 
+    def post_system_after_posts(self, event: str, data: dict[str, Any]) -> None:
+        """post_system(), once every post taken so far is sequenced: at once here, or,
+        with an upstream, once those posts have come back through it (so that a worker's
+        "exited" follows its posts on every host's order, as on one)."""
+        if self._upstream is None:
+            self.post_system(event, data)
+            return
+
+        def post() -> None:
+            if not self._closed:
+                self.post_system(event, data)
+
+        self._upstream.after_posts(post)
+
     def post_system(self, event: str, data: dict[str, Any]) -> int:
         """Post a "cqloop.workers" event from the broker itself; returns its seq."""
         blob = encode_blob(self.codec, WORKERS_SOURCE, event, data, os.getpid())
@@ -354,6 +399,62 @@ class Broker:
         self._broadcast(blob)
         self._flush_soon()
         return seq
+
+    # -- an upstream (worker_events across hosts) --
+
+    def set_upstream(self, upstream: Upstream) -> None:
+        """Send every post to `upstream` from now on, instead of sequencing it here."""
+        self._upstream = upstream
+
+    def on_upstream_room(self) -> None:
+        """The upstream has room again: hand it the posts held for it."""
+        if not self._backpressure:
+            self._release_held()
+
+    def deliver(self, blob: bytes) -> None:
+        """Sequence an event the upstream delivers (in its order), for every client."""
+        self._broadcast(blob)
+        self._flush_soon()
+
+    def deliver_unique(
+        self,
+        key: str,
+        blob: bytes,
+        handled: Callable[[], None],
+        lost: Callable[[], None],
+    ) -> bool:
+        """Sequence a unique event of the upstream for one client; False (and nothing
+        sequenced) when there is no client to handle it. `handled` is called once a
+        client has acknowledged it, `lost` if every client that could take it is gone."""
+        active = [p for p in self._peers if p.state is PeerState.ACTIVE]
+        target = self._pick_target(active)
+        if target is None:
+            return False
+        seq = self._next_seq
+        self._next_seq += 1
+        self._sequenced += 1
+        self._send_unique(active, target, seq, blob, _UniquePost(key, blob, handled, lost))
+        self._flush_soon()
+        return True
+
+    def deliver_gap(self, missed: int) -> None:
+        """`missed` events of the upstream are lost to this broker (trimmed from the
+        stream before it read them): every client gets one gap event covering them, in
+        order, and they use up as many sequence numbers."""
+        first = self._next_seq
+        last = first + missed - 1
+        self._next_seq = last + 1
+        self._sequenced += missed
+        data = frame(FrameKind.GAP, GAP_RANGE.pack(first, last))
+        for peer in self._peers:
+            if peer.state is PeerState.ACTIVE:
+                peer.enqueue(first, data, None)
+        self._flush_soon()
+
+    @property
+    def backpressure(self) -> bool:
+        """Some client's backlog is past Limits.backlog_high (not yet back under low)."""
+        return self._backpressure
 
     def close(self) -> None:
         """Close every client connection (the clients see the connection end)."""
@@ -402,6 +503,18 @@ class Broker:
             # The seq stays used: every client gets a SKIP, so sequences stay gap-free.
         self._send_unique(active, target, seq, blob, unique)
 
+    def _take_post(self, key: str | None, blob: bytes, size: int) -> bool:
+        """Sequence a post, or hand it to the upstream; False when the upstream has no
+        room for it (the caller holds it)."""
+        upstream = self._upstream
+        if upstream is None:
+            self._sequence_post(key, blob)
+            return True
+        if not upstream.has_room(size):
+            return False
+        upstream.append(key, blob, size)
+        return True
+
     def _sequence_post(self, key: str | None, blob: bytes) -> None:
         if key is None:
             self._broadcast(blob)
@@ -415,7 +528,7 @@ class Broker:
         expiry = now + self.limits.unique_window
         self._unique_expiry[key] = expiry
         self._unique_order.append((expiry, key))
-        self._broadcast(blob, _UniquePost(key, blob))
+        self._broadcast(blob, _UniquePost(key, blob, None, None))
 
     def _expire_unique(self, now: float) -> None:
         order = self._unique_order
@@ -436,6 +549,9 @@ class Broker:
             self._unique_reassigned += 1
             active = [p for p in self._peers if p.state is PeerState.ACTIVE and p is not exclude]
             if not active:
+                if post.lost is not None:
+                    post.lost()  # the upstream gives it to another host
+                    continue
                 logger.warning(
                     "worker_events broker: unique event %r lost its worker and no other "
                     "client is left to handle it",
@@ -475,7 +591,9 @@ class Broker:
         peer.progress_time = self._loop.time()
         unacked = peer.unique_unacked
         while unacked and unacked[0][0] <= peer.acked_bytes:
-            unacked.popleft()
+            _, post = unacked.popleft()
+            if post.handled is not None:
+                post.handled()
         peer.drain_backlog()
         if self._backpressure:
             self._maybe_release_backpressure()
@@ -494,6 +612,8 @@ class Broker:
             self._stall_timer.cancel()
             self._stall_timer = None
         self._release_held()
+        if self._upstream is not None:
+            self._upstream.resume_delivery()
 
     def _release_held(self) -> None:
         """Sequence held posts, one per client in turn (so no poster starves the others),
@@ -503,10 +623,13 @@ class Broker:
             for peer in self._peers:
                 if not peer.held or self._backpressure:
                     continue
-                key, blob, size = peer.held.popleft()
+                key, blob, size = peer.held[0]
+                if not self._take_post(key, blob, size):
+                    self._flush_soon()
+                    return  # the upstream is full: it calls on_upstream_room()
+                peer.held.popleft()
                 peer.held_bytes -= size
                 self._held_bytes -= size
-                self._sequence_post(key, blob)
                 peer.post_credit_owed += size
                 self._schedule_flush(peer)
                 progressed = True
@@ -536,7 +659,9 @@ class Broker:
 
     def _evict(self, peer: _Peer, now: float) -> None:
         dropped = peer.backlog
-        first, last = dropped[0].seq, dropped[-1].seq
+        # A backlog runs to the newest seq (every later event queues behind it); its last
+        # entry may be an upstream's gap, which covers more than its own seq.
+        first, last = dropped[0].seq, self._next_seq - 1
         lost_uniques = [q.unique for q in dropped if q.unique is not None]
         count = len(dropped)
         size = peer.backlog_bytes
@@ -608,7 +733,10 @@ class Broker:
         while peer.held:
             key, blob, size = peer.held.popleft()
             self._held_bytes -= size
-            self._sequence_post(key, blob)
+            if self._upstream is not None:
+                self._upstream.append(key, blob, size)
+            else:
+                self._sequence_post(key, blob)
         lost = [post for _, post in peer.unique_unacked]
         lost += [q.unique for q in peer.backlog if q.unique is not None]
         peer.unique_unacked.clear()
@@ -622,7 +750,7 @@ class Broker:
             peer.lost.set_result(None)
         if was_active and peer.worker is None and not self._closed:
             # A standalone client: its connection is all there is of it.
-            self.post_system("exited", {"pid": peer.pid, "worker": None})
+            self.post_system_after_posts("exited", {"pid": peer.pid, "worker": None})
         self._flush_soon()
 
     # -- output scheduling --

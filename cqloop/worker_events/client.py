@@ -73,6 +73,8 @@ CREDIT_FRACTION = 4
 # never suspend until the window (megabytes) fills, starving the process's own handlers
 # and holding every post back from the broker until then.
 POST_ASYNC_YIELD_BYTES = 16 * 1024
+# How long close() reads on after its EOF for the broker to close its end.
+CLOSE_DRAIN_TIMEOUT_S = 5.0
 
 Callback = Callable[[Any, str, str, int], object]
 
@@ -213,6 +215,7 @@ class Client(asyncio.Protocol):
         self._missed = 0
         self._posted = 0
         self._undecoded = 0
+        self._eof_sent = False  # close() half-closed: nothing more is handled or sent
 
     # -- posting --
 
@@ -306,6 +309,16 @@ class Client(asyncio.Protocol):
                 except (ConnectionError, WorkerEventsError):
                     break
             self._flush()
+        transport = self._transport
+        if transport is not None and transport.can_write_eof():
+            # Half-close, and read on (handling nothing) until the broker closes too. A
+            # socket closed with unread data in it makes the kernel reset the
+            # connection, and a broker writing to us just then would drop our last
+            # posts unread; after our EOF it reads them all, then closes its end.
+            self._eof_sent = True
+            transport.write_eof()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._closed), CLOSE_DRAIN_TIMEOUT_S)
         if self._transport is not None:
             self._transport.close()
         await asyncio.shield(self._closed)
@@ -349,6 +362,8 @@ class Client(asyncio.Protocol):
         self._transport.write(json_frame(FrameKind.HELLO, hello))
 
     def data_received(self, data: bytes) -> None:
+        if self._eof_sent:
+            return  # closing: what the broker still sends is for nobody here
         ack_now = False
         try:
             for kind, body in self._reader.feed(data):

@@ -13,6 +13,11 @@ cdef extern from "<errno.h>" nogil:
         EEXIST
         ENOENT
         EPERM
+        ENOSYS
+        ENOMEM
+        EINVAL
+        ETIME
+        ECANCELED
 
 
 cdef extern from "<unistd.h>" nogil:
