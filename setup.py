@@ -20,6 +20,7 @@ CORE_MODULES = [
     "fdtable",
     "kernel",
     "stream",
+    "transportmethods",
     "osext",
     "tlsrecord",
     "tls",

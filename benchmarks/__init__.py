@@ -23,6 +23,11 @@ Suites:
                    pending timers (scale.py)
     worker_events  deliveries per second across 4 worker processes (worker_events.py)
 
+A tool beside the suites:
+    python -m cqloop._bench.callgrind --loop L (--echo MODE | --http APP)
+                   one server's user-space instructions per echoed message or per HTTP
+                   request, counted by callgrind (callgrind.py)
+
 Run only when named (not part of the full run):
     soak           a fault soak per loop: resets, cancellations, EMFILE, subprocesses and
                    cross-thread wake-ups for --duration seconds, then an fd, byte and log

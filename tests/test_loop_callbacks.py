@@ -13,6 +13,7 @@ import asyncio
 import contextvars
 import gc
 import logging
+import socket
 import sys
 import threading
 import warnings
@@ -301,6 +302,30 @@ def test_a_loop_dropped_unclosed_with_a_task_asleep_is_collected(loop_factory, c
     with caplog.at_level(logging.CRITICAL, logger="asyncio"):  # "destroyed but pending"
         _collect_quietly()
     assert collected() is None
+
+
+def test_a_loop_dropped_unclosed_with_a_reader_and_a_connection_is_collected(loop_factory):
+    # cqloop's fd table is a C array the collector learns of through the kernel's
+    # traversal: the cycles loop -> table -> reader's handle -> loop and loop -> table ->
+    # transport -> loop must be seen whole.
+    if loop_factory.__module__.startswith("uvloop"):
+        pytest.skip("uvloop collects the loop but leaves its fds open")
+    loop = loop_factory()
+    reader_end, writer_end = socket.socketpair()
+    ours, peer = socket.socketpair()
+    try:
+        loop.add_reader(reader_end.fileno(), _Holder(loop).callback)
+        transport, _ = loop.run_until_complete(loop.create_connection(asyncio.Protocol, sock=ours))
+        _one_iteration(loop)
+        collected = weakref.ref(loop)
+        dropped = weakref.ref(transport)
+        del loop, transport
+        _collect_quietly()
+        assert collected() is None
+        assert dropped() is None
+    finally:
+        for sock in (reader_end, writer_end, ours, peer):
+            sock.close()
 
 
 @pytest.mark.parametrize("how", ["ran", "cancelled", "closed"])

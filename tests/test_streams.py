@@ -9,8 +9,11 @@ refusals, cancellation, fd exhaustion) are in test_network_faults.py.
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import os
 import socket
+import struct
 import sys
 import uuid
 from typing import Any
@@ -215,6 +218,17 @@ async def test_extra_info_names_socket_ends_and_tcp_nodelay_is_on() -> None:
     await _close_all(server, client, peer)
 
 
+async def test_accepted_socket_is_a_non_blocking_tcp_socket_with_nodelay() -> None:
+    server, client, peer = await _tcp_pair()
+    sock = peer.transport.get_extra_info("socket")
+    assert sock.family is socket.AF_INET
+    assert sock.type is socket.SOCK_STREAM
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    assert sock.gettimeout() == 0
+    assert peer.transport.get_extra_info("sockname") == server.sockets[0].getsockname()
+    await _close_all(server, client, peer)
+
+
 async def test_transports_are_asyncio_transports() -> None:
     skip_where_uvloop_differs(asyncio.get_running_loop(), "its transports are not subclasses")
     server, client, peer = await _tcp_pair()
@@ -240,6 +254,55 @@ async def test_write_can_be_replaced_on_the_instance() -> None:
     await peer.enough
     assert seen == [b"hi"]
     await _close_all(server, client, peer)
+
+
+async def test_transport_methods_taken_as_values_act_on_their_transport() -> None:
+    server, client, peer = await _tcp_pair()
+    transport = client.transport
+    write, writelines = transport.write, transport.writelines
+    is_closing, is_reading = transport.is_closing, transport.is_reading
+    pause, resume = transport.pause_reading, transport.resume_reading
+    peer.wanted = 6
+    write(b"ab")
+    writelines([b"cd", b"ef"])
+    await peer.enough
+    assert bytes(peer.data) == b"abcdef"
+    assert transport.get_write_buffer_size() == 0
+    pause()
+    assert not is_reading()
+    resume()
+    assert is_reading()
+    assert not is_closing()
+    transport.close()
+    assert is_closing()
+    await _close_all(server, client, peer)
+
+
+@pytest.mark.cqloop_only
+async def test_transport_methods_refuse_another_object_as_self() -> None:
+    server, client, peer = await _tcp_pair()
+    cls = type(client.transport)
+    with pytest.raises(TypeError):
+        cls.write(object(), b"x")
+    with pytest.raises(TypeError):
+        cls.is_closing(peer)
+    await _close_all(server, client, peer)
+
+
+@pytest.mark.cqloop_only
+async def test_transport_whose_init_failed_is_dropped_without_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cqloop.transports.socket_transport import SocketTransport
+
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    sock = socket.socket()
+    sock.close()
+    with pytest.raises(OSError):
+        SocketTransport(asyncio.get_running_loop(), sock, asyncio.Protocol())
+    gc.collect()
+    assert unraisable == []
 
 
 async def test_close_waits_for_the_buffer_then_loses_the_connection_once() -> None:
@@ -474,4 +537,102 @@ async def test_add_reader_on_a_transports_fd_is_refused() -> None:
     client.transport.write(b"still")
     peer.wanted = 5
     await peer.enough
+    await _close_all(server, client, peer)
+
+
+async def test_slow_data_received_is_logged_naming_the_read_callback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    loop = asyncio.get_running_loop()
+    skip_where_uvloop_differs(loop, "its debug log names its own handle types")
+    server, client, peer = await _tcp_pair()
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.0
+    try:
+        with caplog.at_level(logging.WARNING, logger="asyncio"):
+            peer.wanted = 2
+            client.transport.write(b"hi")
+            await peer.enough
+    finally:
+        loop.set_debug(False)
+    slow = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Executing")]
+    assert any("_read_ready()" in message for message in slow), slow
+    await _close_all(server, client, peer)
+
+
+async def test_accepted_connection_names_its_peer_after_the_peer_reset_it() -> None:
+    loop = asyncio.get_running_loop()
+    skip_where_uvloop_differs(loop, "it asks the socket, which no longer knows")
+    made: asyncio.Future[None] = loop.create_future()
+    seen: asyncio.Future[Any] = loop.create_future()
+
+    class Lost(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            made.set_result(None)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            seen.set_result(self.transport.get_extra_info("peername"))
+
+    server = await loop.create_server(Lost, "127.0.0.1", 0)
+    client = socket.create_connection(server.sockets[0].getsockname())
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    address = client.getsockname()
+    await made
+    client.close()  # with a zero linger time: a reset
+    assert await seen == address
+    server.close()
+    await server.wait_closed()
+
+
+def test_transport_dropped_unclosed_warns_and_closes_its_socket(loop_factory: Any) -> None:
+    if loop_factory.__module__.startswith("uvloop"):
+        pytest.skip("uvloop's transports warn of an unclosed resource in their own words")
+    loop = loop_factory()
+    ours, peer = socket.socketpair()
+    try:
+        transport, _ = loop.run_until_complete(loop.create_connection(asyncio.Protocol, sock=ours))
+        loop.close()  # the loop lets go of its transports without closing them
+        with pytest.warns(ResourceWarning, match="unclosed transport"):
+            del transport
+            gc.collect()
+        assert ours.fileno() == -1
+    finally:
+        ours.close()
+        peer.close()
+
+
+ACCEPT_TIMEOUT_S = 10.0
+
+
+class _ForwardingSocket:
+    """A socket-like wrapper that forwards every attribute, as gunicorn's listeners do."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+async def test_server_accepts_on_a_socket_like_wrapper() -> None:
+    loop = asyncio.get_running_loop()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    accepted: asyncio.Future[Any] = loop.create_future()
+
+    def factory() -> asyncio.Protocol:
+        proto = Collect()
+        accepted.set_result(proto)
+        return proto
+
+    server = await loop.create_server(factory, sock=_ForwardingSocket(listener))  # type: ignore[arg-type]
+    _, client = await loop.create_connection(Collect, *listener.getsockname())
+    # Bounded: a server that cannot accept on the wrapper never calls the factory.
+    peer = await asyncio.wait_for(accepted, ACCEPT_TIMEOUT_S)
+    await peer.made
+    peer.wanted = 2
+    client.transport.write(b"ok")
+    await peer.enough
+    assert bytes(peer.data) == b"ok"
     await _close_all(server, client, peer)

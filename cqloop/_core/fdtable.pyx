@@ -1,13 +1,13 @@
 """FdTable: the kernel's table of watched fds and their epoll registrations.
 
-Owns: `_watchers` (fd -> FdWatcher) and its fd-indexed mirror `_by_fd` (the dispatch's
-lookup), the registration generations, and every epoll_ctl the kernel makes for a watcher
-(through the Poller). Kernel (kernel.pyx) is its subclass and adds the queue, the timers
-and the run-once step; the add_reader/remove_reader family, the sock_* waits (sockio.pyx)
-and the stream transports (stream.pyx) call in here.
+Owns: the table of watchers, `_by_fd` (an array indexed by fd holding a reference to each
+fd's FdWatcher; the dispatch's lookup), the registration generations, and every epoll_ctl
+the kernel makes for a watcher (through the Poller). Kernel (kernel.pyx) is its subclass
+and adds the queue, the timers and the run-once step; the add_reader/remove_reader family,
+the sock_* waits (sockio.pyx) and the stream transports (stream.pyx) call in here.
 
 Invariants:
-- Every watcher in `_watchers` whose `registered` mask is non-zero has a live epoll
+- Every watcher in the table whose `registered` mask is non-zero has a live epoll
   registration whose data is (gen << 32 | fd); the kernel's own wake-up and timer fds use
   generation 0.
 - A one-shot watcher whose wait is done stays in the table with its registration disarmed
@@ -27,6 +27,7 @@ from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memset
 
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
 from cpython.weakref cimport PyWeakref_NewRef
 
 from cqloop._core.handles cimport Handle, new_handle
@@ -78,16 +79,36 @@ def _strerror(int err):
 cdef class FdTable:
 
     def __cinit__(self, *args, **kwargs):
-        self._watchers = {}
         self._last_gen = FIRST_GEN
 
     def __dealloc__(self):
+        cdef Py_ssize_t i
+        for i in range(self._by_fd_len):
+            Py_XDECREF(self._by_fd[i])
         PyMem_Free(self._by_fd)
 
-    # -- the table: a dict and its fd-indexed mirror, changed together -----------------
+    # -- the table: an array indexed by fd ---------------------------------------------
     # The dispatch looks the watcher of every event up by fd: an array index instead of
     # an int object and a dict lookup saved about 130 instructions per event (callgrind,
-    # 1 KiB echo). The array grows to the highest fd watched, as libuv's does.
+    # 1 KiB echo). The array grows to the highest fd watched, as libuv's does, and holds
+    # the table's references (a dict beside it cost every connection its entry and, past
+    # fd 256, an int key). The cyclic GC sees them through Kernel's traversal
+    # (kernel.pyx, _kernel_traverse).
+
+    cdef inline object _table_get(self, int fd):
+        """The watcher of fd, or None."""
+        if fd < 0 or fd >= self._by_fd_len or self._by_fd[fd] == NULL:
+            return None
+        return <object>self._by_fd[fd]
+
+    cdef list _table_values(self):
+        """Every watcher in the table, in fd order."""
+        cdef Py_ssize_t i
+        cdef list found = []
+        for i in range(self._by_fd_len):
+            if self._by_fd[i] != NULL:
+                found.append(<object>self._by_fd[i])
+        return found
 
     cdef int _table_put(self, FdWatcher watcher) except -1:
         cdef int fd = watcher.fd
@@ -104,19 +125,32 @@ cdef class FdTable:
                    (size - self._by_fd_len) * sizeof(PyObject *))
             self._by_fd = grown
             self._by_fd_len = size
-        self._watchers[fd] = watcher
+        # A watcher already there (an inert one-shot registration's) is replaced.
+        old = self._by_fd[fd]
+        Py_INCREF(watcher)
         self._by_fd[fd] = <PyObject *>watcher
+        if old == NULL:
+            self._count += 1
+        else:
+            Py_DECREF(<object>old)
         return 0
 
     cdef int _table_drop(self, int fd) except -1:
-        del self._watchers[fd]
-        self._by_fd[fd] = NULL
+        cdef PyObject *old = self._by_fd[fd]
+        if old != NULL:
+            self._by_fd[fd] = NULL
+            self._count -= 1
+            Py_DECREF(<object>old)
         return 0
 
     cdef int _table_clear(self) except -1:
-        self._watchers.clear()
+        # Emptied before the references go: a finaliser they run finds an empty table.
+        cdef list watchers = self._table_values()
         if self._by_fd_len:
             memset(self._by_fd, 0, self._by_fd_len * sizeof(PyObject *))
+        self._count = 0
+        for watcher in watchers:
+            Py_DECREF(watcher)
         return 0
 
     cdef int _check_closed(self) except -1:
@@ -148,7 +182,7 @@ cdef class FdTable:
             if not self._closed and not self._forked:
                 self._poller.unregister(watcher.fd)
             watcher.registered = 0
-        if self._watchers.get(watcher.fd) is watcher:
+        if self._table_get(watcher.fd) is watcher:
             self._table_drop(watcher.fd)
         return 0
 
@@ -165,7 +199,7 @@ cdef class FdTable:
             # adding is refused.
             if not removing:
                 raise RuntimeError(FORKED_MESSAGE)
-            if wanted == 0 and not watcher.persistent and self._watchers.get(fd) is watcher:
+            if wanted == 0 and not watcher.persistent and self._table_get(fd) is watcher:
                 self._table_drop(fd)
             return 0
         if wanted == 0:
@@ -187,7 +221,7 @@ cdef class FdTable:
             if watcher.registered:
                 self._poller.unregister(fd)
                 watcher.registered = 0
-            if not watcher.persistent and self._watchers.get(fd) is watcher:
+            if not watcher.persistent and self._table_get(fd) is watcher:
                 self._table_drop(fd)
             return 0
         if watcher.registered == wanted and removing and not watcher.disarmed:
@@ -253,7 +287,7 @@ cdef class FdTable:
             # io_uring: an idle registration would hold the socket's file open after its
             # owner closes it (poller.pxd); every wait is one-shot there.
             return self._register_handle(fd, callback, args, True, WAIT_ONESHOT)
-        found = self._watchers.get(fd)
+        found = self._table_get(fd)
         if found is not None and type(found) is HandleWatcher:
             watcher = <HandleWatcher>found
             if (
@@ -268,7 +302,7 @@ cdef class FdTable:
                     watcher.reader = handle
                     return handle
         handle = self._register_handle(fd, callback, args, True, WAIT_EDGE)
-        watcher = <HandleWatcher>self._watchers[fd]
+        watcher = <HandleWatcher>self._table_get(fd)
         if watcher.registered == EDGE_READ:
             try:
                 watcher.sock_ref = PyWeakref_NewRef(sock, None)
@@ -279,7 +313,7 @@ cdef class FdTable:
     def _rearm(self, int fd):
         """Re-arm a one-shot registration that fired while its wait goes on."""
         cdef FdWatcher watcher
-        found = self._watchers.get(fd)
+        found = self._table_get(fd)
         if found is not None:
             watcher = <FdWatcher>found
             if watcher.disarmed and watcher.wanted():
@@ -289,7 +323,7 @@ cdef class FdTable:
         """The handle registered to read (or write) fd, or None; a transport's watcher
         if a transport owns fd. cqloop.pollable asks, so as never to take over or drop a
         registration it did not make."""
-        found = self._watchers.get(fd)
+        found = self._table_get(fd)
         if found is None or not isinstance(found, HandleWatcher):
             return found
         return (<HandleWatcher>found).reader if reading else (<HandleWatcher>found).writer
@@ -301,7 +335,7 @@ cdef class FdTable:
         cdef Handle old
         self._check_closed()
         handle = new_handle(callback, args, self, None)
-        found = self._watchers.get(fd)
+        found = self._table_get(fd)
         if found is None:
             watcher = HandleWatcher(fd)
             watcher.mode = mode
@@ -342,7 +376,7 @@ cdef class FdTable:
     cdef int _check_no_transport(self, int fd) except -1:
         """remove_reader/remove_writer on a transport's fd raise, as add_reader does and
         as asyncio's do (the transport would lose its registration behind its back)."""
-        found = self._watchers.get(fd)
+        found = self._table_get(fd)
         if found is not None and not isinstance(found, HandleWatcher):
             _refuse_transport_fd(fd, found)
         return 0
@@ -354,7 +388,7 @@ cdef class FdTable:
         cdef Handle handle
         if self._closed:
             return False
-        found = self._watchers.get(fd)
+        found = self._table_get(fd)
         if found is None or not isinstance(found, HandleWatcher):
             return False
         watcher = <HandleWatcher>found

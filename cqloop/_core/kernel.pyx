@@ -418,7 +418,7 @@ cdef class Kernel(FdTable):
         self._ready_spare.clear()
         self._drain_pool()
         self._timers.clear()
-        for watcher in list(self._watchers.values()):
+        for watcher in self._table_values():
             if watcher.registered:
                 if not self._forked:
                     # (A forked child's epoll set is the parent's: leave it be.)
@@ -470,7 +470,7 @@ cdef class Kernel(FdTable):
             self._tfd = -1
         self._tfd_armed = False
         self._tfd_deadline = 0.0
-        for watcher in self._watchers.values():
+        for watcher in self._table_values():
             watcher.registered = 0
             watcher.disarmed = False
         self._table_clear()
@@ -547,7 +547,7 @@ cdef class Kernel(FdTable):
         if timeout > MAX_POLL_TIMEOUT_S:
             timeout = MAX_POLL_TIMEOUT_S
 
-        if timeout == 0.0 and (self._io_fresh or not self._watchers):
+        if timeout == 0.0 and (self._io_fresh or self._count == 0):
             # Work is due (ready callbacks or a due timer) and polling now would tell
             # nothing worth a system call:
             # - no fd is watched: the only fds in the epoll set are the kernel's own eventfd
@@ -675,7 +675,7 @@ cdef class Kernel(FdTable):
                 self._drain_timerfd()
                 continue
             fd = <int>(data & 0xffffffffu)
-            # The fd-indexed mirror of _watchers (fdtable.pyx); `watcher` takes a
+            # The fd-indexed table (fdtable.pyx); `watcher` takes a
             # reference, so a watcher _on_events drops from the table lives to the end.
             if fd < 0 or fd >= self._by_fd_len:
                 continue
@@ -842,7 +842,7 @@ cdef class Kernel(FdTable):
             "timers": self._timers.size(),
             "timers_cancelled": self._timers.cancelled,
             # Inert one-shot registrations (see _update_watcher) are not watched fds.
-            "fds": sum(1 for w in self._watchers.values() if (<FdWatcher>w).wanted()
+            "fds": sum(1 for w in self._table_values() if (<FdWatcher>w).wanted()
                        or (<FdWatcher>w).persistent),
             "external": bool(self._external),
             "timerfd": self._tfd >= 0,
@@ -934,12 +934,29 @@ cdef int _visit_owned(object handles, cq_visitproc visit, void *arg) noexcept:
     return 0
 
 
+cdef int _visit_watchers(Kernel kernel, cq_visitproc visit, void *arg) noexcept:
+    """Visit the fd table's watchers: the table is a C array (fdtable.pyx), which the
+    generated traversal does not know of; a loop dropped unclosed with transports open is
+    a cycle (transport -> loop -> table -> transport) the collector must see whole."""
+    cdef Py_ssize_t i
+    cdef int err
+    for i in range(kernel._by_fd_len):
+        if kernel._by_fd[i] != NULL:
+            err = visit(kernel._by_fd[i], arg)
+            if err:
+                return err
+    return 0
+
+
 cdef int _kernel_traverse(PyObject *obj, cq_visitproc visit, void *arg) noexcept:
     cdef int err = cq_call_base_traverse(obj, visit, arg)
     cdef TimerHeap timers
     if err:
         return err
     err = _visit_owned((<Kernel>obj)._ready, visit, arg)
+    if err:
+        return err
+    err = _visit_watchers(<Kernel>obj, visit, arg)
     if err:
         return err
     timers = (<Kernel>obj)._timers

@@ -34,6 +34,8 @@ cdef class StreamTransport(FdWatcher):
     # Protocol callbacks run in this context: the one current when the transport was made.
     cdef readonly object _context
     cdef public dict _extra
+    # The peer's address from accept(), until fill_socket_info moves it into _extra.
+    cdef object _peername
     cdef object _server
 
     # -- state ------------------------------------------------------------------------
@@ -63,12 +65,17 @@ cdef class StreamTransport(FdWatcher):
     cdef object _empty_waiter
 
     # -- the handles the kernel queues when the fd is ready ------------------------------
+    # Each made on the first readable or writable event (see _on_events).
     cdef Handle _read_handle
-    # Made on the first writable event (see _on_events).
     cdef Handle _write_handle
 
     # -- methods ----------------------------------------------------------------------
     cdef int _sync_interest(self) except -1
+    cdef int _close(self) except -1
+    cdef int _pause_reading(self) except -1
+    cdef int _resume_reading(self) except -1
+    cdef int _write(self, object data) except -1
+    cdef int _writelines(self, object list_of_data) except -1
     cdef int _on_readable(self) except -1
     cdef int _on_writable(self) except -1
     cdef int _read_data(self) except -1

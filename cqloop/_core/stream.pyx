@@ -21,7 +21,8 @@ Semantics follow asyncio's _SelectorSocketTransport, callback for callback:
 - connection_lost runs from the ready queue, once, after which the socket is closed and the
   fd leaves the kernel's table; nothing touches the fd afterwards.
 
-Invariants: `_write_pending > 0` exactly when `_write_buf` is non-empty; epoll interest is
+Invariants: `_write_pending > 0` exactly when `_write_buf` is non-empty (it is None until
+something is first queued); epoll interest is
 EPOLLIN while reading is started, not paused and not closing, plus EPOLLOUT while bytes are
 queued (`wanted()`); `_sync_interest` brings the registration in line after every change.
 
@@ -30,7 +31,8 @@ control and the empty waiter) into a base class of its own.
 """
 
 import logging
-from asyncio import BufferedProtocol, constants
+import warnings
+from asyncio import BufferedProtocol, constants, format_helpers
 from asyncio.trsock import TransportSocket
 
 from libc.string cimport strerror
@@ -60,10 +62,10 @@ from cqloop._core.includes.sockets cimport (
     MSG_DONTWAIT,
     MSG_NOSIGNAL,
     SHUT_WR,
+    cq_recv,
+    cq_send,
     iovec,
     msghdr,
-    recv,
-    send,
     sendmsg,
     shutdown,
 )
@@ -71,6 +73,8 @@ from cqloop._core.includes.system cimport EAGAIN, EINTR, EPOLLIN, EPOLLOUT, errn
 from cqloop._core.kernel cimport Kernel
 
 logger = logging.getLogger("asyncio")
+cdef object _format_callback_source = format_helpers._format_callback_source
+cdef object _warn = warnings.warn
 
 cdef enum:
     # asyncio reads at most this much per readiness event (selector_events' max_size).
@@ -163,11 +167,25 @@ def is_current_context(context):
 
 cdef class _ReadyHandle(Handle):
     """The handle the kernel queues when a transport's fd is ready: runs its read or write
-    path in the transport's context. The Handle fields keep asyncio's view of it (its
-    callback is the transport's _read_ready or _write_ready, for reprs and debug logs)."""
+    path in the transport's context. Its repr and error reports name the transport's
+    _read_ready or _write_ready as its callback, as asyncio's reader and writer handles
+    would; the bound method is made only for them (`_callback` stays None): held by every
+    connection's read handle, it cost 72 bytes per idle connection."""
 
     cdef StreamTransport transport
     cdef bint writing
+
+    cdef object _bound_callback(self):
+        if self.transport is None:
+            return None
+        return self.transport._write_ready if self.writing else self.transport._read_ready
+
+    cdef list _repr_info(self):
+        info = Handle._repr_info(self)
+        callback = None if self._cancelled else self._bound_callback()
+        if callback is not None:
+            info.insert(1, _format_callback_source(callback, ()))
+        return info
 
     cdef int _run(self) except -1:
         cdef StreamTransport transport = self.transport
@@ -175,6 +193,8 @@ cdef class _ReadyHandle(Handle):
         # property read is an attribute lookup per readiness event.
         cdef object context = self._ctx
         if PyContext_Enter(context) < 0:
+            # The report names the callback (see the class docstring).
+            self._callback = self._bound_callback()
             return self._on_callback_error()
         try:
             if self.writing:
@@ -189,7 +209,7 @@ cdef class _ReadyHandle(Handle):
             # what gets here is unexpected.
             PyContext_Exit(context)
             self._loop.call_exception_handler({
-                "message": f"Exception in callback {self._callback!r}",
+                "message": f"Exception in callback {self._bound_callback()!r}",
                 "exception": exc,
                 "handle": self,
             })
@@ -199,9 +219,8 @@ cdef class _ReadyHandle(Handle):
         return 0
 
 
-cdef _ReadyHandle _ready_handle(StreamTransport transport, bint writing, object callback):
+cdef _ReadyHandle _ready_handle(StreamTransport transport, bint writing):
     cdef _ReadyHandle handle = _ReadyHandle.__new__(_ReadyHandle)
-    handle._callback = callback
     handle._args = ()
     handle._ctx = transport._context
     handle._loop = transport._loop
@@ -214,7 +233,7 @@ cdef class StreamTransport(FdWatcher):
     """The read and write paths of a stream socket transport (see the module docstring)."""
 
     def __init__(self, Kernel loop not None, owner not None, sock, protocol, extra=None,
-                 server=None):
+                 server=None, peername=None):
         self._owner = owner
         self.fd = sock.fileno()
         self.persistent = True
@@ -223,16 +242,21 @@ cdef class StreamTransport(FdWatcher):
         self._context = PyContext_CopyCurrent()
         # Taken as given, not copied: the public transport builds it for this engine.
         self._extra = {} if extra is None else extra
+        # The address accept() gave, kept out of the dict until asked for (see
+        # fill_socket_info): a one-entry dict costs its key table, 104 bytes.
+        self._peername = peername
         self._server = server
-        self._write_buf = []
+        # The write queue is made when something is first queued (_buffer_item): most
+        # writes go out at once, and an idle connection never writes (72 bytes each).
+        self._write_buf = None
         self._write_offset = 0
         self._write_pending = 0
         self._high_water, self._low_water = water_marks()
         self._set_protocol(protocol)
-        self._read_handle = _ready_handle(self, False, self._read_ready)
-        # The write handle is made when the socket first reports writable (_on_events):
-        # most connections never fill the socket's buffer, and an idle one never writes
-        # (200 bytes per connection).
+        # The read and write handles are made when the socket first reports readable or
+        # writable (_on_events): a connection that has not yet received anything carries
+        # no read handle (128 bytes), most connections never fill the socket's buffer,
+        # and an idle one never writes.
         loop._install_watcher(self)
 
     def __repr__(self):
@@ -255,10 +279,12 @@ cdef class StreamTransport(FdWatcher):
         # As for add_reader/add_writer (watchers.pyx): a hang-up or error wakes both
         # directions, and the read or write that follows meets the error.
         if events & ~EPOLLOUT and self.registered & EPOLLIN:
+            if self._read_handle is None:
+                self._read_handle = _ready_handle(self, False)
             ready.append(self._read_handle)
         if events & ~EPOLLIN and self.registered & EPOLLOUT:
             if self._write_handle is None:
-                self._write_handle = _ready_handle(self, True, self._write_ready)
+                self._write_handle = _ready_handle(self, True)
             ready.append(self._write_handle)
         return 0
 
@@ -275,24 +301,38 @@ cdef class StreamTransport(FdWatcher):
         return not self._paused and not self._closing
 
     def pause_reading(self):
+        self._pause_reading()
+
+    def resume_reading(self):
+        self._resume_reading()
+
+    cdef int _pause_reading(self) except -1:
         if self._closing or self._paused:
-            return
+            return 0
         self._paused = True
         self._sync_interest()
         if self._loop._debug:
             logger.debug("%r pauses reading", self._owner)
+        return 0
 
-    def resume_reading(self):
+    cdef int _resume_reading(self) except -1:
         if self._closing or not self._paused:
-            return
+            return 0
         self._paused = False
         self._sync_interest()
         if self._loop._debug:
             logger.debug("%r resumes reading", self._owner)
+        return 0
 
     # -- public API: writing -------------------------------------------------------------
 
     def write(self, data):
+        self._write(data)
+
+    def writelines(self, list_of_data):
+        self._writelines(list_of_data)
+
+    cdef int _write(self, object data) except -1:
         cdef Py_buffer view
         cdef const char *ptr
         cdef Py_ssize_t size
@@ -309,45 +349,46 @@ cdef class StreamTransport(FdWatcher):
             raise RuntimeError("unable to write; sendfile is in progress")
         if self._conn_lost:
             if not data:
-                return
+                return 0
             if self._conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES:
                 logger.warning("socket.send() raised exception.")
             self._conn_lost += 1
-            return
+            return 0
         if self._write_pending:
             if data:
                 self._buffer_item(data, 0)
                 self._maybe_pause_protocol()
-            return
+            return 0
         # Nothing queued: send at once.
         if is_bytes:
             ptr = PyBytes_AS_STRING(data)
             size = PyBytes_GET_SIZE(data)
             if size == 0:
-                return
-            sent = send(self.fd, ptr, size, MSG_NOSIGNAL)
+                return 0
+            sent = cq_send(self.fd, ptr, size, MSG_NOSIGNAL)
             err = errno
         else:
             PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
             size = view.len
             if size == 0:
                 PyBuffer_Release(&view)
-                return
-            sent = send(self.fd, view.buf, size, MSG_NOSIGNAL)
+                return 0
+            sent = cq_send(self.fd, view.buf, size, MSG_NOSIGNAL)
             err = errno
             PyBuffer_Release(&view)
         if sent == size:
-            return
+            return 0
         if sent < 0:
             if not _would_block(err):
                 self._fatal_error(_os_error(err), "Fatal write error on socket transport")
-                return
+                return 0
             sent = 0
         self._buffer_item(data, sent)
         self._sync_interest()
         self._maybe_pause_protocol()
+        return 0
 
-    def writelines(self, list_of_data):
+    cdef int _writelines(self, object list_of_data) except -1:
         if self._eof:
             raise RuntimeError("Cannot call writelines() after write_eof()")
         if self._empty_waiter is not None:
@@ -363,20 +404,21 @@ cdef class StreamTransport(FdWatcher):
                 if self._conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES:
                     logger.warning("socket.send() raised exception.")
                 self._conn_lost += 1
-            return
+            return 0
         was_idle = self._write_pending == 0
         for data in items:
             if data:
                 self._buffer_item(data, 0)
         if not self._write_pending:
-            return
+            return 0
         if was_idle:
             # One gathered send for the lot, as asyncio 3.12+ does.
             self._on_writable()
             if self._conn_lost:
-                return
+                return 0
             self._sync_interest()
         self._maybe_pause_protocol()
+        return 0
 
     def write_eof(self):
         if self._closing or self._eof:
@@ -407,16 +449,33 @@ cdef class StreamTransport(FdWatcher):
         return self._closing
 
     def close(self):
+        self._close()
+
+    cdef int _close(self) except -1:
         if self._closing:
-            return
+            return 0
         self._closing = True
         self._sync_interest()
         if not self._write_pending:
             self._conn_lost += 1
             self._loop._call_soon(self._call_connection_lost, (None,), self._context)
+        return 0
 
     def abort(self):
         self._force_close(None)
+
+    def __del__(self):
+        # asyncio's warning for a transport dropped unclosed, here rather than on the
+        # public class: a Python __del__ there cost every connection a Python call when it
+        # went (1,200 instructions of a short connection's life), closed or not. While
+        # the socket is open the kernel's table holds this engine and the engine its
+        # public transport, so the two go together (collected as a cycle once the loop
+        # dropped its table), and the public one is still whole here.
+        sock = self._sock
+        owner = self._owner
+        if sock is not None and owner is not None:
+            _warn(f"unclosed transport {owner!r}", ResourceWarning, source=owner)
+            sock.close()
 
     # -- for the Python half and for asyncio's names -------------------------------------
 
@@ -475,10 +534,14 @@ cdef class StreamTransport(FdWatcher):
             except OSError:
                 extra["sockname"] = None
         if "peername" not in extra:
-            try:
-                extra["peername"] = sock.getpeername()
-            except OSError:
-                extra["peername"] = None
+            if self._peername is not None:
+                extra["peername"] = self._peername
+                self._peername = None
+            else:
+                try:
+                    extra["peername"] = sock.getpeername()
+                except OSError:
+                    extra["peername"] = None
 
     def _make_empty_waiter(self):
         if self._empty_waiter is not None:
@@ -532,7 +595,7 @@ cdef class StreamTransport(FdWatcher):
             buffer = cq_bytes_data(raw)
         else:
             buffer = _read_buffer
-        n = recv(self.fd, buffer, READ_BUFFER_SIZE, 0)
+        n = cq_recv(self.fd, buffer, READ_BUFFER_SIZE, 0)
         if n > LARGE_READ_BYTES and n < READ_BUFFER_SIZE and self._want_reread():
             # A large read that did not fill the buffer is often the first part of a bulk
             # write still arriving (loopback TCP hands a 100 KiB write over as a 64 KiB
@@ -547,7 +610,7 @@ cdef class StreamTransport(FdWatcher):
             # REREAD_MISSES_MAX such reads in a row it is made only as a probe, once in
             # REREAD_PROBE_EVERY large reads, until one finds data again (an echo of 100
             # KiB over loopback TCP, delivered whole, made 2.0 recv calls per message).
-            more = recv(self.fd, buffer + n, READ_BUFFER_SIZE - n, MSG_DONTWAIT)
+            more = cq_recv(self.fd, buffer + n, READ_BUFFER_SIZE - n, MSG_DONTWAIT)
             if more > 0:
                 n += more
                 self._reread_misses = 0
@@ -631,7 +694,7 @@ cdef class StreamTransport(FdWatcher):
             return False
         PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE)
         size = view.len
-        n = recv(self.fd, view.buf, size, 0)
+        n = cq_recv(self.fd, view.buf, size, 0)
         err = errno
         PyBuffer_Release(&view)
         if n < 0:
@@ -682,6 +745,8 @@ cdef class StreamTransport(FdWatcher):
             data = bytes(memoryview(data).cast("B")[offset:])
             offset = 0
         size = PyBytes_GET_SIZE(data)
+        if self._write_buf is None:
+            self._write_buf = []
         if not self._write_buf:
             self._write_offset = offset
         elif offset:
@@ -701,8 +766,8 @@ cdef class StreamTransport(FdWatcher):
         cdef object item
         if count == 1:
             item = buf[0]
-            return send(self.fd, PyBytes_AS_STRING(item) + self._write_offset,
-                        PyBytes_GET_SIZE(item) - self._write_offset, MSG_NOSIGNAL)
+            return cq_send(self.fd, PyBytes_AS_STRING(item) + self._write_offset,
+                           PyBytes_GET_SIZE(item) - self._write_offset, MSG_NOSIGNAL)
         if count > MAX_IOV:
             count = MAX_IOV
         for i in range(count):

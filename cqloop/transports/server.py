@@ -29,15 +29,15 @@ import contextvars
 import dataclasses
 import errno
 import logging
+import os
 import socket
 import sys
-import weakref
 from asyncio import constants, trsock
 from typing import TYPE_CHECKING, Any
 
 from cqloop._core.stream import run_in_context
 from cqloop.transports.socket_transport import SocketTransport
-from cqloop.transports.sockutil import remove_unix_socket_file
+from cqloop.transports.sockutil import raw_family_and_type, remove_unix_socket_file
 from cqloop.transports.tls import SSLProtocol
 
 if TYPE_CHECKING:
@@ -83,8 +83,12 @@ class Server(asyncio.AbstractServer):
     ) -> None:
         self._loop = loop
         self._sockets: list[socket.socket] | None = sockets
-        # Weak, so an abandoned transport is still collected (and warns) as in asyncio.
-        self._clients: weakref.WeakSet[SocketTransport] = weakref.WeakSet()
+        # A plain set (asyncio's is a WeakSet): a connection leaves it at connection_lost
+        # (_detach), and until then the loop's fd table holds it anyway, so weak references
+        # would keep nothing alive less long; they cost each idle connection 146 bytes.
+        # (After loop.close(), which drops the table, a connection never closed is kept
+        # until the server goes, and warns then.)
+        self._clients: set[SocketTransport] = set()
         self._waiters: list[asyncio.Future[None]] | None = []
         self._protocol_factory = protocol_factory
         self._backlog = backlog
@@ -214,9 +218,21 @@ class Server(asyncio.AbstractServer):
 
     def _on_acceptable(self, sock: socket.socket) -> None:
         loop = self._loop
+        # A plain socket.socket is accepted from without socket.accept()'s wrapper, which
+        # reads the listening socket's family and type through properties that make enum
+        # members (two enum lookups per connection) and checks the default timeout (the
+        # connection is made non-blocking below either way). Anything else that a server
+        # was given as its socket (gunicorn's wrappers) is asked to accept().
+        plain = type(sock) is socket.socket
+        if plain:
+            family, kind = raw_family_and_type(sock)
+            proto = sock.proto
         for _ in range(self._backlog):
             try:
-                conn, addr = sock.accept()
+                if plain:
+                    fd, addr = sock._accept()  # type: ignore[attr-defined]
+                else:
+                    conn, addr = sock.accept()
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return
             except OSError as exc:
@@ -225,12 +241,18 @@ class Server(asyncio.AbstractServer):
                 self._on_out_of_resources(sock, exc)
                 return
             self._accept_error_logged = False
+            if plain:
+                try:
+                    conn = socket.socket(family, kind, proto, fileno=fd)
+                except BaseException:
+                    os.close(fd)
+                    raise
             try:
                 conn.setblocking(False)
                 protocol = self._protocol_factory()
                 if self._tls is not None:
                     protocol = self._wrap_tls(protocol)
-                SocketTransport(loop, conn, protocol, None, {"peername": addr}, self)
+                SocketTransport(loop, conn, protocol, None, None, self, addr)
             except (SystemExit, KeyboardInterrupt):
                 conn.close()
                 raise

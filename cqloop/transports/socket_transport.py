@@ -2,8 +2,9 @@
 
 The read and write paths are compiled (cqloop/_core/stream.pyx, StreamTransport); this
 class adds what is policy: the extra info asyncio records, TCP_NODELAY, the three
-callbacks that start a connection, the repr, and the ResourceWarning for a transport
-dropped unclosed. Being a Python class, its instances take attributes: test suites that
+callbacks that start a connection and the repr (the ResourceWarning for a transport
+dropped unclosed is the engine's finaliser, so that closed ones cost no Python call when
+they go). Being a Python class, its instances take attributes: test suites that
 replace `transport.write` on an instance (aiohttp's, uvicorn's) work.
 """
 
@@ -11,12 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import warnings
 from asyncio import constants
-from collections.abc import Callable
 from typing import Any
 
 from cqloop._core.stream import StreamTransport
+from cqloop._core.transportmethods import bind_engine_methods
 from cqloop.transports.sockutil import set_nodelay
 
 __all__ = ["SocketTransport"]
@@ -31,41 +31,21 @@ def _set_result_unless_cancelled(fut: asyncio.Future[None], result: None) -> Non
 _SOCKET_INFO = frozenset(("socket", "sockname", "peername"))
 
 
-class _EngineMethod:
-    """A method a protocol calls per message, taken straight from the compiled engine.
-
-    A non-data descriptor: its first use on an instance stores the engine's bound method on
-    the instance, where every later lookup finds it, so a call costs no Python frame of
-    ours. Stored with setattr, not through `__dict__`: setattr keeps it in the instance's
-    inline values, and asking for `__dict__` would make a dict for them, whose lookup cost
-    51 more instructions per `transport.write` (callgrind, 1 KiB echo). Bound on first use
-    rather than in __init__: an idle connection carries none (binding all seven up front
-    cost 448 bytes per connection).
-    """
-
-    __slots__ = ("name",)
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, transport: Any, owner: type | None = None) -> Any:
-        if transport is None:
-            return self
-        method = getattr(transport._core, self.name)
-        setattr(transport, self.name, method)
-        return method
-
-
 class SocketTransport(asyncio.Transport):
     """A connected stream socket as an asyncio transport.
 
     A real asyncio.Transport subclass (CPython's tests and some libraries check), driven by
     a compiled StreamTransport engine (`_core`). asyncio.Transport has a fixed instance
-    layout, so the engine cannot be a base class; it is held instead, and the hot methods
-    are bound onto the instance from it on first use (_EngineMethod).
+    layout, so the engine cannot be a base class; it is held in a slot instead, where the
+    per-message methods (write, writelines, is_closing, ...: C method descriptors the
+    engine's module puts on this class, bind_engine_methods below) find it at a fixed
+    offset. Instances keep a __dict__ (test suites replace `transport.write` on one).
     """
 
+    __slots__ = ("__dict__", "__weakref__", "_core")
+
     _extra: dict[str, Any]  # set by BaseTransport.__init__ (a slot there)
+    _core: StreamTransport
 
     # loop.sendfile may hand the socket to os.sendfile once the write buffer is empty.
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
@@ -78,14 +58,17 @@ class SocketTransport(asyncio.Transport):
         waiter: asyncio.Future[None] | None = None,
         extra: dict[str, Any] | None = None,
         server: Any = None,
+        peername: Any = None,
     ) -> None:
         # "socket", "sockname" and "peername" are filled in when first asked for, or
         # before the socket closes (the engine's fill_socket_info), not here: an idle
         # connection keeps no copy of what the kernel knows (about 200 bytes each).
+        # `peername` is the address accept() gave (a server's connections), kept by the
+        # engine until then.
         info = {} if extra is None else dict(extra)
         set_nodelay(sock)
         self._loop = loop
-        self._core = core = StreamTransport(loop, self, sock, protocol, info, server)
+        self._core = core = StreamTransport(loop, self, sock, protocol, info, server, peername)
         # The engine's dict: get_extra_info (asyncio's) reads it.
         super().__init__(core._extra)
         if server is not None:
@@ -97,15 +80,8 @@ class SocketTransport(asyncio.Transport):
         if waiter is not None:
             loop.call_soon(_set_result_unless_cancelled, waiter, None, context=context)
 
-    # -- asyncio.Transport, delegated to the engine (the hot ones bound on first use) --
-
-    write: Any = _EngineMethod()
-    writelines: Any = _EngineMethod()
-    is_closing: Any = _EngineMethod()
-    pause_reading: Any = _EngineMethod()
-    resume_reading: Any = _EngineMethod()
-    is_reading: Any = _EngineMethod()
-    get_write_buffer_size: Any = _EngineMethod()
+    # -- asyncio.Transport, delegated to the engine (the per-message methods: see the
+    # class docstring) ---------------------------------------------------------------
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         extra = self._extra
@@ -124,12 +100,6 @@ class SocketTransport(asyncio.Transport):
 
     def write_eof(self) -> None:
         self._core.write_eof()
-
-    def close(self) -> None:
-        self._core.close()
-
-    def abort(self) -> None:
-        self._core.abort()
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         return self._core.get_protocol()
@@ -170,8 +140,5 @@ class SocketTransport(asyncio.Transport):
             info.append(f"write=<{state}, bufsize={core.get_write_buffer_size()}>")
         return "<{}>".format(" ".join(info))
 
-    def __del__(self, _warn: Callable[..., Any] = warnings.warn) -> None:
-        sock = self._core._sock
-        if sock is not None:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            sock.close()
+
+bind_engine_methods(SocketTransport)

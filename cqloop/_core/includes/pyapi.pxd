@@ -48,3 +48,19 @@ cdef extern from "cqcompat.h":
     int cq_has_weakrefs(PyObject *op)
     # Borrowed references: the reference counts are what it judges by.
     int cq_context_recycle(PyObject *handle, PyObject *ctx)
+
+
+cdef extern from "Python.h":
+    # A C function as a method of a type (stream.pyx gives the public socket transport
+    # its hot methods this way). ml_meth is PyCFunction; typed void * here so that a cdef
+    # function of the matching C signature can be stored in it.
+    ctypedef struct PyMethodDef:
+        const char *ml_name
+        void *ml_meth
+        int ml_flags
+        const char *ml_doc
+    enum:
+        METH_NOARGS
+        METH_O
+    # A method descriptor of `tp` for `meth`, which must outlive it (static storage).
+    object PyDescr_NewMethod(type tp, PyMethodDef *meth)

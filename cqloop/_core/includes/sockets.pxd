@@ -29,3 +29,10 @@ cdef extern from "<sys/socket.h>" nogil:
     ssize_t send(int fd, const void *buf, size_t n, int flags)
     ssize_t sendmsg(int fd, const msghdr *msg, int flags)
     int shutdown(int fd, int how)
+
+
+cdef extern from "cqsyscall.h" nogil:
+    # recv and send without glibc's cancellation-point bookkeeping (see cqsyscall.h): the
+    # stream transport's and the sock_* fast paths' per-message calls.
+    ssize_t cq_recv(int fd, void *buf, size_t n, int flags)
+    ssize_t cq_send(int fd, const void *buf, size_t n, int flags)
