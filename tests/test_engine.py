@@ -252,6 +252,31 @@ def test_level_triggered_reader_is_called_while_data_is_left_and_then_no_more(en
         engine_loop.remove_reader(a)
 
 
+def test_readiness_taken_by_a_callback_before_the_next_poll_is_not_reported(engine_loop):
+    # Data arrives and a callback reads it (a direct, non-blocking read, as cq sockets and
+    # sock_* make) between two polls. epoll decides readiness at the poll: the reader is
+    # not called. On io_uring the completion posted meanwhile is history, not readiness.
+    a, b = socket.socketpair()
+    with a, b:
+        a.setblocking(False)
+        calls: list[str] = []
+        engine_loop.add_reader(a, lambda: calls.append("called"))
+        run_steps(engine_loop, 2)  # the reader armed; nothing to read
+
+        def arrive_and_take() -> None:
+            b.send(b"x")
+            select.select([a], [], [], WAIT_S)
+            assert a.recv(1) == b"x"
+
+        engine_loop.call_soon(arrive_and_take)
+        run_steps(engine_loop, 3)
+        assert calls == []
+        b.send(b"y")  # and readiness that is real is still reported
+        engine_loop.step(WAIT_S)
+        assert calls == ["called"]
+        engine_loop.remove_reader(a)
+
+
 def test_reader_and_writer_on_one_fd_each_get_their_direction(engine_loop):
     a, b = socket.socketpair()
     with a, b:

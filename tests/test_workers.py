@@ -19,6 +19,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -230,12 +231,23 @@ def test_workers_hear_started_stopping_and_exited_in_order(tmp_path: Path) -> No
         sup.signal(signal.SIGHUP)
         wait_for(lambda: not any(pid_alive(pid) for pid in first.values()), "the restart")
         second = {r["index"]: r["pid"] for r in sup.started() if r["generation"] == 2}
+        path = tmp_path / f"lifecycle-{second[0]}.jsonl"
+
+        def heard_events() -> list[Any]:
+            return [json.loads(line) for line in path.read_text().splitlines()]
+
+        # The last "exited" is posted once the broker has read the old worker's connection
+        # to its end, which may come after the process is gone: stopping before it arrives
+        # would end the listener first.
+        wait_for(
+            lambda: any(e == "exited" and d["pid"] == first[1] for e, d in heard_events()),
+            "worker 1's exit heard by worker 0's successor",
+        )
         code, _ = sup.stop()
         assert code == 0, sup.stderr()
     # Worker 0's successor was up (the supervisor waits for that) before worker 1 was
     # replaced, so it heard the whole of that: its successor start, then it stop and exit.
-    path = tmp_path / f"lifecycle-{second[0]}.jsonl"
-    heard = [json.loads(line) for line in path.read_text().splitlines()]
+    heard = heard_events()
     slot1 = [(e, d["pid"]) for e, d in heard if d["worker"] == 1]
     # (After these come the final SIGTERM's "stopping", and maybe "exited", of worker 1's
     # successor, depending on which of the two stops first.)
