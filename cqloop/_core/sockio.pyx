@@ -61,7 +61,7 @@ from cqloop._core.includes.rawbytes cimport (
     cq_bytes_resize,
     cq_decref,
 )
-from cqloop._core.includes.sockets cimport MSG_DONTWAIT, cq_recv, cq_send
+from cqloop._core.includes.sockets cimport MSG_DONTWAIT, recv, send
 from cqloop._core.includes.system cimport EAGAIN, EINTR, errno
 from cqloop._core.kernel cimport Kernel
 
@@ -163,7 +163,7 @@ cdef object _recv_nowait(int fd, Py_ssize_t n):
     cdef object data
     if _large_recvs or n > RECV_BUFFER_SIZE:
         raw = cq_bytes_new(NULL, n)
-        got = cq_recv(fd, cq_bytes_data(raw), n, MSG_DONTWAIT)
+        got = recv(fd, cq_bytes_data(raw), n, MSG_DONTWAIT)
         if got < 0:
             err = errno
             cq_decref(raw)
@@ -174,7 +174,7 @@ cdef object _recv_nowait(int fd, Py_ssize_t n):
         data = <object>raw
         cq_decref(raw)
     else:
-        got = cq_recv(fd, _recv_buffer, n, MSG_DONTWAIT)
+        got = recv(fd, _recv_buffer, n, MSG_DONTWAIT)
         if got < 0:
             return _recv_failed(errno)
         data = PyBytes_FromStringAndSize(_recv_buffer, got)
@@ -202,7 +202,7 @@ cdef Py_ssize_t _recv_into_nowait(int fd, object buf) except -3:
         PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE | PyBUF_SIMPLE)
     except (TypeError, BufferError):
         return NOT_SIMPLE
-    got = cq_recv(fd, view.buf, view.len, MSG_DONTWAIT)
+    got = recv(fd, view.buf, view.len, MSG_DONTWAIT)
     err = errno
     PyBuffer_Release(&view)
     if got >= 0:
@@ -220,7 +220,7 @@ cdef Py_ssize_t _send_nowait(int fd, object data) except -3:
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
     except (TypeError, BufferError):
         return NOT_SIMPLE
-    sent = cq_send(fd, view.buf, view.len, MSG_DONTWAIT)
+    sent = send(fd, view.buf, view.len, MSG_DONTWAIT)
     err = errno
     PyBuffer_Release(&view)
     if sent >= 0:

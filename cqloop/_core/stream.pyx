@@ -62,8 +62,8 @@ from cqloop._core.includes.sockets cimport (
     MSG_DONTWAIT,
     MSG_NOSIGNAL,
     SHUT_WR,
-    cq_recv,
-    cq_send,
+    recv,
+    send,
     iovec,
     msghdr,
     sendmsg,
@@ -365,7 +365,7 @@ cdef class StreamTransport(FdWatcher):
             size = PyBytes_GET_SIZE(data)
             if size == 0:
                 return 0
-            sent = cq_send(self.fd, ptr, size, MSG_NOSIGNAL)
+            sent = send(self.fd, ptr, size, MSG_NOSIGNAL)
             err = errno
         else:
             PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
@@ -373,7 +373,7 @@ cdef class StreamTransport(FdWatcher):
             if size == 0:
                 PyBuffer_Release(&view)
                 return 0
-            sent = cq_send(self.fd, view.buf, size, MSG_NOSIGNAL)
+            sent = send(self.fd, view.buf, size, MSG_NOSIGNAL)
             err = errno
             PyBuffer_Release(&view)
         if sent == size:
@@ -595,7 +595,7 @@ cdef class StreamTransport(FdWatcher):
             buffer = cq_bytes_data(raw)
         else:
             buffer = _read_buffer
-        n = cq_recv(self.fd, buffer, READ_BUFFER_SIZE, 0)
+        n = recv(self.fd, buffer, READ_BUFFER_SIZE, 0)
         if n > LARGE_READ_BYTES and n < READ_BUFFER_SIZE and self._want_reread():
             # A large read that did not fill the buffer is often the first part of a bulk
             # write still arriving (loopback TCP hands a 100 KiB write over as a 64 KiB
@@ -610,7 +610,7 @@ cdef class StreamTransport(FdWatcher):
             # REREAD_MISSES_MAX such reads in a row it is made only as a probe, once in
             # REREAD_PROBE_EVERY large reads, until one finds data again (an echo of 100
             # KiB over loopback TCP, delivered whole, made 2.0 recv calls per message).
-            more = cq_recv(self.fd, buffer + n, READ_BUFFER_SIZE - n, MSG_DONTWAIT)
+            more = recv(self.fd, buffer + n, READ_BUFFER_SIZE - n, MSG_DONTWAIT)
             if more > 0:
                 n += more
                 self._reread_misses = 0
@@ -694,7 +694,7 @@ cdef class StreamTransport(FdWatcher):
             return False
         PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE)
         size = view.len
-        n = cq_recv(self.fd, view.buf, size, 0)
+        n = recv(self.fd, view.buf, size, 0)
         err = errno
         PyBuffer_Release(&view)
         if n < 0:
@@ -766,8 +766,8 @@ cdef class StreamTransport(FdWatcher):
         cdef object item
         if count == 1:
             item = buf[0]
-            return cq_send(self.fd, PyBytes_AS_STRING(item) + self._write_offset,
-                           PyBytes_GET_SIZE(item) - self._write_offset, MSG_NOSIGNAL)
+            return send(self.fd, PyBytes_AS_STRING(item) + self._write_offset,
+                        PyBytes_GET_SIZE(item) - self._write_offset, MSG_NOSIGNAL)
         if count > MAX_IOV:
             count = MAX_IOV
         for i in range(count):

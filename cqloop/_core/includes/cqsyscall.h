@@ -1,5 +1,5 @@
-/* recv and send as plain system calls, for the stream transport's per-message path
- * (stream.pyx) and the sock_* fast paths (sockio.pyx). glibc's recv and send are thread
+/* recv and send as plain system calls, for every recv and send of the core (sockets.pxd
+ * declares them under those names). glibc's recv and send are thread
  * cancellation points: in a process with more than one thread, each call switches
  * asynchronous cancellation on and off around the system call, about 35 instructions of
  * bookkeeping per call (callgrind: a 1 KiB echo, one recv and one send, went from 2,086

@@ -25,14 +25,13 @@ cdef extern from "<sys/socket.h>" nogil:
         MSG_NOSIGNAL
         SHUT_WR
 
-    ssize_t recv(int fd, void *buf, size_t n, int flags)
-    ssize_t send(int fd, const void *buf, size_t n, int flags)
     ssize_t sendmsg(int fd, const msghdr *msg, int flags)
     int shutdown(int fd, int how)
 
 
 cdef extern from "cqsyscall.h" nogil:
-    # recv and send without glibc's cancellation-point bookkeeping (see cqsyscall.h): the
-    # stream transport's and the sock_* fast paths' per-message calls.
-    ssize_t cq_recv(int fd, void *buf, size_t n, int flags)
-    ssize_t cq_send(int fd, const void *buf, size_t n, int flags)
+    # recv and send as the system calls, without glibc's cancellation-point bookkeeping
+    # (see cqsyscall.h): every recv and send the core makes (the stream transports', the
+    # sock_* fast paths', the cq sockets' and their TLS's) goes through these two.
+    ssize_t recv "cq_recv"(int fd, void *buf, size_t n, int flags)
+    ssize_t send "cq_send"(int fd, const void *buf, size_t n, int flags)
