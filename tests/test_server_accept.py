@@ -177,3 +177,39 @@ async def test_a_protocol_factory_that_fails_leaves_the_server_accepting() -> No
         loop.set_exception_handler(None)
         server.close()
         await server.wait_closed()
+
+
+async def test_loop_sendfile_from_an_accepted_connection_sends_the_file(tmp_path: Path) -> None:
+    # loop.sendfile hands the transport's socket to os.sendfile: an accepted connection
+    # on cqloop makes its socket object only then.
+    loop = asyncio.get_running_loop()
+    skip_where_uvloop_differs(loop, "uvloop has no loop.sendfile")
+    payload = bytes(range(256)) * 1024
+    path = tmp_path / "payload"
+    path.write_bytes(payload)
+    sent: asyncio.Future[int] = loop.create_future()
+    sending: list[asyncio.Task[None]] = []
+
+    class Sender(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            sending.append(asyncio.ensure_future(self.send(transport)))
+
+        async def send(self, transport: Any) -> None:
+            try:
+                with path.open("rb") as f:
+                    sent.set_result(await loop.sendfile(transport, f))
+            finally:
+                transport.close()
+
+    server = await loop.create_server(Sender, "127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+        received = await asyncio.wait_for(reader.read(), 10)
+        assert received == payload
+        assert await sent == len(payload)
+        await sending[0]
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        server.close()
+        await server.wait_closed()
