@@ -213,3 +213,58 @@ async def test_loop_sendfile_from_an_accepted_connection_sends_the_file(tmp_path
     finally:
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+async def test_a_server_closed_by_its_protocol_factory_mid_batch_accepts_no_more(
+    tls: bool,
+) -> None:
+    # cqloop calls the factory inside the accept batch (asyncio, in a task per connection
+    # afterwards): closing the server there must end the batch quietly, with no accept on
+    # the closed listening socket's fd (which a new file may already have been given).
+    loop = asyncio.get_running_loop()
+    skip_where_uvloop_differs(loop, "it reports an AssertionError from its accept path")
+    reports: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: reports.append(context))
+    server_box: list[asyncio.AbstractServer] = []
+    made = 0
+
+    def factory() -> asyncio.Protocol:
+        nonlocal made
+        made += 1
+        server_box[0].close()
+        return asyncio.Protocol()
+
+    context = None
+    if tls:
+        import ssl
+
+        import trustme
+
+        ca = trustme.CA()
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("localhost").configure_cert(context)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    clients = [socket.socket() for _ in range(3)]
+    # Connected before the server exists (the kernel completes a loopback handshake into
+    # the listening socket's backlog with no accept), so that the server's first
+    # readiness event finds all three.
+    for client in clients:
+        client.connect(listener.getsockname())
+    server = await loop.create_server(factory, sock=listener, ssl=context)
+    server_box.append(server)
+    try:
+        while made == 0:
+            await asyncio.sleep(0)
+        for _ in range(10):
+            await asyncio.sleep(0)
+        await server.wait_closed()
+        assert reports == []
+        assert not server.is_serving()
+    finally:
+        for client in clients:
+            client.close()
+        loop.set_exception_handler(None)
+        server.close()

@@ -121,6 +121,12 @@ cdef class Acceptor:
     def __call__(self):
         self._accept()
 
+    def stop(self):
+        """The server stopped accepting on the socket (and may close it): a batch under
+        way ends, and the fd number, which the kernel may give to a new file at once, is
+        never used again."""
+        self.fd = -1
+
     cdef int _accept(self) except -1:
         cdef sockaddr_storage addr
         cdef socklen_t size
@@ -129,6 +135,9 @@ cdef class Acceptor:
         cdef int one = 1
         cdef int _
         for _ in range(self.backlog):
+            # A protocol factory may have closed the server during this batch.
+            if self.fd < 0:
+                return 0
             size = sizeof(addr)
             fd = accept4(self.fd, <sockaddr *>&addr, &size, SOCK_NONBLOCK | SOCK_CLOEXEC)
             if fd < 0:

@@ -102,6 +102,8 @@ class Server(asyncio.AbstractServer):
         # Whether the current out-of-fds episode was logged already.
         self._accept_error_logged = False
         self._tls = tls
+        # The compiled accept path's reader on each listening socket that has one.
+        self._acceptors: dict[socket.socket, Acceptor] = {}
         # Accepted connections (their transports, and so their protocols' callbacks) get
         # the context create_server ran in, even when serving starts later from elsewhere.
         self._context = contextvars.copy_context()
@@ -228,10 +230,14 @@ class Server(asyncio.AbstractServer):
                     self._backlog,
                     self._clients,
                 )
+                self._acceptors[sock] = acceptor
                 return (acceptor,)
         return (self._on_acceptable, sock)
 
     def _stop_accepting(self, sock: socket.socket) -> None:
+        acceptor = self._acceptors.pop(sock, None)
+        if acceptor is not None:
+            acceptor.stop()
         if not self._loop.is_closed():
             self._loop.remove_reader(sock.fileno())
         unix = self._unix_paths.pop(sock, None)
@@ -252,6 +258,9 @@ class Server(asyncio.AbstractServer):
             family, kind = raw_family_and_type(sock)
             proto = sock.proto
         for _ in range(self._backlog):
+            # A protocol factory may have closed the server during this batch.
+            if self._sockets is None:
+                return
             try:
                 if plain:
                     fd, addr = sock._accept()  # type: ignore[attr-defined]
