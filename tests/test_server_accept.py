@@ -101,6 +101,9 @@ async def test_accepted_connection_extra_info_names_both_ends_before_and_after_c
     if not ask_when_open:
         skip_where_uvloop_differs(loop, "a closed transport's 'socket' extra info is None")
     recorder, client, address = await _serve_one(family, ask_when_open)
+    if is_cqloop(loop):
+        # Set in its slot by the compiled accept path, as __init__ sets it.
+        assert recorder.transport._loop is loop  # type: ignore[attr-defined]
     with client:
         info = recorder.info
         if family.startswith("tcp"):

@@ -6,7 +6,7 @@ of family AF_INET, AF_INET6 or AF_UNIX, with no TLS) as the loop's reader for it
 policy stays in the Server (serving, closing, the out-of-fds pause and its report). Per
 readiness event it accepts up to `backlog` connections, as asyncio does, with accept4
 (non-blocking and close-on-exec from the start: no fcntl calls), and for each makes the
-protocol and the public transport straight from the fd (stream.accepted_transport): no
+protocol and the public transport straight from the fd (Acceptor._make_owner): no
 socket object, no formatted peer address (both made if ever asked for), TCP_NODELAY set
 on the fd. Python's socket.accept() and a SocketTransport.__init__ per connection cost
 about 9,000 instructions of a connection that lives for one HTTP request.
@@ -23,6 +23,8 @@ import logging
 from libc.string cimport strerror
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.object cimport PyObject, PyTypeObject
+from cpython.ref cimport Py_INCREF
 
 from cqloop._core.includes.sockaddr cimport (
     AF_INET,
@@ -41,45 +43,24 @@ from cqloop._core.includes.sockaddr cimport (
     sockaddr,
     sockaddr_storage,
 )
+from cqloop._core.includes.pyapi cimport cq_type_generic_alloc
 from cqloop._core.includes.sockets cimport socklen_t
 from cqloop._core.includes.system cimport EAGAIN, EINTR, ENOMEM, close, errno
 from cqloop._core.kernel cimport Kernel
 from cqloop._core.sockaddr cimport format_sockaddr
 from cqloop._core.stream cimport StreamTransport
 
+from cqloop._core.sockio import slot_offset
+
 logger = logging.getLogger("asyncio")
 
 
-cdef object accepted_transport(Kernel loop, type owner_class, int fd, int family, int kind,
-                               int proto, bytes peer, object protocol, object server,
-                               set clients):
-    """The public transport (an owner_class, SocketTransport) of a connection accept4 gave
-    as a bare fd (acceptor.pyx), with what SocketTransport.__init__ does for one, less
-    its Python call: no socket object (made if asked for, StreamTransport.socket_object),
-    the peer address kept raw, the transport added to the server's `clients`, and
-    connection_made and the start of reading scheduled, asyncio's two callbacks."""
-    cdef StreamTransport self = StreamTransport.__new__(StreamTransport)
-    cdef dict extra = {}
-    self._family = family
-    self._type = kind
-    self._proto = proto
-    self._peer_raw = peer
-    try:
-        owner = owner_class.__new__(owner_class)
-        owner._loop = loop
-        owner._core = self
-        owner._extra = extra
-        self._setup(loop, owner, fd, protocol, extra, server)
-    except BaseException:
-        # The fd is the caller's until the engine holds it (_setup's last step).
-        if not self._open:
-            close(fd)
-        raise
-    clients.add(owner)
-    context = self._context
-    loop._call_soon(self._connection_made, (), context)
-    loop._call_soon(self._start_reading, (), context)
-    return owner
+cdef inline int _set_slot(object owner, Py_ssize_t offset, object value) except -1:
+    # Store into a fresh instance's slot at an offset Acceptor checked (empty until now).
+    cdef PyObject **slot = <PyObject **>(<char *><PyObject *>owner + offset)
+    Py_INCREF(value)
+    slot[0] = <PyObject *>value
+    return 0
 
 
 cdef class Acceptor:
@@ -98,6 +79,13 @@ cdef class Acceptor:
     cdef int proto
     cdef int backlog
     cdef bint nodelay
+    # transport_class has object's __new__ (a new instance is PyType_GenericAlloc's), and
+    # the offsets of its `_loop`, `_core` and `_extra` slots, -1 where they are set by name
+    # (see sockio.slot_offset, which checks them once).
+    cdef bint plain_new
+    cdef Py_ssize_t loop_offset
+    cdef Py_ssize_t core_offset
+    cdef Py_ssize_t extra_offset
     # The server's out-of-fds report was made since the last connection accepted.
     cdef bint starved
 
@@ -117,6 +105,14 @@ cdef class Acceptor:
         self.clients = clients
         # asyncio's transports turn Nagle's algorithm off on TCP stream sockets.
         self.nodelay = (family == AF_INET or family == AF_INET6) and kind == SOCK_STREAM
+        self.plain_new = transport_class.__new__ is object.__new__
+        self.loop_offset = slot_offset(transport_class, "_loop")
+        self.core_offset = slot_offset(transport_class, "_core")
+        self.extra_offset = -1
+        for base in transport_class.__mro__:
+            if "_extra" in base.__dict__:
+                self.extra_offset = slot_offset(base, "_extra")
+                break
 
     def __call__(self):
         self._accept()
@@ -173,17 +169,59 @@ cdef class Acceptor:
             self._report(exc)
             return 0
         try:
-            accepted_transport(loop, self.transport_class, fd, self.family, self.kind,
-                               self.proto, peer, protocol, self.server, self.clients)
+            self._make_owner(fd, peer, protocol)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            # accepted_transport closed the fd unless its engine holds it.
+            # _make_owner closed the fd unless its engine holds it.
             self._report(exc)
             return 0
         if loop._debug:
             logger.debug("%r got a new connection from %r", self.server, format_sockaddr(peer))
         return 0
+
+    cdef object _make_owner(self, int fd, bytes peer, object protocol):
+        """The public transport (a transport_class, SocketTransport) of a connection
+        accept4 gave as a bare fd, with what SocketTransport.__init__ does for one, less
+        its Python call and attribute lookups: no socket object (made if asked for,
+        SocketEnds.socket_object), the peer address kept raw, the transport added to the
+        server's `clients`, and connection_made and the start of reading scheduled,
+        asyncio's two callbacks. The fd is closed if the engine does not take it."""
+        cdef Kernel loop = self.loop
+        cdef StreamTransport core = StreamTransport.__new__(StreamTransport)
+        cdef dict extra = {}
+        core._family = self.family
+        core._type = self.kind
+        core._proto = self.proto
+        core._peer_raw = peer
+        try:
+            if self.plain_new:
+                owner = cq_type_generic_alloc(<PyTypeObject *>self.transport_class, 0)
+            else:
+                owner = self.transport_class.__new__(self.transport_class)
+            if self.loop_offset >= 0:
+                _set_slot(owner, self.loop_offset, loop)
+            else:
+                owner._loop = loop
+            if self.core_offset >= 0:
+                _set_slot(owner, self.core_offset, core)
+            else:
+                owner._core = core
+            if self.extra_offset >= 0:
+                _set_slot(owner, self.extra_offset, extra)
+            else:
+                owner._extra = extra
+            core._setup(loop, owner, fd, protocol, extra, self.server)
+        except BaseException:
+            # The fd is ours until the engine holds it (_setup's last step).
+            if not core._open:
+                close(fd)
+            raise
+        self.clients.add(owner)
+        context = core._context
+        loop._call_soon(core._connection_made, (), context)
+        loop._call_soon(core._start_reading, (), context)
+        return owner
 
     cdef int _report(self, object exc) except -1:
         self.loop.call_exception_handler({

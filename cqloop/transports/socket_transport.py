@@ -83,7 +83,7 @@ class SocketTransport(asyncio.Transport):
         if waiter is not None:
             loop.call_soon(_set_result_unless_cancelled, waiter, None, context=context)
 
-    # A server's connections are made without __init__ (stream.accepted_transport).
+    # A server's connections are made without __init__ (acceptor.pyx, Acceptor._make_owner).
 
     # -- asyncio.Transport, delegated to the engine (the per-message methods: see the
     # class docstring) ---------------------------------------------------------------
