@@ -20,39 +20,65 @@ is reported to the exception handler, and accepting goes on.
 
 import logging
 
-from libc.string cimport strerror
+from libc.string cimport memcmp, strerror
 
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.object cimport PyObject, PyTypeObject
 from cpython.ref cimport Py_INCREF
 
 from cqloop._core.includes.sockaddr cimport (
     AF_INET,
     AF_INET6,
+    AF_UNIX,
     ECONNABORTED,
     EMFILE,
     ENFILE,
     ENOBUFS,
+    INADDR_ANY,
     IPPROTO_TCP,
     SOCK_CLOEXEC,
     SOCK_NONBLOCK,
     SOCK_STREAM,
     TCP_NODELAY,
     accept4,
+    in6_addr,
+    in6addr_any,
     setsockopt,
     sockaddr,
+    sockaddr_in,
+    sockaddr_in6,
     sockaddr_storage,
 )
 from cqloop._core.includes.pyapi cimport cq_type_generic_alloc
 from cqloop._core.includes.sockets cimport socklen_t
 from cqloop._core.includes.system cimport EAGAIN, EINTR, ENOMEM, close, errno
 from cqloop._core.kernel cimport Kernel
-from cqloop._core.sockaddr cimport format_sockaddr
+from cqloop._core.sockaddr cimport format_sockaddr, raw_socket_name
 from cqloop._core.stream cimport StreamTransport
 
 from cqloop._core.sockio import slot_offset
 
 logger = logging.getLogger("asyncio")
+
+
+cdef bytes _shared_local_address(int fd, int family):
+    # A connection accepted on a Unix socket has the listener's address; on TCP, the
+    # listener's address unless that is the wildcard (then it is the address the peer
+    # reached, known only to getsockname on the connection).
+    cdef bytes raw = raw_socket_name(fd, False)
+    cdef const char *data
+    if raw is None:
+        return None
+    data = PyBytes_AS_STRING(raw)
+    if family == AF_UNIX:
+        return raw
+    if family == AF_INET and PyBytes_GET_SIZE(raw) >= <Py_ssize_t>sizeof(sockaddr_in):
+        if (<const sockaddr_in *>data).sin_addr.s_addr != INADDR_ANY:
+            return raw
+    elif family == AF_INET6 and PyBytes_GET_SIZE(raw) >= <Py_ssize_t>sizeof(sockaddr_in6):
+        if memcmp(&(<const sockaddr_in6 *>data).sin6_addr, &in6addr_any, sizeof(in6_addr)):
+            return raw
+    return None
 
 
 cdef inline int _set_slot(object owner, Py_ssize_t offset, object value) except -1:
@@ -82,6 +108,10 @@ cdef class Acceptor:
     # transport_class has object's __new__ (a new instance is PyType_GenericAlloc's), and
     # the offsets of its `_loop`, `_core` and `_extra` slots, -1 where they are set by name
     # (see sockio.slot_offset, which checks them once).
+    # The listening socket's own address as a raw sockaddr, when every connection it
+    # accepts has that address too (a Unix socket, or TCP bound to one address rather
+    # than the wildcard): given to each connection, it saves a getsockname() at close.
+    cdef bytes local_raw
     cdef bint plain_new
     cdef Py_ssize_t loop_offset
     cdef Py_ssize_t core_offset
@@ -105,6 +135,7 @@ cdef class Acceptor:
         self.clients = clients
         # asyncio's transports turn Nagle's algorithm off on TCP stream sockets.
         self.nodelay = (family == AF_INET or family == AF_INET6) and kind == SOCK_STREAM
+        self.local_raw = _shared_local_address(self.fd, family)
         self.plain_new = transport_class.__new__ is object.__new__
         self.loop_offset = slot_offset(transport_class, "_loop")
         self.core_offset = slot_offset(transport_class, "_core")
@@ -194,6 +225,7 @@ cdef class Acceptor:
         core._type = self.kind
         core._proto = self.proto
         core._peer_raw = peer
+        core._sockname_raw = self.local_raw
         try:
             if self.plain_new:
                 owner = cq_type_generic_alloc(<PyTypeObject *>self.transport_class, 0)

@@ -33,12 +33,15 @@ cdef extern from "<sys/socket.h>" nogil:
 cdef extern from "<netinet/in.h>" nogil:
     enum:
         IPPROTO_TCP
+        INADDR_ANY
 
     struct in_addr:
-        pass
+        uint32_t s_addr
 
     struct in6_addr:
         pass
+
+    const in6_addr in6addr_any
 
     struct sockaddr_in:
         sa_family_t sin_family
