@@ -78,7 +78,11 @@ cdef class SocketEnds(FdWatcher):
             if self._closed_sock is None:
                 # A socket object cannot be made on a closed fd: a new socket of the same
                 # kind, closed at once, is what asyncio's closed one looks like (fd -1).
-                sock = _socket_class(self._family, self._type, self._proto)
+                # Out of fds, there is none to show (get_extra_info gives its default).
+                try:
+                    sock = _socket_class(self._family, self._type, self._proto)
+                except OSError:
+                    return None
                 sock.close()
                 self._closed_sock = sock
             return self._closed_sock
@@ -94,7 +98,9 @@ cdef class SocketEnds(FdWatcher):
         (_keep_socket_info), so that they outlive it as asyncio's do."""
         cdef dict extra = self._extra
         if "socket" not in extra:
-            extra["socket"] = TransportSocket(self._socket_object())
+            sock = self._socket_object()
+            if sock is not None:
+                extra["socket"] = TransportSocket(sock)
         if "sockname" not in extra:
             extra["sockname"] = self._address(False)
         if "peername" not in extra:
