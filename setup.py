@@ -17,6 +17,8 @@ CORE_MODULES = [
     "poller",
     "uring",
     "watchers",
+    "sockaddr",
+    "sockends",
     "fdtable",
     "kernel",
     "stream",
@@ -29,6 +31,7 @@ CORE_MODULES = [
     "cqtls",
     "cqsock",
     "sockio",
+    "acceptor",
 ]
 DEBUG = os.environ.get("CQLOOP_DEBUG_BUILD") == "1"
 
