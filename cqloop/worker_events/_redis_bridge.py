@@ -42,6 +42,9 @@ supervisor's loop. The password is never printed (cluster.redact).
 
 Who calls in: cqloop.workers' supervisor and the standalone broker (start(), close(),
 fds()), and the broker (the Upstream methods).
+
+Past 800 lines: the unique events' loops (unique, claim, ack) are what moves to a module of
+their own next.
 """
 
 from __future__ import annotations
