@@ -625,14 +625,18 @@ class RedisBridge:
                 if self._last_id is None:
                     await self._attempt("reading the stream's end", backoff, self._position())
                     continue
-                if line is None or not line.is_connected:
-                    if line is not None:
-                        await self._close_line(line)
+                if line is None:
                     ok, line = await self._attempt("reading the stream", backoff, self._open_line())
                     if not ok:
                         continue
-                _, reply = await self._attempt("reading the stream", backoff, self._xread(line))
-                for entry_id, fields in reply or ():
+                ok, reply = await self._attempt("reading the stream", backoff, self._xread(line))
+                if not ok:
+                    # A read that failed or timed out may have left a reply coming: the
+                    # next one is read on a new connection.
+                    await self._close_line(line)
+                    line = None
+                    continue
+                for entry_id, fields in reply:
                     self._deliver(entry_id.decode(), fields)
         finally:
             if line is not None:
