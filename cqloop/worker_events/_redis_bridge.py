@@ -569,7 +569,7 @@ class RedisBridge:
 
     def _batch_command(self, batch: list[_Post]) -> list[Any]:
         args: list[Any] = [
-            "EVAL",  # not EVALSHA: a NOSCRIPT for one batch could let the next one through
+            "EVAL",  # not EVALSHA: no NOSCRIPT to recover from with batches in flight behind it
             APPEND_SCRIPT,
             len(self._keys),
             *self._keys,
