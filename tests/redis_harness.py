@@ -202,6 +202,7 @@ class CutProxy:
         self._cut = False
         self._swallow = False
         self._writers: set[asyncio.StreamWriter] = set()
+        self._relays: set[asyncio.Task[Any]] = set()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._stop: asyncio.Future[None] | None = None
@@ -261,9 +262,14 @@ class CutProxy:
         async with server:
             await self._stop
             self._do_cut()
-        await asyncio.sleep(0)
+        if self._relays:  # they end once their aborted connections are seen
+            await asyncio.wait(self._relays, timeout=STOP_DEADLINE_S)
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        relay = asyncio.current_task()
+        assert relay is not None
+        self._relays.add(relay)
+        relay.add_done_callback(self._relays.discard)
         if self._cut:
             writer.transport.abort()
             return

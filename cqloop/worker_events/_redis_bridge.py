@@ -7,9 +7,14 @@ The local broker keeps serving its workers over the usual protocol; the bridge
   script per batch (APPEND_SCRIPT). The script numbers each entry (field `n`, from the
   counter STREAM:count) and drops a post it has already appended for this bridge (the
   last post number of each bridge is kept in STREAM:poster:HOST_ID): a batch whose reply
-  was lost to a broken connection is sent again, and appended once;
-- reads the stream (XREAD BLOCK from the last id it delivered) and hands each entry to
-  the broker, which numbers it for its workers. One stream, one order on every host. An
+  was lost to a broken connection is sent again, and appended once. Batches are
+  pipelined on one connection of their own (up to APPEND_IN_FLIGHT script calls in
+  flight): a post is sent as soon as it arrives, not after the previous batch's reply.
+  Redis runs one connection's commands in order; a batch that does not follow on the
+  last appended post (an earlier one failed) is refused by the script, and resent;
+- reads the stream (XREAD BLOCK from the last id it delivered, on a connection of its
+  own) and hands each entry to the broker, which numbers it for its workers. One
+  stream, one order on every host. An
   entry whose `n` is not the next one means entries were trimmed (XADD MAXLEN ~) before
   this bridge read them: the broker delivers one gap event for them;
 - appends unique posts to STREAM:unique instead, once per Limits.unique_window and key
@@ -26,12 +31,20 @@ from the last delivered id, so nothing is delivered twice; appending resends the
 flight, which the script appends once. Posts wait in a queue of at most `queue` bytes
 meanwhile; past that the broker holds them (and then the workers, as under backpressure).
 
-Invariants: one script call in flight at a time (two could be reordered on two
-connections); only the read loop advances the delivered position; everything runs on the
+Latency: appending and reading each own a connection ("line"), outside the redis
+package's pool: a command goes straight to its socket (no pool lock, no health check, no
+timeout task per command; the pool serves the rare commands: positioning, unique events,
+acknowledgements, claims). A blocked XREAD never holds a connection an append needs.
+
+Invariants: script calls are only ever in flight on the one append line (two lines could
+reorder them); only the read loop advances the delivered position; everything runs on the
 supervisor's loop. The password is never printed (cluster.redact).
 
 Who calls in: cqloop.workers' supervisor and the standalone broker (start(), close(),
 fds()), and the broker (the Upstream methods).
+
+Past 800 lines: the unique events' loops (unique, claim, ack) are what moves to a module of
+their own next.
 """
 
 from __future__ import annotations
@@ -68,6 +81,13 @@ READ_COUNT = 512
 # One script call appends at most this many posts, or this many bytes of them.
 APPEND_BATCH_POSTS = 512
 APPEND_BATCH_BYTES = 512 * 1024
+# Script calls in flight at once on the append line: a post arriving while a batch is
+# in flight is sent at once (no wait for its reply), and a burst is not held to one
+# round trip per batch.
+APPEND_IN_FLIGHT = 4
+# How long a reply may take on a line before it counts as lost (a partition): an XREAD
+# blocks READ_BLOCK_MS on top of it.
+REPLY_TIMEOUT_S = SOCKET_TIMEOUT_MARGIN_S
 # Unique events one host holds unacknowledged at most (it reads no more until some are).
 UNIQUE_IN_FLIGHT = 64
 UNIQUE_CLAIM_COUNT = 64
@@ -99,14 +119,20 @@ PASSING_ERRORS = frozenset(
 )
 
 # KEYS: stream, counter, this bridge's poster key, unique stream.
-# ARGV: maxlen, poster ttl ms, unique window ms, coalescing key prefix, then per post
-# its number, its unique key ("" for a broadcast) and its blob.
-# Returns {appended, coalesced}.
+# ARGV: maxlen, poster ttl ms, unique window ms, coalescing key prefix, the number of the
+# last post the bridge knows appended (the poster key's value when Redis lost it), then
+# per post its number, its unique key ("" for a broadcast) and its blob.
+# Returns {appended, coalesced, refused}: refused is 1 when the batch does not follow on
+# the last appended post (an earlier batch on the line failed): nothing of it is
+# appended, and the bridge sends it again after the ones before it.
 APPEND_SCRIPT = """
-local last = tonumber(redis.call('GET', KEYS[3]) or '0')
+local last = tonumber(redis.call('GET', KEYS[3]) or ARGV[5])
 local appended, coalesced = 0, 0
-for i = 5, #ARGV, 3 do
+for i = 6, #ARGV, 3 do
   local number = tonumber(ARGV[i])
+  if number > last + 1 then
+    return {appended, coalesced, 1}
+  end
   if number > last then
     last = number
     local key = ARGV[i + 1]
@@ -123,7 +149,7 @@ for i = 5, #ARGV, 3 do
   end
 end
 redis.call('SET', KEYS[3], last, 'PX', ARGV[2])
-return {appended, coalesced}
+return {appended, coalesced, 0}
 """
 
 
@@ -141,6 +167,13 @@ class BridgeStatistics:
     uniques_acknowledged: int
     uniques_claimed: int  # ...of those, taken over from a silent host
     reconnects: int
+
+
+_Post = tuple[int, str | None, bytes, int]  # number, unique key, blob, size
+
+
+class _AppendRefused(Exception):
+    """The append script refused a batch: an earlier one on the line failed."""
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
@@ -188,6 +221,7 @@ class RedisBridge:
             TimeoutError,
         )
         self._response_error: type[BaseException] = redis_asyncio.ResponseError
+        self._connection_error: type[BaseException] = redis_asyncio.ConnectionError
         # Our loops retry with their own backoff; the client's retries would hide the
         # outage from them (and resend a script call on their own).
         self._redis = redis_asyncio.Redis.from_url(
@@ -197,7 +231,13 @@ class RedisBridge:
             retry=Retry(NoBackoff(), 0),
             client_name=f"cqloop:{self.host_id}",
         )
-        self._script = self._redis.register_script(APPEND_SCRIPT)
+        # The dedicated connections (see "Latency" above), open or being opened. Their
+        # reads are bounded by our own timeouts (asyncio.timeout, no task per command).
+        self._lines: set[Any] = set()
+        self._line_settings = {
+            **self._redis.connection_pool.connection_kwargs,
+            "socket_timeout": None,
+        }
         stream = settings.stream
         self._unique_stream = f"{stream}:unique"
         self._keys = [stream, f"{stream}:count", f"{stream}:poster:{self.host_id}"]
@@ -215,7 +255,13 @@ class RedisBridge:
         self._positioned = asyncio.Event()
         self._flowing = asyncio.Event()
         self._flowing.set()
-        self._outbox: deque[tuple[int, str | None, bytes, int]] = deque()
+        # Posts not yet sent on the append line, in post order; then the batches sent on
+        # it whose reply has not come (they go back to the outbox's front if the line
+        # breaks). _outbox_bytes counts both.
+        self._outbox: deque[_Post] = deque()
+        self._batches: deque[list[_Post]] = deque()
+        self._append_wake = asyncio.Event()  # a post, a reply, or the reply reader ended
+        self._replies_wanted = asyncio.Event()  # a batch was sent
         self._outbox_bytes = 0
         self._outbox_ready = asyncio.Event()
         self._wants_room = False
@@ -267,7 +313,14 @@ class RedisBridge:
         self._closing = True
         # Every wait of the loops ends (the loops that waited for a read position, which
         # never came if Redis was never reached, see the bridge closing and return).
-        for event in (self._stop, self._outbox_ready, self._acks_ready, self._flowing):
+        for event in (
+            self._stop,
+            self._outbox_ready,
+            self._acks_ready,
+            self._flowing,
+            self._append_wake,
+            self._replies_wanted,
+        ):
             event.set()
         self._unique_room.set()
         self._positioned.set()
@@ -279,6 +332,8 @@ class RedisBridge:
         # an error instead, and each loop, seeing the bridge closing, returns.
         with contextlib.suppress(*self._errors):
             await self._redis.connection_pool.disconnect(inuse_connections=True)
+        for line in list(self._lines):
+            await self._close_line(line)
         tasks = [*self._readers, *self._writers]
         if tasks:
             _, stuck = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT_S)
@@ -286,6 +341,7 @@ class RedisBridge:
                 task.cancel()
             if stuck:
                 await asyncio.wait(stuck, timeout=CLOSE_TIMEOUT_S)
+        self._requeue_batches()
         if self._outbox:
             logger.warning(
                 "worker_events cluster: %d posts (%d bytes) were never appended to %s",
@@ -305,6 +361,7 @@ class RedisBridge:
         connections = [
             *getattr(pool, "_available_connections", ()),
             *getattr(pool, "_in_use_connections", ()),
+            *self._lines,
         ]
         for connection in connections:
             writer = getattr(connection, "_writer", None)
@@ -348,6 +405,7 @@ class RedisBridge:
         self._outbox.append((self._post_number, key, blob, size))
         self._outbox_bytes += size
         self._outbox_ready.set()
+        self._append_wake.set()
 
     def resume_delivery(self) -> None:
         self._flowing.set()
@@ -423,69 +481,183 @@ class RedisBridge:
             await ready.wait()
         return True
 
+    # -- the dedicated connections --
+
+    async def _open_line(self) -> Any:
+        """A connection of its own to Redis (see "Latency" above), connected."""
+        line = self._redis.connection_pool.connection_class(**self._line_settings)
+        self._lines.add(line)
+        try:
+            await line.connect()
+        except BaseException:
+            await self._close_line(line)
+            raise
+        return line
+
+    async def _close_line(self, line: Any) -> None:
+        self._lines.discard(line)
+        with contextlib.suppress(*self._errors):
+            await line.disconnect(nowait=True)
+
+    async def _send(self, line: Any, command: list[Any]) -> None:
+        if not line.is_connected:
+            # The redis package would connect again on its own: a batch must not go out
+            # on a new connection ahead of the ones that were in flight on the old one.
+            raise self._connection_error("the connection was closed")
+        await line.send_packed_command(line.pack_command(*command), False)
+
+    async def _reply(self, line: Any, timeout: float) -> Any:
+        """The next reply on `line`; TimeoutError (the line closed) past `timeout`."""
+        async with asyncio.timeout(timeout):
+            return await line.read_response()
+
     # -- appending --
 
     async def _append_loop(self) -> None:
         backoff = _Backoff(self.settings, self._stop)
         await self._positioned.wait()
         while await self._work_left(self._outbox, self._outbox_ready):
-            batch = self._next_batch()
-            args: list[Any] = [
-                self.settings.maxlen,
-                POSTER_TTL_MS,
-                max(1, round(self.broker.limits.unique_window * MS_PER_S)),  # PX must be >= 1
-                self._coalesce_prefix,
-            ]
-            for number, key, blob, _ in batch:
-                args += [number, key or "", blob]
-            ok, reply = await self._attempt(
-                "appending", backoff, self._script(keys=self._keys, args=args)
-            )
-            if not ok:
-                if self._closing:
-                    return  # what is left is logged by close()
-                continue
-            appended, coalesced = reply
-            self._appended += appended
-            self._coalesced += coalesced
-            for _ in batch:
-                number, _, _, size = self._outbox.popleft()
-                self._outbox_bytes -= size
-            self._appended_through = number
-            if self._wants_room:
-                self._wants_room = False
-                self.broker.on_upstream_room()
+            ok, _ = await self._attempt("appending", backoff, self._pipeline_appends(backoff))
+            if not ok and self._closing:
+                return  # what is left is logged by close()
 
-    def _next_batch(self) -> list[tuple[int, str | None, bytes, int]]:
-        batch: list[tuple[int, str | None, bytes, int]] = []
-        size = 0
-        for post in self._outbox:
-            if batch and (len(batch) >= APPEND_BATCH_POSTS or size >= APPEND_BATCH_BYTES):
-                break
+    async def _pipeline_appends(self, backoff: _Backoff) -> None:
+        """Send batches on a new append line as posts come, up to APPEND_IN_FLIGHT in
+        flight, while a task reads their replies in order. Returns once the bridge is
+        closing and everything is appended, or the script refused a batch; raises when the
+        line breaks. Either way the batches without a reply go back to the outbox."""
+        line = await self._open_line()
+        replies = self._loop.create_task(self._read_append_replies(line))
+        try:
+            while True:
+                while self._outbox and len(self._batches) < APPEND_IN_FLIGHT:
+                    if replies.done():
+                        break
+                    batch = self._next_batch()
+                    self._batches.append(batch)
+                    self._replies_wanted.set()
+                    await self._send(line, self._batch_command(batch))
+                if replies.done():
+                    replies.result()  # raises what broke the line
+                    return
+                self._append_wake.clear()
+                if not (self._outbox and len(self._batches) < APPEND_IN_FLIGHT):
+                    await self._append_wake.wait()
+        except _AppendRefused:
+            # An earlier batch failed on the line (its error was seen first, so this is
+            # rare): start again from the first post without a reply, after a pause.
+            logger.debug("worker_events cluster: a batch was refused; sending again")
+            await backoff.wait()
+        finally:
+            await self._close_line(line)  # ends the reply reader's read, if any
+            if not replies.done():
+                await asyncio.wait([replies])
+            if not replies.cancelled():
+                replies.exception()  # retrieved: it was raised above, or is moot
+            self._requeue_batches()
+
+    def _next_batch(self) -> list[_Post]:
+        """Take the next batch from the outbox's front."""
+        outbox = self._outbox
+        batch = [outbox.popleft()]
+        size = batch[0][3]
+        while outbox and len(batch) < APPEND_BATCH_POSTS and size < APPEND_BATCH_BYTES:
+            post = outbox.popleft()
             batch.append(post)
             size += post[3]
         return batch
+
+    def _batch_command(self, batch: list[_Post]) -> list[Any]:
+        args: list[Any] = [
+            "EVAL",  # not EVALSHA: no NOSCRIPT to recover from with batches in flight behind it
+            APPEND_SCRIPT,
+            len(self._keys),
+            *self._keys,
+            self.settings.maxlen,
+            POSTER_TTL_MS,
+            max(1, round(self.broker.limits.unique_window * MS_PER_S)),  # PX must be >= 1
+            self._coalesce_prefix,
+            self._appended_through,
+        ]
+        for number, key, blob, _ in batch:
+            args += [number, key or "", blob]
+        return args
+
+    async def _read_append_replies(self, line: Any) -> None:
+        """The reply reader of one append line: each reply settles the oldest batch."""
+        try:
+            while True:
+                while not self._batches:
+                    if self._closing and not self._outbox:
+                        return
+                    self._replies_wanted.clear()
+                    await self._replies_wanted.wait()
+                appended, coalesced, refused = await self._reply(line, REPLY_TIMEOUT_S)
+                if refused:
+                    raise _AppendRefused
+                batch = self._batches.popleft()
+                self._appended += appended
+                self._coalesced += coalesced
+                self._outbox_bytes -= sum(post[3] for post in batch)
+                self._appended_through = batch[-1][0]
+                self._append_wake.set()  # room for another batch in flight
+                if self._wants_room:
+                    self._wants_room = False
+                    self.broker.on_upstream_room()
+        finally:
+            self._append_wake.set()
+
+    def _requeue_batches(self) -> None:
+        """The batches without a reply go back to the outbox's front, in order."""
+        while self._batches:
+            self._outbox.extendleft(reversed(self._batches.pop()))
 
     # -- delivering the stream --
 
     async def _read_loop(self) -> None:
         backoff = _Backoff(self.settings, self._stop)
-        stream = self.settings.stream
-        while not self._closing:
-            if self.broker.backpressure:
-                self._flowing.clear()
-                await self._flowing.wait()
-            if self._last_id is None:
-                await self._attempt("reading the stream's end", backoff, self._position())
-                continue
-            _, reply = await self._attempt(
-                "reading the stream",
-                backoff,
-                self._redis.xread({stream: self._last_id}, count=READ_COUNT, block=READ_BLOCK_MS),
-            )
-            for _, entries in reply or ():
-                for entry_id, fields in entries:
+        line: Any = None
+        try:
+            while not self._closing:
+                if self.broker.backpressure:
+                    self._flowing.clear()
+                    await self._flowing.wait()
+                if self._last_id is None:
+                    await self._attempt("reading the stream's end", backoff, self._position())
+                    continue
+                if line is None:
+                    ok, line = await self._attempt("reading the stream", backoff, self._open_line())
+                    if not ok:
+                        continue
+                ok, reply = await self._attempt("reading the stream", backoff, self._xread(line))
+                if not ok:
+                    # A read that failed or timed out may have left a reply coming: the
+                    # next one is read on a new connection.
+                    await self._close_line(line)
+                    line = None
+                    continue
+                for entry_id, fields in reply:
                     self._deliver(entry_id.decode(), fields)
+        finally:
+            if line is not None:
+                await self._close_line(line)
+
+    async def _xread(self, line: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """The next entries of the stream after the last delivered one (XREAD BLOCK)."""
+        stream = self.settings.stream
+        command = ["XREAD", "COUNT", READ_COUNT, "BLOCK", READ_BLOCK_MS, "STREAMS", stream]
+        await self._send(line, [*command, self._last_id])
+        reply = await self._reply(line, READ_BLOCK_MS / MS_PER_S + REPLY_TIMEOUT_S)
+        if not reply:
+            return []  # the block timed out
+        # RESP3 answers a map {stream: entries}, RESP2 a list of [stream, entries].
+        streams = reply.values() if isinstance(reply, dict) else [item[1] for item in reply]
+        found = []
+        for entries in streams:
+            for entry_id, flat in entries:
+                fields = iter(flat)
+                found.append((entry_id, dict(zip(fields, fields, strict=True))))
+        return found
 
     async def _position(self) -> None:
         """Start from the stream's newest entry (a host delivers what is appended after
