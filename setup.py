@@ -18,6 +18,7 @@ CORE_MODULES = [
     "uring",
     "watchers",
     "fdtable",
+    "loopfd",
     "kernel",
     "stream",
     "transportmethods",
