@@ -20,6 +20,7 @@ CORE_MODULES = [
     "fdtable",
     "loopfd",
     "kernel",
+    "ringread",
     "stream",
     "transportmethods",
     "osext",

@@ -63,6 +63,7 @@ from cqloop._core.loopfd cimport (
     _clock,
     _wait_limit,
 )
+from cqloop._core.poller cimport EV_RECEIVED
 from cqloop._core.timerheap cimport TimerHeap
 from cqloop._core.watchers cimport FdWatcher
 
@@ -557,9 +558,22 @@ cdef class Kernel(LoopFd):
         cdef PyObject *found
         cdef FdWatcher watcher
         cdef list ready = self._ready
+        cdef int res
+        cdef const char *buf
+        cdef bint more
+        cdef PyObject *owner
         for i in range(nevents):
             data = self._poller.events[i].data.u64
             events = self._poller.events[i].events
+            if events & EV_RECEIVED:
+                # A receive the engine ran (io_uring) goes to the watcher that started it,
+                # which the engine holds until its last completion: in the table or not
+                # (a transport lending its fd to sendfile), and whatever holds the fd
+                # number by now (the engine reports only the number's current receive).
+                more = self._poller.received(i, &res, &buf, &owner)
+                if owner != NULL:
+                    (<FdWatcher>owner)._on_received(res, buf, more, ready)
+                continue
             if data == <uint64_t>self._efd:
                 self._drain_wakeup()
                 continue
@@ -597,6 +611,8 @@ cdef class Kernel(LoopFd):
                        or (<FdWatcher>w).persistent),
             "external": bool(self._external),
             "timerfd": self._tfd >= 0,
+            # Stream transports read through the engine's receives (io_uring).
+            "stream_reads": bool(self._poller.stream_reads),
         }
 
 
@@ -711,6 +727,11 @@ cdef int _kernel_traverse(PyObject *obj, cq_visitproc visit, void *arg) noexcept
     err = _visit_watchers(<Kernel>obj, visit, arg)
     if err:
         return err
+    if (<Kernel>obj)._poller is not None:
+        # The owners of the engine's receives (transports), held by the engine alone.
+        err = (<Kernel>obj)._poller.visit_receivers(visit, arg)
+        if err:
+            return err
     timers = (<Kernel>obj)._timers
     if timers is None:
         return 0

@@ -4,14 +4,14 @@
 
 from cqloop._core.handles cimport Handle
 from cqloop._core.kernel cimport Kernel
-from cqloop._core.watchers cimport FdWatcher
+from cqloop._core.ringread cimport RingReader
 
 
 # callback(*args) in `context`, entering nothing if it is current (see stream.pyx).
 cdef object call_in_context(object context, object callback, tuple args)
 
 
-cdef class StreamTransport(FdWatcher):
+cdef class StreamTransport(RingReader):
     # -- who we serve -----------------------------------------------------------------
     cdef readonly Kernel _loop
     # The public transport this is the engine of (an asyncio.Transport): what protocol
@@ -64,6 +64,8 @@ cdef class StreamTransport(FdWatcher):
     # A future loop.sendfile waits on until the buffer drains (asyncio's _empty_waiter).
     cdef object _empty_waiter
 
+    # (RingReader, ringread.pxd: the state of reading through the loop's ring.)
+
     # -- the handles the kernel queues when the fd is ready ------------------------------
     # Each made on the first readable or writable event (see _on_events).
     cdef Handle _read_handle
@@ -83,6 +85,12 @@ cdef class StreamTransport(FdWatcher):
     cdef int _read_into_buffer(self) except -1
     cdef bint _read_into_buffer_once(self) except -1
     cdef int _read_eof(self) except -1
+    cdef int _queue_delivery(self, list ready) except -1
+    cdef int _deliver_received(self) except -1
+    cdef int _deliver_into_buffer(self, object data) except -1
+    cdef bint _call_data_received(self, object data) except -1
+    cdef object _call_get_buffer(self)
+    cdef bint _call_buffer_updated(self, Py_ssize_t n) except -1
     cdef Py_ssize_t _send_buffered(self) except -2
     cdef int _consume(self, Py_ssize_t sent) except -1
     cdef int _after_drain(self) except -1
