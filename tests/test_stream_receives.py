@@ -1,5 +1,5 @@
-"""Stream transports' reads on both engines: by readiness (epoll; io_uring with
-CQLOOP_URING_READS=0) and through the ring (io_uring's multishot receives into its
+"""Stream transports' reads on both engines: by readiness (epoll; io_uring by default) and
+through the ring (io_uring with CQLOOP_URING_READS=1: multishot receives into its
 provided buffer ring). What a protocol sees must not depend on which: the order of
 data_received, eof_received and connection_lost, pause/resume under load, close and
 reset in the middle of a receive, fd numbers reused after a close, fork, messages larger
@@ -24,14 +24,22 @@ pytestmark = pytest.mark.cqloop_only
 
 USABLE, REASON = uring.probe()
 needs_uring = pytest.mark.skipif(not USABLE, reason=f"io_uring not usable here: {REASON}")
-ENGINES = ["epoll", pytest.param("io_uring", marks=needs_uring)]
+# (engine, CQLOOP_URING_READS)
+ENGINES = [
+    pytest.param(("epoll", "0"), id="epoll"),
+    pytest.param(("io_uring", "0"), id="io_uring", marks=needs_uring),
+    pytest.param(("io_uring", "1"), id="io_uring-ring-reads", marks=needs_uring),
+]
 WAIT_S = 10.0
 PROVIDED_BUFFER_BYTES = 8192  # uring.pyx's PBUF_SIZE: messages below are larger
 
 
 @pytest.fixture(params=ENGINES)
-def loop(request: pytest.FixtureRequest):
-    loop = cqloop.new_event_loop(engine=request.param)
+def loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    engine, reads = request.param
+    monkeypatch.setenv("CQLOOP_URING_READS", reads)
+    loop = cqloop.new_event_loop(engine=engine)
+    assert loop.statistics()["stream_reads"] == (reads == "1")
     try:
         yield loop
     finally:
@@ -395,9 +403,9 @@ def test_many_connections_echo_at_once(loop):
 
 
 @needs_uring
-def test_stream_reads_go_through_the_ring_on_io_uring():
-    """On io_uring a stream transport reads with the ring's receives (no recv call);
-    CQLOOP_URING_READS=0 keeps it on readiness."""
+def test_stream_reads_through_the_ring_are_opt_in():
+    """On io_uring with CQLOOP_URING_READS=1 a stream transport reads with the ring's
+    receives; without it (the default) by readiness."""
     script = textwrap.dedent(
         """
         import asyncio, cqloop
@@ -425,8 +433,11 @@ def test_stream_reads_go_through_the_ring_on_io_uring():
         loop.close()
         """
     )
-    for setting, expected in (("1", "True"), ("0", "False")):
-        env = dict(os.environ, CQLOOP_URING_READS=setting)
+    for setting, expected in (("1", "True"), ("0", "False"), (None, "False")):
+        env = dict(os.environ)
+        env.pop("CQLOOP_URING_READS", None)
+        if setting is not None:
+            env["CQLOOP_URING_READS"] = setting
         out = subprocess.run(
             [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
         )
@@ -475,6 +486,9 @@ def test_forked_child_resets_and_reads_while_the_parent_reads_on():
         print("ok")
         """
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    env = dict(os.environ, CQLOOP_URING_READS="1")
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"

@@ -19,8 +19,9 @@ cdef enum:
 
 
 cdef class RingReader(FdWatcher):
-    # The engine receives for this transport (Poller.stream_reads) instead of reporting
-    # EPOLLIN; False on epoll, and once the kernel refused a receive (readiness then).
+    # The engine receives for this transport (Poller.stream_reads: io_uring with
+    # CQLOOP_URING_READS=1) instead of reporting EPOLLIN; False otherwise, and once the
+    # kernel refused a receive (readiness then).
     cdef bint _ring_read
     cdef unsigned char _ring_state
     # The receive reported end of file or an error: no new one is started.

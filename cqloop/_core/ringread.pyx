@@ -1,6 +1,7 @@
 """RingReader: the state of a stream socket read through the loop's ring.
 
-On the io_uring engine (Poller.stream_reads) the engine receives for a stream transport:
+On the io_uring engine with CQLOOP_URING_READS=1 (Poller.stream_reads; opt-in, see
+docs/design.md for why) the engine receives for a stream transport:
 one multishot IORING_OP_RECV while the transport reads, taking buffers from the ring's
 provided buffer ring (uring.pyx). The kernel's dispatch hands each completion to the
 transport's _on_received, which calls _ring_take here: the bytes are copied out at once

@@ -439,9 +439,10 @@ cdef class UringPoller(Poller):
         self.epfd = self.ring.fd
         if self.ring.features & CQ_IORING_FEAT_CQE_SKIP:
             self.remove_flags = CQ_IOSQE_CQE_SKIP_SUCCESS
-        # CQLOOP_URING_READS=0 keeps streams on readiness (to measure one against the
-        # other); a kernel without the opcodes does so anyway.
-        self.stream_reads = _receive_ops and os.environ.get("CQLOOP_URING_READS") != "0"
+        # Stream receives are opt-in (CQLOOP_URING_READS=1): measured here they cost the
+        # server more kernel time per message than readiness (docs/design.md, "Stream
+        # receives through the ring"). A kernel without the opcodes never has them.
+        self.stream_reads = _receive_ops and os.environ.get("CQLOOP_URING_READS") == "1"
         self.released = []
 
     def __dealloc__(self):
