@@ -17,6 +17,8 @@ CORE_MODULES = [
     "poller",
     "uring",
     "watchers",
+    "sockaddr",
+    "sockends",
     "fdtable",
     "loopfd",
     "kernel",
@@ -31,6 +33,7 @@ CORE_MODULES = [
     "cqtls",
     "cqsock",
     "sockio",
+    "acceptor",
 ]
 DEBUG = os.environ.get("CQLOOP_DEBUG_BUILD") == "1"
 

@@ -3,8 +3,8 @@
 Owns the constants of cqloop.socket (families, types, buffer sizes, DEFAULT_MAXERRS), the
 module-wide defaults for new sockets (`_DEFAULTS`, set by cqloop.socket's setmode() and
 friends), a socket's options (`_Options`), which operations' errors stick to which
-channel, `_handler_result` (public async methods return what an onerror handler
-returned), and the small helpers that build errors (`_oserror`, `_timeout_error`,
+channel, `_operation` and `_handled` (what public async methods of a socket do first
+and last), and the small helpers that build errors (`_oserror`, `_timeout_error`,
 `_as_oserror`, `_io_error`), check arguments and apply socket options. Imported by
 cqloop/_cqsocket.py (the Socket), cqloop/_cqsetup.py (its connection set-up) and
 cqloop/socket.py; it imports none of them.
@@ -87,8 +87,8 @@ def _oserror(code: int, message: str) -> OSError:
     return OSError(code, message)
 
 
-def _handler_result(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Make a public async method return what an onerror handler returned."""
+def _handled(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Make a public async method of a socket return what an onerror handler returned."""
 
     @functools.wraps(method)
     async def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -96,6 +96,20 @@ def _handler_result(method: Callable[..., Any]) -> Callable[..., Any]:
             return await method(self, *args, **kwargs)
         except _Handled as handled:
             return handled.value
+
+    return wrapper
+
+
+def _operation(method: Callable[..., Any]) -> Callable[..., Any]:
+    """_handled, for a method that starts with no events: cqueues clears what the socket
+    waited for at the start of every operation but flush() (so events() says what this
+    one waited for or found the kernel not ready for, "" when nothing)."""
+    handled = _handled(method)
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        self._events = ""
+        return await handled(self, *args, **kwargs)
 
     return wrapper
 

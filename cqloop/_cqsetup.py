@@ -31,7 +31,7 @@ from cqloop._cqcommon import (
     AF_UNSPEC,
     _apply_options,
     _as_oserror,
-    _handler_result,
+    _operation,
     _Options,
     _oserror,
     _remaining,
@@ -60,6 +60,7 @@ class SocketSetup:
         _opts: _Options
         _state: _State
         _server_side: bool
+        _events: str | None
         _setup_error: OSError | None
         _setting_up: bool
         _setup_done: Condition
@@ -84,19 +85,19 @@ class SocketSetup:
 
     # -- set-up ------------------------------------------------------------------------
 
-    @_handler_result
+    @_operation
     async def connect(self, timeout: float | None = None) -> Self:
         """Wait until the connection (and a TLS handshake asked for) is established."""
         await self._establish(self._deadline(timeout), "connect")
         return self
 
-    @_handler_result
+    @_operation
     async def listen(self, timeout: float | None = None) -> Self:
         """Wait until the listening socket is bound."""
         await self._establish(self._deadline(timeout), "listen")
         return self
 
-    @_handler_result
+    @_operation
     async def starttls(
         self,
         context: ssl.SSLContext | None = None,
@@ -163,12 +164,15 @@ class SocketSetup:
             await self._establish(deadline, op)
 
     async def _setup_step(self, deadline: float | None, op: str) -> None:
+        # A finished step waits for nothing: events() says "" after it, as cqueues'.
         if self._state is _State.NEW:
             await self._connect_somewhere(deadline)
             self._state = _State.CONNECTED
+            self._events = ""
         if self._state is _State.CONNECTED:
             if self._tls_pending:
                 await self._handshake(deadline)
+                self._events = ""
             self._state = _State.READY
 
     async def _connect_somewhere(self, deadline: float | None) -> None:
@@ -214,7 +218,7 @@ class SocketSetup:
 
     # -- listening -----------------------------------------------------------------------
 
-    @_handler_result
+    @_operation
     async def accept(self, timeout: float | None = None) -> Self:
         """The next incoming connection, as a Socket with this one's modes."""
         deadline = self._deadline(timeout)

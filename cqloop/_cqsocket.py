@@ -39,7 +39,7 @@ from typing import Any, NoReturn
 
 from cqloop._core.cqbuf import NEED_MORE, InputBuffer
 from cqloop._core.cqoutbuf import DEFAULT_BUFSIZ, OutputBuffer
-from cqloop._core.cqsock import SocketCore, _Handled, _to_bytes
+from cqloop._core.cqsock import SocketCore, _fills_to_maxline, _Handled, _to_bytes
 from cqloop._core.cqtls import TLSChannel
 from cqloop._cqcommon import (
     _DEFAULTS,
@@ -51,8 +51,9 @@ from cqloop._cqcommon import (
     _channels_and_limit,
     _expire,
     _fd_of,
-    _handler_result,
+    _handled,
     _io_error,
+    _operation,
     _Options,
     _oserror,
     _positive,
@@ -118,7 +119,10 @@ class Socket(SocketSetup, SocketTLS, SocketCore):
         return None if self._sock is None else self._sock.fileno()
 
     def events(self) -> str | None:
-        """What the socket last waited for ("r" or "w"), as cqueues reports it."""
+        """What the socket's last operation waited for or found the kernel not ready
+        for: "r", "w", or "" when it needed neither (a read answered from the buffer, a
+        finished connect or handshake), as cqueues reports it; a poll watches the fd
+        for that. None before the first operation."""
         return self._events
 
     def timeout(self) -> float | None:
@@ -275,7 +279,7 @@ class Socket(SocketSetup, SocketTLS, SocketCore):
             return results[0] if results else None
         return tuple(results)
 
-    @_handler_result
+    @_operation
     async def xread(
         self, format: str | int = "*l", mode: str | None = None, timeout: float | None = None
     ) -> Any:
@@ -302,7 +306,7 @@ class Socket(SocketSetup, SocketTLS, SocketCore):
                 return
             yield value
 
-    @_handler_result
+    @_operation
     async def fill(self, size: int, timeout: float | None = None) -> bool:
         """Read until at least size bytes are buffered; False at EOF before that."""
         deadline = self._deadline(timeout)
@@ -326,6 +330,7 @@ class Socket(SocketSetup, SocketTLS, SocketCore):
         the format needs data not yet here. Bypasses the error handler."""
         self._check_sticky("r", "recv", use_handler=False)
         self._input_fresh = False
+        self._events = ""
         saved = self._apply_input_mode(mode)
         try:
             while True:
@@ -335,6 +340,7 @@ class Socket(SocketSetup, SocketTLS, SocketCore):
                 if self._state is not _State.READY:
                     raise BlockingIOError(errno.EAGAIN, "socket:recv: not connected yet")
                 if not self._fill_nowait("recv"):
+                    self._events = "r"
                     raise BlockingIOError(errno.EAGAIN, "socket:recv: would block")
         finally:
             self._restore_input_mode(saved)
@@ -357,6 +363,8 @@ class Socket(SocketSetup, SocketTLS, SocketCore):
                 if value is not NEED_MORE:
                     return value
                 await self._fill_once(deadline, op)
+                if not self._eof_in and _fills_to_maxline(fmt):
+                    self._events = "r"
         finally:
             self._restore_input_mode(saved)
 
@@ -417,6 +425,7 @@ class Socket(SocketSetup, SocketTLS, SocketCore):
         else:
             self._eof_in = True
             self._ibuf.feed_eof()
+            self._events_past_input()
 
     # Receiving (see cqsock.pyx): once a read has had to wait, the fd stays subscribed and
     # SocketCore._on_readable reads what arrives into the input buffer.
@@ -501,6 +510,7 @@ class Socket(SocketSetup, SocketTLS, SocketCore):
         those bytes were taken (0 when nothing could go now). Bypasses the error
         handler."""
         self._check_sticky("w", "send", use_handler=False)
+        self._events = ""
         if self._state is not _State.READY:
             raise BlockingIOError(errno.EAGAIN, "socket:send: not connected yet")
         whole = _to_bytes(data)
@@ -518,9 +528,10 @@ class Socket(SocketSetup, SocketTLS, SocketCore):
                 raise
             if sent < len(due):
                 self._obuf.unflush(due[sent:])
+                self._events = "w"
         return len(piece)
 
-    @_handler_result
+    @_operation
     async def xwrite(
         self,
         data: bytes | bytearray | memoryview | str,
@@ -531,7 +542,7 @@ class Socket(SocketSetup, SocketTLS, SocketCore):
         await self._write1(data, mode, self._deadline(timeout))
         return self
 
-    @_handler_result
+    @_handled
     async def flush(self, mode: str | None = None, timeout: float | None = None) -> Socket:
         """cqueues' flush: send everything (mode None, or a mode whose last buffering
         flag is "n"), or what one decision in "l"/"f" makes due ("": the socket's own
@@ -541,6 +552,10 @@ class Socket(SocketSetup, SocketTLS, SocketCore):
         self._check_sticky("w", "flush")
         buffering, _ = call_mode("n" if mode is None else mode)
         due = self._obuf.due(buffering)
+        if due or self._raw_out:
+            # A flush clears only what writing waited for, and only when it writes
+            # (cqueues' flush does not start as the other operations do).
+            self._events = "r" if self._events and "r" in self._events else ""
         if due:
             await self._send_all(due, deadline, "flush")
         await self._send_raw_out(deadline, "flush")
@@ -606,7 +621,7 @@ class Socket(SocketSetup, SocketTLS, SocketCore):
 
     # -- bits ------------------------------------------------------------------------
 
-    @_handler_result
+    @_operation
     async def pack(self, value: int, nbits: int, mode: str | None = None) -> Socket:
         """cqueues' socket:pack: append nbits of value (big-endian bit order) to the
         output buffer; full bytes are sent as `mode`'s buffering flag says for this call
@@ -621,7 +636,7 @@ class Socket(SocketSetup, SocketTLS, SocketCore):
             await self._send_all(due, deadline, "pack")
         return self
 
-    @_handler_result
+    @_operation
     async def unpack(self, nbits: int, mode: str | None = None) -> int:
         """cqueues' socket:unpack: the next nbits of input as an unsigned integer."""
         deadline = self._deadline(None)
@@ -637,7 +652,7 @@ class Socket(SocketSetup, SocketTLS, SocketCore):
 
     # -- descriptor passing and names ------------------------------------------------------
 
-    @_handler_result
+    @_operation
     async def sendfd(self, msg: bytes | str, fd: Any, timeout: float | None = None) -> None:
         """Send msg (non-empty) with a descriptor (an int, a socket, a Socket, a file)
         over a Unix socket, bypassing the buffers."""
@@ -661,7 +676,7 @@ class Socket(SocketSetup, SocketTLS, SocketCore):
                 self._raise("sendfd", exc)
                 return
 
-    @_handler_result
+    @_operation
     async def recvfd(
         self, prepbufsiz: int = 4096, timeout: float | None = None
     ) -> tuple[bytes | None, Socket | None]:

@@ -78,6 +78,7 @@ class SocketTLS:
         _pushback: bool
         _server_side: bool
         _input_fresh: bool
+        _events: str | None
         _timeout: float | None
         _rerror: OSError | None
         _werror: OSError | None
@@ -128,7 +129,7 @@ class SocketTLS:
                 tls.do_handshake()
                 break
             except ssl.SSLWantReadError:
-                pass
+                self._events = "r"  # even when the input is there already, as in cqueues
             except ssl.SSLError:
                 # Tell the peer why (the alert TLS queued), if it goes out at once.
                 try:

@@ -46,3 +46,4 @@ cdef class SocketCore:
     ) except -1
     cdef int _tls_pull(self) except -2
     cdef int _at_eof(self) except -1
+    cpdef _events_past_input(self)

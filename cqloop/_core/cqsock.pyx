@@ -100,6 +100,16 @@ class _Handled(Exception):
 # 3.11: attribute lookups by C string, a bound method per call.)
 
 
+# The formats cqueues reads by filling its buffer up to maxline (lso_getline,
+# lso_getheader): such a fill ends when the kernel has no more, so a read of them that
+# received reports "r" in events() even when the format was answered.
+_MAXLINE_FILLS = frozenset(("*l", "l", "*L", "L", "*h", "h", "*H", "H"))
+
+
+cpdef bint _fills_to_maxline(object fmt):
+    return type(fmt) is str and fmt in _MAXLINE_FILLS
+
+
 cdef inline bint _is_line_format(object fmt):
     # "*l" (or Lua 5.3's "l"): a line server's every read, answered without get()'s
     # dispatch on the format.
@@ -155,6 +165,7 @@ cdef class SocketCore:
             ibuf = self._ibuf
             deadline = None
             self._input_fresh = False
+            self._events = ""  # every operation starts with none (see _cqcommon._operation)
             while True:
                 if line:
                     value = ibuf._line(False, ibuf.text)
@@ -167,6 +178,8 @@ cdef class SocketCore:
                     return value
                 if self._receiving is None and self._receive():
                     self._check_recv_error("read")
+                    if not self._eof_in and _fills_to_maxline(fmt):
+                        self._events = "r"
                     continue
                 if not waited:
                     if self._timeout is not None:
@@ -212,6 +225,7 @@ cdef class SocketCore:
         cdef Py_ssize_t sent
         cdef Py_ssize_t left = 0
         cdef bint tls = self._tls is not None
+        self._events = ""  # every operation starts with none (see _cqcommon._operation)
         try:
             if (
                 self._state is not _READY
@@ -404,7 +418,14 @@ cdef class SocketCore:
     cdef int _at_eof(self) except -1:
         self._eof_in = True
         self._ibuf._eof = True
+        self._events_past_input()
         return 0
+
+    cpdef _events_past_input(self):
+        # The end of input was read: nothing more to wait for there ("r" leaves events(),
+        # as cqueues' read that meets EOF clears it).
+        if self._events is not None and "r" in self._events:
+            self._events = "w" if "w" in self._events else ""
 
 
 def _to_bytes(data):

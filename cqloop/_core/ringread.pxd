@@ -3,7 +3,7 @@
 # base class; see ringread.pyx.
 
 from cqloop._core.poller cimport Poller
-from cqloop._core.watchers cimport FdWatcher
+from cqloop._core.sockends cimport SocketEnds
 
 
 cdef enum:
@@ -18,7 +18,7 @@ cdef enum:
     TAKE_FALLBACK = 4    # the kernel refused the receive: read by readiness from now on
 
 
-cdef class RingReader(FdWatcher):
+cdef class RingReader(SocketEnds):
     # The engine receives for this transport (Poller.stream_reads: io_uring with
     # CQLOOP_URING_READS=1) instead of reporting EPOLLIN; False otherwise, and once the
     # kernel refused a receive (readiness then).

@@ -9,6 +9,8 @@ transport's _on_received, which calls _ring_take here: the bytes are copied out 
 file or the error last; the transport's read handle then delivers them in order
 (stream.pyx), as the readiness path would.
 
+Built on SocketEnds (sockends.pyx: the socket and its ends), StreamTransport's base.
+
 Owns: the receive's state (_ring_state) and _ring_input. Invariants: at most one receive
 per transport; a new one starts only once the last completion of the one before arrived
 (RING_STOPPING waits for it), so no completion is ever dropped while its transport reads;
@@ -26,7 +28,7 @@ from libc.string cimport strerror
 from cqloop._core.includes.system cimport ECANCELED, EINVAL, ENOBUFS, EOPNOTSUPP
 
 
-cdef class RingReader(FdWatcher):
+cdef class RingReader(SocketEnds):
 
     cdef int _ring_sync(self, Poller poller, bint reading) except -1:
         """Start or cancel the receive to match `reading`: 0, or TAKE_FALLBACK when the

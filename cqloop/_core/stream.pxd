@@ -17,7 +17,6 @@ cdef class StreamTransport(RingReader):
     # The public transport this is the engine of (an asyncio.Transport): what protocol
     # callbacks, the exception handler and the server see.
     cdef readonly object _owner
-    cdef readonly object _sock
     cdef object _protocol
     # Its per-message methods, bound by _set_protocol (None when it lacks one, or for the
     # other kind of protocol).
@@ -33,9 +32,6 @@ cdef class StreamTransport(RingReader):
     cdef unsigned int _reread_misses
     # Protocol callbacks run in this context: the one current when the transport was made.
     cdef readonly object _context
-    cdef public dict _extra
-    # The peer's address from accept(), until fill_socket_info moves it into _extra.
-    cdef object _peername
     cdef object _server
 
     # -- state ------------------------------------------------------------------------
@@ -72,6 +68,8 @@ cdef class StreamTransport(RingReader):
     cdef Handle _write_handle
 
     # -- methods ----------------------------------------------------------------------
+    cdef int _setup(self, Kernel loop, object owner, int fd, object protocol, dict extra,
+                    object server) except -1
     cdef int _sync_interest(self) except -1
     cdef int _close(self) except -1
     cdef int _pause_reading(self) except -1

@@ -33,7 +33,6 @@ control and the empty waiter) into a base class of its own.
 import logging
 import warnings
 from asyncio import BufferedProtocol, constants, format_helpers
-from asyncio.trsock import TransportSocket
 
 from libc.string cimport memcpy, strerror
 
@@ -235,24 +234,30 @@ cdef class StreamTransport(RingReader):
 
     def __init__(self, Kernel loop not None, owner not None, sock, protocol, extra=None,
                  server=None, peername=None):
-        self._owner = owner
-        self.fd = sock.fileno()
-        self.persistent = True
-        self._loop = loop
         self._sock = sock
-        self._context = PyContext_CopyCurrent()
-        # Taken as given, not copied: the public transport builds it for this engine.
-        self._extra = {} if extra is None else extra
         # The address accept() gave, kept out of the dict until asked for (see
         # fill_socket_info): a one-entry dict costs its key table, 104 bytes.
         self._peername = peername
+        # Taken as given, not copied: the public transport builds it for this engine.
+        self._setup(loop, owner, sock.fileno(), protocol, {} if extra is None else extra,
+                    server)
+
+    cdef int _setup(self, Kernel loop, object owner, int fd, object protocol, dict extra,
+                    object server) except -1:
+        self._owner = owner
+        self.fd = fd
+        self.persistent = True
+        self._loop = loop
+        self._context = PyContext_CopyCurrent()
+        self._extra = extra
         self._server = server
         # The write queue is made when something is first queued (_buffer_item): most
         # writes go out at once, and an idle connection never writes (72 bytes each).
         self._write_buf = None
         self._write_offset = 0
         self._write_pending = 0
-        self._high_water, self._low_water = water_marks()
+        self._high_water = DEFAULT_HIGH_WATER
+        self._low_water = DEFAULT_HIGH_WATER // 4
         self._ring_read = loop._poller.stream_reads
         self._set_protocol(protocol)
         # The read and write handles are made when the socket first reports readable or
@@ -260,6 +265,8 @@ cdef class StreamTransport(RingReader):
         # no read handle (128 bytes), most connections never fill the socket's buffer,
         # and an idle one never writes.
         loop._install_watcher(self)
+        self._open = True
+        return 0
 
     def __repr__(self):
         # What error messages about the fd (add_reader refused, say) should name.
@@ -476,11 +483,10 @@ cdef class StreamTransport(RingReader):
         # the socket is open the kernel's table holds this engine and the engine its
         # public transport, so the two go together (collected as a cycle once the loop
         # dropped its table), and the public one is still whole here.
-        sock = self._sock
         owner = self._owner
-        if sock is not None and owner is not None:
+        if self._open and owner is not None:
             _warn(f"unclosed transport {owner!r}", ResourceWarning, source=owner)
-            sock.close()
+            self._close_socket()
 
     # -- for the Python half and for asyncio's names -------------------------------------
 
@@ -502,16 +508,16 @@ cdef class StreamTransport(RingReader):
         self._protocol.connection_made(self._owner)
 
     def _call_connection_lost(self, exc):
+        cdef set clients
         try:
             if self._protocol_connected:
                 self._protocol.connection_lost(exc)
         finally:
             if self._loop is not None:
                 self._loop._remove_watcher(self)
-            if self._sock is not None:
-                self.fill_socket_info()
-                self._sock.close()
-            self._sock = None
+            if self._open:
+                self._keep_socket_info()
+                self._close_socket()
             self._protocol = None
             self._data_received = self._get_buffer = self._buffer_updated = None
             self._read_handle = None
@@ -521,32 +527,12 @@ cdef class StreamTransport(RingReader):
             self._owner = None
             if server is not None:
                 self._server = None
-                server._detach(owner)
-
-    def fill_socket_info(self):
-        """Put asyncio's "socket", "sockname" and "peername" in the extra info, those not
-        there yet. The public transport asks when one is first wanted; the socket's close
-        asks last, so that they outlive it as asyncio's do."""
-        cdef dict extra = self._extra
-        sock = self._sock
-        if sock is None:
-            return
-        if "socket" not in extra:
-            extra["socket"] = TransportSocket(sock)
-        if "sockname" not in extra:
-            try:
-                extra["sockname"] = sock.getsockname()
-            except OSError:
-                extra["sockname"] = None
-        if "peername" not in extra:
-            if self._peername is not None:
-                extra["peername"] = self._peername
-                self._peername = None
-            else:
-                try:
-                    extra["peername"] = sock.getpeername()
-                except OSError:
-                    extra["peername"] = None
+                # The server's connection accounting (Server._detach) costs a Python call;
+                # it has something to do only once its last connection is gone.
+                clients = server._clients
+                clients.discard(owner)
+                if not clients:
+                    server._detach(owner)
 
     def _make_empty_waiter(self):
         if self._empty_waiter is not None:
@@ -565,7 +551,7 @@ cdef class StreamTransport(RingReader):
         self._loop._remove_watcher(self)
 
     def _reclaim_fd(self):
-        if self._sock is not None and not self._loop._closed:
+        if self._open and not self._loop._closed:
             self._loop._install_watcher(self)
 
     def _is_polling(self, bint writing):

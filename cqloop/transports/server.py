@@ -35,6 +35,7 @@ import sys
 from asyncio import constants, trsock
 from typing import TYPE_CHECKING, Any
 
+from cqloop._core.acceptor import Acceptor
 from cqloop._core.stream import run_in_context
 from cqloop.transports.socket_transport import SocketTransport
 from cqloop.transports.sockutil import raw_family_and_type, remove_unix_socket_file
@@ -56,6 +57,8 @@ OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.E
 # Whether create_unix_server removes the socket file on close when not told (3.13's
 # cleanup_socket=True; 3.11 and 3.12 leave the file).
 UNIX_SOCKET_CLEANUP_DEFAULT = sys.version_info >= (3, 13)
+# The families the compiled Acceptor serves (its addresses are formatted in sockaddr.pyx).
+_ACCEPTOR_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
 # 3.11's wait_closed returns once the server is closed, connections or not.
 _WAIT_CLOSED_FOR_CLIENTS = sys.version_info >= (3, 12)
 
@@ -99,6 +102,8 @@ class Server(asyncio.AbstractServer):
         # Whether the current out-of-fds episode was logged already.
         self._accept_error_logged = False
         self._tls = tls
+        # The compiled accept path's reader on each listening socket that has one.
+        self._acceptors: dict[socket.socket, Acceptor] = {}
         # Accepted connections (their transports, and so their protocols' callbacks) get
         # the context create_server ran in, even when serving starts later from elsewhere.
         self._context = contextvars.copy_context()
@@ -204,11 +209,35 @@ class Server(asyncio.AbstractServer):
     def _start_accepting(self, sock: socket.socket) -> None:
         if self._sockets is None or sock.fileno() < 0:
             return
-        run_in_context(
-            self._context, self._loop.add_reader, sock.fileno(), self._on_acceptable, sock
-        )
+        run_in_context(self._context, self._loop.add_reader, sock.fileno(), *self._acceptor(sock))
+
+    def _acceptor(self, sock: socket.socket) -> tuple[Any, ...]:
+        # A plain TCP or Unix socket without TLS is accepted from by the compiled
+        # Acceptor; anything else (TLS, other families, gunicorn's socket wrappers, which
+        # must accept through their own accept()) by _on_acceptable.
+        if type(sock) is socket.socket and self._tls is None:
+            family, kind = raw_family_and_type(sock)
+            if family in _ACCEPTOR_FAMILIES:
+                acceptor = Acceptor(
+                    self._loop,
+                    self,
+                    sock,
+                    family,
+                    kind,
+                    sock.proto,
+                    self._protocol_factory,
+                    SocketTransport,
+                    self._backlog,
+                    self._clients,
+                )
+                self._acceptors[sock] = acceptor
+                return (acceptor,)
+        return (self._on_acceptable, sock)
 
     def _stop_accepting(self, sock: socket.socket) -> None:
+        acceptor = self._acceptors.pop(sock, None)
+        if acceptor is not None:
+            acceptor.stop()
         if not self._loop.is_closed():
             self._loop.remove_reader(sock.fileno())
         unix = self._unix_paths.pop(sock, None)
@@ -218,7 +247,8 @@ class Server(asyncio.AbstractServer):
 
     def _on_acceptable(self, sock: socket.socket) -> None:
         loop = self._loop
-        # A plain socket.socket is accepted from without socket.accept()'s wrapper, which
+        # (TLS servers, other families, socket wrappers: see _acceptor.) A plain
+        # socket.socket is accepted from without socket.accept()'s wrapper, which
         # reads the listening socket's family and type through properties that make enum
         # members (two enum lookups per connection) and checks the default timeout (the
         # connection is made non-blocking below either way). Anything else that a server
@@ -228,6 +258,9 @@ class Server(asyncio.AbstractServer):
             family, kind = raw_family_and_type(sock)
             proto = sock.proto
         for _ in range(self._backlog):
+            # A protocol factory may have closed the server during this batch.
+            if self._sockets is None:
+                return
             try:
                 if plain:
                     fd, addr = sock._accept()  # type: ignore[attr-defined]

@@ -42,10 +42,13 @@ class SocketTransport(asyncio.Transport):
     offset. Instances keep a __dict__ (test suites replace `transport.write` on one).
     """
 
-    __slots__ = ("__dict__", "__weakref__", "_core")
+    # `_loop` a slot too: set in the instance's __dict__ it made that dict (a GC-tracked
+    # object) for every connection.
+    __slots__ = ("__dict__", "__weakref__", "_core", "_loop")
 
     _extra: dict[str, Any]  # set by BaseTransport.__init__ (a slot there)
     _core: StreamTransport
+    _loop: Any
 
     # loop.sendfile may hand the socket to os.sendfile once the write buffer is empty.
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
@@ -80,6 +83,8 @@ class SocketTransport(asyncio.Transport):
         if waiter is not None:
             loop.call_soon(_set_result_unless_cancelled, waiter, None, context=context)
 
+    # A server's connections are made without __init__ (acceptor.pyx, Acceptor._make_owner).
+
     # -- asyncio.Transport, delegated to the engine (the per-message methods: see the
     # class docstring) ---------------------------------------------------------------
 
@@ -111,7 +116,7 @@ class SocketTransport(asyncio.Transport):
 
     @property
     def _sock(self) -> socket.socket | None:
-        return self._core._sock
+        return self._core.socket_object()
 
     @property
     def _protocol_paused(self) -> bool:
@@ -128,13 +133,13 @@ class SocketTransport(asyncio.Transport):
     def __repr__(self) -> str:
         core = self._core
         info = [type(self).__name__]
-        if core._sock is None:
+        if not core._open:
             info.append("closed")
         elif core.is_closing():
             info.append("closing")
         info.append(f"fd={core.fd}")
         loop = self._loop
-        if loop is not None and not loop.is_closed() and core._sock is not None:
+        if loop is not None and not loop.is_closed() and core._open:
             info.append("read=polling" if core._is_polling(False) else "read=idle")
             state = "polling" if core._is_polling(True) else "idle"
             info.append(f"write=<{state}, bufsize={core.get_write_buffer_size()}>")

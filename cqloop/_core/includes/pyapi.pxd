@@ -2,7 +2,7 @@
 # wrappers (Context.run costs about twice what PyContext_Enter/PyContext_Exit around a
 # vectorcall does: see docs/design.md, "the only place callbacks run").
 
-from cpython.object cimport PyObject
+from cpython.object cimport PyObject, PyTypeObject
 
 
 cdef extern from "Python.h":
@@ -64,3 +64,9 @@ cdef extern from "Python.h":
         METH_O
     # A method descriptor of `tp` for `meth`, which must outlive it (static storage).
     object PyDescr_NewMethod(type tp, PyMethodDef *meth)
+
+
+cdef extern from "Python.h":
+    # A new, empty instance of a type whose tp_alloc is the generic one (object.__new__'s
+    # work, without its argument checks; acceptor.pyx makes transports with it).
+    object cq_type_generic_alloc "PyType_GenericAlloc"(PyTypeObject *tp, Py_ssize_t nitems)
