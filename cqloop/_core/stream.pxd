@@ -2,6 +2,8 @@
 # public class (cqloop.transports.socket_transport.SocketTransport) holds one as its engine
 # and adds the policy half (repr, sendfile, warnings on drop).
 
+cimport cython
+
 from cqloop._core.handles cimport Handle
 from cqloop._core.kernel cimport Kernel
 from cqloop._core.ringread cimport RingReader
@@ -77,6 +79,7 @@ cdef class StreamTransport(RingReader):
     cdef int _write(self, object data) except -1
     cdef int _writelines(self, object list_of_data) except -1
     cdef int _on_readable(self) except -1
+    cdef int _on_ring_readable(self) except -1
     cdef int _on_writable(self) except -1
     cdef int _read_data(self) except -1
     cdef bint _want_reread(self) noexcept
@@ -86,8 +89,11 @@ cdef class StreamTransport(RingReader):
     cdef int _queue_delivery(self, list ready) except -1
     cdef int _deliver_received(self) except -1
     cdef int _deliver_into_buffer(self, object data) except -1
+    @cython.final
     cdef bint _call_data_received(self, object data) except -1
+    @cython.final
     cdef object _call_get_buffer(self)
+    @cython.final
     cdef bint _call_buffer_updated(self, Py_ssize_t n) except -1
     cdef Py_ssize_t _send_buffered(self) except -2
     cdef int _consume(self, Py_ssize_t sent) except -1
