@@ -2,8 +2,6 @@
 # public class (cqloop.transports.socket_transport.SocketTransport) holds one as its engine
 # and adds the policy half (repr, sendfile, warnings on drop).
 
-cimport cython
-
 from cqloop._core.handles cimport Handle
 from cqloop._core.kernel cimport Kernel
 from cqloop._core.ringread cimport RingReader
@@ -89,11 +87,8 @@ cdef class StreamTransport(RingReader):
     cdef int _queue_delivery(self, list ready) except -1
     cdef int _deliver_received(self) except -1
     cdef int _deliver_into_buffer(self, object data) except -1
-    @cython.final
     cdef bint _call_data_received(self, object data) except -1
-    @cython.final
     cdef object _call_get_buffer(self)
-    @cython.final
     cdef bint _call_buffer_updated(self, Py_ssize_t n) except -1
     cdef Py_ssize_t _send_buffered(self) except -2
     cdef int _consume(self, Py_ssize_t sent) except -1
