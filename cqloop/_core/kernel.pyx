@@ -1,35 +1,20 @@
-"""Kernel: the nestable kernel queue and the run-once step under cqloop's Loop.
+"""Kernel: the run-once step under cqloop's Loop.
 
-Owns: the epoll fd (through Poller), the wake-up eventfd, the lazily created timerfd, the
-ready queue and the timer heap; the table of fd watchers is its base class, FdTable
-(fdtable.pyx). cqloop.loop.Loop subclasses Kernel and adds the rest of the asyncio API in
-Python; nothing here imports the public modules. `_iterate` is the single place callbacks
-run (through Handle._run), and the only caller of Poller.wait.
+Owns: the ready queue and the timer heap, scheduling, the dispatch of the poller's events,
+and the loop's lifecycle. Its base classes hold the rest: LoopFd (loopfd.pyx) the
+poller, the kernel's own fds and the loop as a pollable object (fileno, timeout), and
+FdTable (fdtable.pyx) the table of fd watchers. cqloop.loop.Loop subclasses Kernel and
+adds the rest of the asyncio API in Python; nothing here imports the public modules.
+`_iterate` is the single place callbacks run (through Handle._run), and the only caller
+of Poller.wait.
 
 Invariants:
 - A callback scheduled during an iteration runs in the next one: each iteration swaps the
   ready list for an empty spare and runs only what was queued before it started.
 - Every deadline in the timer heap is a number (a NaN is keyed as due at once, see
   _schedule_at), and no wait passes to the poller is NaN or past MAX_POLL_TIMEOUT_S.
-- The scheduler reads its clock through _clock(): loop.time() as the instance answers it.
-
-Driven from outside (the nesting semantics of docs/design.md):
-A loop may be run by run_forever, or stepped by someone else who polls its fd: another
-event loop (`outer.add_reader(inner.fileno(), inner.step)`), select(), a GUI toolkit. For
-the second case the epoll fd must turn readable whenever the loop has work, not only when
-one of its fds is ready:
-- ready callbacks: the eventfd is signalled while the ready queue is non-empty between
-  steps (call_soon from outside a step signals it; the end of a step signals or drains it);
-- timers: a timerfd, registered in the epoll set, is armed to the earliest deadline, so the
-  epoll fd itself turns readable when a timer is due. It costs a timerfd_settime per change
-  of the earliest deadline, so it exists only once the loop has been driven from outside
-  (fileno() was handed out or step() was called); a loop that is only ever run by
-  run_forever computes its epoll timeout from the heap and never creates it.
-Readability may be spurious (a timer cancelled after the timerfd was armed): an outside
-poller then runs a step that finds nothing to do, which is harmless.
-
-Size: past 800 lines. Next to split out: the kernel's own fds (the eventfd and the timerfd,
-_signal_wakeup to _sync_external) with fileno/timeout, the "loop as a pollable object".
+- The scheduler reads its clock through _clock() (loopfd.pxd): loop.time() as the
+  instance answers it.
 """
 
 import threading
@@ -72,32 +57,16 @@ from cqloop._core.includes.pyapi cimport (
     cq_list_items,
     cq_list_take,
 )
-from cqloop._core.includes.system cimport (
-    CLOCK_MONOTONIC,
-    EFD_CLOEXEC,
-    EFD_NONBLOCK,
-    EPOLLIN,
-    TFD_CLOEXEC,
-    TFD_NONBLOCK,
-    TFD_TIMER_ABSTIME,
-    clock_gettime,
-    close,
-    errno,
-    eventfd,
-    itimerspec,
-    read,
-    timerfd_create,
-    timerfd_settime,
-    timespec,
-    write,
+from cqloop._core.loopfd cimport (
+    MAX_POLL_TIMEOUT_S,
+    LoopFd,
+    _clock,
+    _wait_limit,
 )
-from cqloop._core.fdtable cimport FdTable
-from cqloop._core.poller cimport Poller, new_poller
+from cqloop._core.poller cimport EV_RECEIVED
 from cqloop._core.timerheap cimport TimerHeap
 from cqloop._core.watchers cimport FdWatcher
 
-# asyncio caps one select at a day; so do we (and it fits epoll_wait's int milliseconds).
-cdef double MAX_POLL_TIMEOUT_S = 24 * 3600.0
 # A timer is due when its deadline is within the clock's resolution of now (asyncio's rule;
 # CLOCK_MONOTONIC counts nanoseconds on Linux).
 cdef double CLOCK_RESOLUTION_S = 1e-9
@@ -109,24 +78,6 @@ cdef bint _heap_settled = False
 
 cdef object _get_ident = threading.get_ident
 cdef object _Future = Future
-
-
-cdef inline double _monotonic() noexcept:
-    # CLOCK_MONOTONIC, the clock of time.monotonic() and of asyncio's loop.time().
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
-
-
-cdef inline double _clock(Kernel kernel) except? -1.0:
-    """The scheduler's clock: loop.time() as the instance answers it. asyncio's scheduler
-    asks self.time(), so a clock replaced on the instance (mock.patch.object, test
-    plugins' fake clocks) or overridden by a subclass moves it; _clock_patched says
-    whether one is (see Kernel.__setattr__), and otherwise the clock is read directly.
-    Inline: it is read three times per timer scheduled and run."""
-    if kernel._clock_patched:
-        return kernel.time()
-    return _monotonic()
 
 
 cdef int _settle_heap() except -1:
@@ -162,23 +113,10 @@ cdef int _settle_heap() except -1:
     return 0
 
 
-cdef class Kernel(FdTable):
+cdef class Kernel(LoopFd):
 
     def __cinit__(self, *args, **kwargs):
-        cdef uint64_t token
-        cdef int err
-        self._efd = -1
-        self._tfd = -1
-        self._tfd_armed = False
-        self._tfd_deadline = 0.0
-        self._poller = new_poller(kwargs.get("engine"))
-        self._efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)
-        if self._efd < 0:
-            raise OSError(errno, "eventfd failed")
-        token = <uint64_t>self._efd
-        err = self._poller.register(self._efd, EPOLLIN, token)
-        if err:
-            raise OSError(err, "cannot register the wake-up eventfd")
+        # (LoopFd.__cinit__ made the poller and the wake-up eventfd.)
         self._ready = []
         self._ready_spare = []
         self._pool_len = 0
@@ -191,19 +129,9 @@ cdef class Kernel(FdTable):
         _settle_heap()
 
     def __dealloc__(self):
-        self._drain_pool()
-        # A loop dropped without close(): give its fds back (Loop.__del__ warns first).
-        if self._efd >= 0:
-            close(self._efd)
-            self._efd = -1
-        if self._tfd >= 0:
-            close(self._tfd)
-            self._tfd = -1
+        _drain_pool(self)
 
     # -- time ---------------------------------------------------------------------------
-
-    cdef double _now(self) noexcept:
-        return _monotonic()
 
     def time(self):
         """The loop's clock: time.monotonic()."""
@@ -416,7 +344,7 @@ cdef class Kernel(FdTable):
         _track_all(self._ready)
         self._ready.clear()
         self._ready_spare.clear()
-        self._drain_pool()
+        _drain_pool(self)
         self._timers.clear()
         for watcher in self._table_values():
             if watcher.registered:
@@ -425,13 +353,7 @@ cdef class Kernel(FdTable):
                     self._poller.unregister(watcher.fd)
                 watcher.registered = 0
         self._table_clear()
-        self._poller.close()
-        if self._efd >= 0:
-            close(self._efd)
-            self._efd = -1
-        if self._tfd >= 0:
-            close(self._tfd)
-            self._tfd = -1
+        self._close_fds()
 
     def _reset_kernel(self):
         """Give the loop a kernel queue of its own: a new epoll fd, eventfd and (lazily)
@@ -445,31 +367,10 @@ cdef class Kernel(FdTable):
         dropped without unregistering it: the registrations are the parent's. Ready
         callbacks and timers are kept."""
         cdef FdWatcher watcher
-        cdef Poller poller
-        cdef int efd
-        cdef int err
         self._check_closed()
         if self._running:
             raise RuntimeError("cannot reset a running event loop")
-        poller = new_poller(self._poller.engine)
-        efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)
-        if efd < 0:
-            raise OSError(errno, "eventfd failed")
-        err = poller.register(efd, EPOLLIN, <uint64_t>efd)
-        if err:
-            close(efd)
-            raise OSError(err, "cannot register the wake-up eventfd")
-        self._poller.close()
-        self._poller = poller
-        if self._efd >= 0:
-            close(self._efd)
-        self._efd = efd
-        self._efd_signalled = False
-        if self._tfd >= 0:
-            close(self._tfd)
-            self._tfd = -1
-        self._tfd_armed = False
-        self._tfd_deadline = 0.0
+        self._renew_fds()
         for watcher in self._table_values():
             watcher.registered = 0
             watcher.disarmed = False
@@ -576,14 +477,6 @@ cdef class Kernel(FdTable):
             self._run_due_timers()
         return self._run_ready()
 
-    cdef void _drain_pool(self) noexcept:
-        cdef PyObject *handle
-        while self._pool_len:
-            self._pool_len -= 1
-            handle = self._handle_pool[self._pool_len]
-            self._handle_pool[self._pool_len] = NULL
-            Py_XDECREF(handle)
-
     cdef int _run_due_timers(self) except -1:
         cdef TimerHeap timers = self._timers
         cdef TimerHandle timer
@@ -665,9 +558,22 @@ cdef class Kernel(FdTable):
         cdef PyObject *found
         cdef FdWatcher watcher
         cdef list ready = self._ready
+        cdef int res
+        cdef const char *buf
+        cdef bint more
+        cdef PyObject *owner
         for i in range(nevents):
             data = self._poller.events[i].data.u64
             events = self._poller.events[i].events
+            if events & EV_RECEIVED:
+                # A receive the engine ran (io_uring) goes to the watcher that started it,
+                # which the engine holds until its last completion: in the table or not
+                # (a transport lending its fd to sendfile), and whatever holds the fd
+                # number by now (the engine reports only the number's current receive).
+                more = self._poller.received(i, &res, &buf, &owner)
+                if owner != NULL:
+                    (<FdWatcher>owner)._on_received(res, buf, more, ready)
+                continue
             if data == <uint64_t>self._efd:
                 self._drain_wakeup()
                 continue
@@ -693,147 +599,6 @@ cdef class Kernel(FdTable):
                 self._remove_watcher(watcher)
         return 0
 
-    # -- the kernel's own fds -----------------------------------------------------------
-
-    cdef int _signal_wakeup(self) noexcept:
-        cdef uint64_t one = 1
-        if self._efd >= 0 and not self._forked:
-            # EAGAIN would mean the counter is at its maximum: it is readable anyway.
-            write(self._efd, &one, sizeof(one))
-            self._efd_signalled = True
-        return 0
-
-    cdef int _drain_wakeup(self) noexcept:
-        cdef uint64_t value
-        if self._efd >= 0 and not self._forked:
-            read(self._efd, &value, sizeof(value))
-        self._efd_signalled = False
-        return 0
-
-    cdef int _ensure_timerfd(self) except -1:
-        cdef int err
-        if self._tfd >= 0:
-            return 0
-        self._tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK)
-        if self._tfd < 0:
-            raise OSError(errno, "timerfd_create failed")
-        err = self._poller.register(self._tfd, EPOLLIN, <uint64_t>self._tfd)
-        if err:
-            close(self._tfd)
-            self._tfd = -1
-            raise OSError(err, "cannot register the timerfd")
-        self._tfd_armed = False
-        return 0
-
-    cdef int _arm_timerfd(self, double deadline, bint armed) except -1:
-        """Arm the timerfd for `deadline` (absolute loop time), or disarm it."""
-        cdef itimerspec spec
-        cdef double secs
-        cdef double real
-        if self._forked:
-            return 0  # the timerfd is the parent's
-        if self._tfd < 0:
-            self._ensure_timerfd()
-        if armed == self._tfd_armed and (not armed or deadline == self._tfd_deadline):
-            return 0
-        spec.it_interval.tv_sec = 0
-        spec.it_interval.tv_nsec = 0
-        spec.it_value.tv_sec = 0
-        spec.it_value.tv_nsec = 0
-        if armed:
-            # The timerfd counts CLOCK_MONOTONIC: a deadline on a replaced clock is moved
-            # to it, and one past the poll's cap (an infinity, 1e300) is armed at the cap
-            # instead (the wake-up then finds nothing due and re-arms): C has no long for it.
-            real = deadline
-            if self._clock_patched:
-                real = deadline - _clock(self) + self._now()
-            if not real < self._now() + MAX_POLL_TIMEOUT_S:
-                real = self._now() + MAX_POLL_TIMEOUT_S
-            if real > 0.0:
-                secs = <double>(<long>real)
-                spec.it_value.tv_sec = <long>real
-                spec.it_value.tv_nsec = <long>((real - secs) * 1e9)
-            if spec.it_value.tv_sec == 0 and spec.it_value.tv_nsec == 0:
-                # A zero it_value disarms. A deadline at or before the clock's zero (call_at
-                # accepts any number) is long past: one nanosecond after boot is too.
-                spec.it_value.tv_nsec = 1
-        if timerfd_settime(self._tfd, TFD_TIMER_ABSTIME, &spec, NULL) < 0:
-            raise OSError(errno, "timerfd_settime failed")
-        self._tfd_armed = armed
-        self._tfd_deadline = deadline
-        return 0
-
-    cdef int _drain_timerfd(self) noexcept:
-        cdef uint64_t expirations
-        if self._tfd >= 0:
-            read(self._tfd, &expirations, sizeof(expirations))
-        # A one-shot timer that fired is disarmed.
-        self._tfd_armed = False
-        return 0
-
-    cdef int _sync_external(self) except -1:
-        """Make the epoll fd tell the truth to an outside poller: readable iff callbacks
-        are ready, and due to turn readable when the earliest timer is."""
-        if self._closed:
-            return 0
-        if self._ready:
-            if not self._efd_signalled:
-                self._signal_wakeup()
-        elif self._efd_signalled:
-            self._drain_wakeup()
-        if self._timers._heap:
-            self._timers.drop_cancelled_head()
-        if self._timers._heap:
-            self._arm_timerfd(self._timers.peek_when(), True)
-        else:
-            self._arm_timerfd(0.0, False)
-        # Last: an engine that reports completions (io_uring) re-polls what they said.
-        self._poller.flush()
-        return 0
-
-    def _refresh_pollfd(self):
-        """After run_forever returns: if the loop is also driven from outside, make its fd
-        tell the truth again."""
-        if self._external:
-            self._sync_external()
-
-    # -- the loop as a pollable object --------------------------------------------------
-
-    def fileno(self):
-        """The epoll fd: readable whenever the loop has work (an fd event, a due timer, a
-        ready callback, a wake-up from another thread). Handing it out makes the loop keep
-        that promise from now on (see "driven from outside")."""
-        self._check_closed()
-        if not self._external:
-            self._external = True
-            if not self._running:
-                self._sync_external()
-        return self._poller.epfd
-
-    def timeout(self):
-        """How long an outside poller may sleep before calling step(): 0 when callbacks
-        are ready, the time to the next timer, or None when the loop is idle."""
-        if self._ready:
-            return 0.0
-        if self._timers._heap:
-            self._timers.drop_cancelled_head()
-        if not self._timers._heap:
-            return None
-        # Never NaN, never past the kernel's own cap on one wait (select() and poll()
-        # refuse an infinite timeout).
-        return _wait_limit(max(0.0, self._timers.peek_when() - _clock(self)))
-
-    @property
-    def engine(self):
-        """The readiness engine the loop runs on: "epoll" or "io_uring"."""
-        return self._poller.engine
-
-    def _set_wait_sigmask(self, signals):
-        """The signal mask for the kernel's waits (a list of signals to block), or None
-        to leave the thread's mask alone (Loop.pause)."""
-        self._check_closed()
-        self._poller.set_waitmask(signals)
-
     # -- statistics ---------------------------------------------------------------------
 
     def _kernel_statistics(self):
@@ -846,18 +611,9 @@ cdef class Kernel(FdTable):
                        or (<FdWatcher>w).persistent),
             "external": bool(self._external),
             "timerfd": self._tfd >= 0,
+            # Stream transports read through the engine's receives (io_uring).
+            "stream_reads": bool(self._poller.stream_reads),
         }
-
-
-cdef inline double _wait_limit(double seconds) noexcept:
-    """A wait's length in seconds (< 0: unbounded) as the poll takes it: a NaN is no wait
-    (as a NaN deadline is due at once), and anything past MAX_POLL_TIMEOUT_S, infinity
-    included, is MAX_POLL_TIMEOUT_S."""
-    if seconds != seconds:
-        return 0.0
-    if seconds > MAX_POLL_TIMEOUT_S:
-        return MAX_POLL_TIMEOUT_S
-    return seconds
 
 
 # -- call_soon's entry point ----------------------------------------------------------------
@@ -889,6 +645,18 @@ cdef inline double _wait_limit(double seconds) noexcept:
 # the reference structure. An untracked handle someone else also holds is not visited (its
 # references stay external: a leak in the rare case of such a handle in a dropped, unclosed
 # loop, never a premature free).
+
+cdef void _drain_pool(Kernel kernel) noexcept:
+    """Free the handles kept for reuse. A function, not a method: __dealloc__ calls it,
+    and a Kernel whose base's __cinit__ failed (an unknown engine) is deallocated before
+    its method table is set."""
+    cdef PyObject *handle
+    while kernel._pool_len:
+        kernel._pool_len -= 1
+        handle = kernel._handle_pool[kernel._pool_len]
+        kernel._handle_pool[kernel._pool_len] = NULL
+        Py_XDECREF(handle)
+
 
 cdef inline void _track(Handle handle) noexcept:
     cq_gc_retrack(<PyObject *>handle)
@@ -959,6 +727,11 @@ cdef int _kernel_traverse(PyObject *obj, cq_visitproc visit, void *arg) noexcept
     err = _visit_watchers(<Kernel>obj, visit, arg)
     if err:
         return err
+    if (<Kernel>obj)._poller is not None:
+        # The owners of the engine's receives (transports), held by the engine alone.
+        err = (<Kernel>obj)._poller.visit_receivers(visit, arg)
+        if err:
+            return err
     timers = (<Kernel>obj)._timers
     if timers is None:
         return 0

@@ -142,6 +142,31 @@ cdef class Poller:
     cdef int close(self) except -1:
         return 0
 
+    cdef int recv_start(self, int fd, object owner) noexcept:
+        """Start receiving on stream socket `fd` for `owner` (an FdWatcher: its
+        _on_received gets the completions; the engine holds it until the last one, in or
+        out of the kernel's fd table): 0, or an errno. Only an engine with stream_reads
+        runs receives."""
+        return ENOSYS
+
+    cdef int recv_stop(self, int fd) noexcept:
+        """Stop the receive on `fd`: 0, or an errno. Completions it posted before the stop
+        are still reported, the last one without `more`."""
+        return ENOSYS
+
+    cdef bint received(self, int i, int *res, const char **buf, PyObject **owner) noexcept:
+        """For an EV_RECEIVED entry i of the last wait: its result, bytes and owner (each
+        lent until the next wait); returns whether the receive goes on."""
+        res[0] = -ENOSYS
+        buf[0] = NULL
+        owner[0] = NULL
+        return False
+
+    cdef int visit_receivers(self, cq_visitproc visit, void *arg) noexcept:
+        """Visit the owners the engine holds for its receives (the kernel's GC traversal:
+        the poller is the kernel's alone)."""
+        return 0
+
     cdef int _grow(self) except -1:
         cdef int capacity = self.capacity * 2
         cdef epoll_event *events = <epoll_event *>realloc(

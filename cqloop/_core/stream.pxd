@@ -4,14 +4,14 @@
 
 from cqloop._core.handles cimport Handle
 from cqloop._core.kernel cimport Kernel
-from cqloop._core.sockends cimport SocketEnds
+from cqloop._core.ringread cimport RingReader
 
 
 # callback(*args) in `context`, entering nothing if it is current (see stream.pyx).
 cdef object call_in_context(object context, object callback, tuple args)
 
 
-cdef class StreamTransport(SocketEnds):
+cdef class StreamTransport(RingReader):
     # -- who we serve -----------------------------------------------------------------
     cdef readonly Kernel _loop
     # The public transport this is the engine of (an asyncio.Transport): what protocol
@@ -60,6 +60,8 @@ cdef class StreamTransport(SocketEnds):
     # A future loop.sendfile waits on until the buffer drains (asyncio's _empty_waiter).
     cdef object _empty_waiter
 
+    # (RingReader, ringread.pxd: the state of reading through the loop's ring.)
+
     # -- the handles the kernel queues when the fd is ready ------------------------------
     # Each made on the first readable or writable event (see _on_events).
     cdef Handle _read_handle
@@ -75,12 +77,19 @@ cdef class StreamTransport(SocketEnds):
     cdef int _write(self, object data) except -1
     cdef int _writelines(self, object list_of_data) except -1
     cdef int _on_readable(self) except -1
+    cdef int _on_ring_readable(self) except -1
     cdef int _on_writable(self) except -1
     cdef int _read_data(self) except -1
     cdef bint _want_reread(self) noexcept
     cdef int _read_into_buffer(self) except -1
     cdef bint _read_into_buffer_once(self) except -1
     cdef int _read_eof(self) except -1
+    cdef int _queue_delivery(self, list ready) except -1
+    cdef int _deliver_received(self) except -1
+    cdef int _deliver_into_buffer(self, object data) except -1
+    cdef bint _call_data_received(self, object data) except -1
+    cdef object _call_get_buffer(self)
+    cdef bint _call_buffer_updated(self, Py_ssize_t n) except -1
     cdef Py_ssize_t _send_buffered(self) except -2
     cdef int _consume(self, Py_ssize_t sent) except -1
     cdef int _after_drain(self) except -1

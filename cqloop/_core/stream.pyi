@@ -4,13 +4,13 @@ from socket import socket
 from typing import Any
 
 from cqloop._core.kernel import Kernel
-from cqloop._core.watchers import FdWatcher
+from cqloop._core.ringread import RingReader
 
 def run_in_context(context: Context, callback: Any, *args: Any) -> Any: ...
 def is_current_context(context: Context) -> bool: ...
 def water_marks(high: int | None = None, low: int | None = None) -> tuple[int, int]: ...
 
-class StreamTransport(FdWatcher):
+class StreamTransport(RingReader):
     _loop: Kernel
     _owner: Any
     _sock: socket | None

@@ -56,24 +56,44 @@ A forked child never touches the parent's ring: its mappings are not inherited
 whatever forked (a copy left open would keep the parent's poll requests, and the files they
 hold, alive as long as the child runs); the poller's fd reads -1 in the child, and the
 kernel refuses work until loop.reset() makes a new ring.
+
+Stream receives (recv_start / recv_stop; the transport's side is ringread.pyx): a
+multishot IORING_OP_RECV per reading transport, user_data RECV_DATA | serial << 32 | fd,
+taking buffers from one provided buffer ring per poller (cquring.h's cq_pbuf_*, made at the
+first receive). Ownership: a completion's buffer is the engine's from the CQE until the
+next wait (or flush), lent meanwhile to the kernel's dispatch, which copies it; a stale
+completion's buffer goes back at once. The receive holds its socket's file until its last
+completion (no IORING_CQE_F_MORE), and the engine holds its owner (a reference) until
+then too, so that the last completion reaches it wherever it is. recv_stop submits the
+cancel at once. A new receive on an fd number takes a new serial: whatever an earlier one
+on that number still posts is stale, its buffers recycled, its owner released.
+
+Size: past 800 lines. Next to split out: Ring and probe() (the bare ring and the probe)
+into a module of their own.
 """
 
 import os
 
 from libc.math cimport ceil
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, realloc
 from libc.string cimport memset
 
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_DECREF, Py_INCREF
+
+from cqloop._core.includes.gchook cimport cq_visitproc
 from cqloop._core.includes.pyapi cimport PyErr_CheckSignals
 from cqloop._core.includes.system cimport (
     CLOCK_MONOTONIC,
     EBADF,
+    EBUSY,
     ECANCELED,
     EEXIST,
     EINTR,
     ENOENT,
     ENOMEM,
+    ENOSYS,
     EPERM,
     EPOLLET,
     EPOLLONESHOT,
@@ -86,17 +106,27 @@ from cqloop._core.includes.system cimport (
     timespec,
 )
 from cqloop._core.includes.uring cimport (
+    CQ_IORING_CQE_BUFFER_SHIFT,
+    CQ_IORING_CQE_F_BUFFER,
     CQ_IORING_CQE_F_MORE,
     CQ_IORING_FEAT_CQE_SKIP,
     CQ_IORING_FEAT_EXT_ARG,
     CQ_IORING_FEAT_NODROP,
+    CQ_IORING_OP_ASYNC_CANCEL,
     CQ_IORING_OP_NOP,
     CQ_IORING_OP_POLL_ADD,
     CQ_IORING_OP_POLL_REMOVE,
+    CQ_IORING_OP_RECV,
     CQ_IORING_POLL_ADD_MULTI,
+    CQ_IORING_RECV_MULTISHOT,
     CQ_IORING_SETUP_SUBMIT_ALL,
+    CQ_IOSQE_BUFFER_SELECT,
     CQ_IOSQE_CQE_SKIP_SUCCESS,
     cq_cqe,
+    cq_pbuf_buffer,
+    cq_pbuf_publish,
+    cq_pbuf_recycle,
+    cq_pbuf_setup,
     cq_probe,
     cq_probe_supports,
     cq_ring_advance,
@@ -115,7 +145,7 @@ from cqloop._core.includes.uring cimport (
     cq_ring_submit_and_wait,
     cq_sqe,
 )
-from cqloop._core.poller cimport Poller
+from cqloop._core.poller cimport EV_RECEIVED, Poller
 
 cdef extern from "<sys/stat.h>" nogil:
     struct stat:
@@ -141,8 +171,26 @@ cdef uint8_t ARMED = 1    # a request is in flight (serial is its)
 cdef uint8_t IDLE = 2     # registered, nothing armed: a one-shot that fired, or a failed arm
 cdef uint8_t REARM = 3    # registered, to be armed at the next submission
 
+# user_data: a removal or cancellation (REMOVE_DATA), a receive (RECV_DATA | serial << 32 |
+# fd), or a poll request (serial << 32 | fd). Serials have 30 bits.
 cdef uint64_t REMOVE_DATA = 1ULL << 63
-cdef uint32_t SERIAL_MASK = 0x7fffffffu
+cdef uint64_t RECV_DATA = 1ULL << 62
+cdef uint32_t SERIAL_MASK = 0x3fffffffu
+
+# Receive states (Reg.recv_state).
+cdef uint8_t RECV_NONE = 0
+cdef uint8_t RECV_ARMED = 1      # a multishot receive is in flight
+cdef uint8_t RECV_STOPPING = 2   # cancelled; its completions until the last are delivered
+
+# The provided buffer ring the receives take their buffers from: made at the first
+# receive, PBUF_ENTRIES buffers of PBUF_SIZE bytes (8 MiB of address space; pages are
+# touched as buffers are used). A buffer is lent from a completion to the next wait, so
+# the ring runs dry only when more completions than that arrive between two waits; a
+# receive that finds it dry ends with ENOBUFS (no data is taken) and its transport
+# starts another.
+cdef unsigned PBUF_ENTRIES = 1024
+cdef unsigned PBUF_SIZE = 8192
+cdef uint16_t PBUF_GROUP = 1
 cdef uint32_t MODE_BITS = EPOLLET | EPOLLONESHOT
 
 # The opcodes the engine needs, with the names the probe reports.
@@ -152,7 +200,21 @@ cdef dict REQUIRED_OPS = {
     CQ_IORING_OP_POLL_REMOVE: "IORING_OP_POLL_REMOVE",
 }
 
+# The opcodes stream receives need beside those (without them streams read by readiness).
+cdef dict RECEIVE_OPS = {
+    CQ_IORING_OP_RECV: "IORING_OP_RECV",
+    CQ_IORING_OP_ASYNC_CANCEL: "IORING_OP_ASYNC_CANCEL",
+}
+
 cdef object _probe_result = None
+# Whether the kernel has the receive opcodes (set by probe()).
+cdef bint _receive_ops = False
+
+
+cdef inline uint32_t _next_serial(uint32_t serial) noexcept:
+    """The serial after `serial` (never 0: a zeroed registration has none)."""
+    serial = (serial + 1) & SERIAL_MASK
+    return serial if serial else 1
 
 
 cdef inline double _monotonic_ms() noexcept:
@@ -194,7 +256,7 @@ def _setup_failure(int err):
 def probe():
     """(usable, reason): whether cqloop's io_uring engine can run here, and why not (or
     what was found). Sets up one small ring and closes it; the answer is cached."""
-    global _probe_result
+    global _probe_result, _receive_ops
     cdef cq_ring ring
     cdef cq_probe ops
     cdef int err
@@ -224,8 +286,11 @@ def probe():
         if missing:
             _probe_result = (False, "the kernel's io_uring lacks " + ", ".join(missing))
             return _probe_result
+        _receive_ops = all(cq_probe_supports(&ops, op) for op in RECEIVE_OPS)
         _probe_result = (True, f"ring set up (features 0x{ring.features:x}), "
-                               "poll requests supported")
+                               "poll requests supported" + (
+                                   ", stream receives supported" if _receive_ops else
+                                   ", no stream receives (IORING_OP_RECV missing)"))
         return _probe_result
     finally:
         cq_ring_close(&ring)
@@ -346,6 +411,21 @@ cdef class Ring:
             raise ValueError("the ring is closed")
 
 
+cdef void _release_all(UringPoller poller) noexcept:
+    """The ring is closed: no receive will complete, and no owner is held any longer. A
+    function, not a method: __dealloc__ calls it."""
+    cdef int fd
+    cdef PyObject *owner
+    for fd in range(poller.nregs):
+        owner = poller.regs[fd].recv_owner
+        if owner is not NULL:
+            poller.regs[fd].recv_owner = NULL
+            poller.regs[fd].recv_state = RECV_NONE
+            Py_DECREF(<object>owner)
+    if poller.released:
+        poller.released.clear()
+
+
 cdef class UringPoller(Poller):
     """The io_uring readiness engine (see the module's docstring)."""
 
@@ -359,13 +439,23 @@ cdef class UringPoller(Poller):
         self.epfd = self.ring.fd
         if self.ring.features & CQ_IORING_FEAT_CQE_SKIP:
             self.remove_flags = CQ_IOSQE_CQE_SKIP_SUCCESS
+        # Stream receives are opt-in (CQLOOP_URING_READS=1): measured here they cost the
+        # server more kernel time per message than readiness (docs/design.md, "Stream
+        # receives through the ring"). A kernel without the opcodes never has them.
+        self.stream_reads = _receive_ops and os.environ.get("CQLOOP_URING_READS") == "1"
+        self.released = []
 
     def __dealloc__(self):
         cq_ring_close(&self.ring)
+        _release_all(self)
         free(self.regs)
         self.regs = NULL
         free(self.rearm)
         self.rearm = NULL
+        free(self.done)
+        self.done = NULL
+        free(self.lent)
+        self.lent = NULL
 
     # -- the registration table ----------------------------------------------------------
 
@@ -395,9 +485,7 @@ cdef class UringPoller(Poller):
         cdef cq_sqe *sqe = cq_ring_next_sqe(&self.ring, &err)
         if sqe is NULL:
             return -err
-        reg.serial = (reg.serial + 1) & SERIAL_MASK
-        if reg.serial == 0:
-            reg.serial = 1
+        reg.serial = _next_serial(reg.serial)
         sqe.opcode = CQ_IORING_OP_POLL_ADD
         sqe.fd = fd
         sqe.op_flags = reg.mask & ~MODE_BITS
@@ -520,6 +608,172 @@ cdef class UringPoller(Poller):
         n = cq_ring_submit(&self.ring)
         return -n if n < 0 else 0
 
+    # -- stream receives -------------------------------------------------------------------
+
+    cdef int recv_start(self, int fd, object owner) noexcept:
+        """Queue a multishot IORING_OP_RECV on `fd` taking its buffers from the buffer
+        ring (made here the first time), under a new receive serial: 0, or an errno. It is
+        submitted with the next wait's io_uring_enter, beside everything else queued."""
+        cdef Reg *reg
+        cdef cq_sqe *sqe
+        cdef int err = 0
+        if fd < 0 or self.ring.fd < 0:
+            return EBADF
+        if not self.stream_reads:
+            return ENOSYS
+        if self.ring.pbuf_ring is NULL:
+            err = cq_pbuf_setup(&self.ring, PBUF_ENTRIES, PBUF_SIZE, PBUF_GROUP)
+            if err < 0:
+                self.stream_reads = False
+                return -err
+        err = self._reg_slot(fd)
+        if err:
+            return err
+        reg = &self.regs[fd]
+        if reg.recv_state == RECV_ARMED:
+            return EBUSY
+        sqe = cq_ring_next_sqe(&self.ring, &err)
+        if sqe is NULL:
+            return -err
+        # A new serial: what an earlier receive on this fd number (another owner's, whose
+        # last completion is still to come) posts from now on is stale.
+        reg.recv_serial = _next_serial(reg.recv_serial)
+        sqe.opcode = CQ_IORING_OP_RECV
+        sqe.fd = fd
+        sqe.ioprio = CQ_IORING_RECV_MULTISHOT
+        sqe.flags = CQ_IOSQE_BUFFER_SELECT
+        sqe.buf_index = PBUF_GROUP
+        sqe.user_data = RECV_DATA | (<uint64_t>reg.recv_serial << 32) | <uint32_t>fd
+        reg.recv_state = RECV_ARMED
+        # (An earlier owner's receive whose last completion is still to come ends here
+        # for the engine: what it posts is stale from now on.)
+        self._release_owner(reg)
+        Py_INCREF(owner)
+        reg.recv_owner = <PyObject *>owner
+        return 0
+
+    cdef int recv_stop(self, int fd) noexcept:
+        """Cancel the receive on `fd`, submitted at once: the request holds its socket's
+        file, and the owner may close the fd next; task work ends the cancelled request
+        before io_uring_enter returns to this thread, so the file is released by then.
+        The completions the receive posted until then are still delivered, under its
+        serial, the last one (-ECANCELED, or data, end of file or an error that came
+        first) without `more`. 0, or an errno."""
+        cdef Reg *reg
+        cdef cq_sqe *sqe
+        cdef int err = 0
+        cdef int n
+        if fd < 0 or fd >= self.nregs or self.regs[fd].recv_state != RECV_ARMED:
+            return 0
+        if self.ring.fd < 0:
+            return EBADF
+        reg = &self.regs[fd]
+        sqe = cq_ring_next_sqe(&self.ring, &err)
+        if sqe is NULL:
+            return -err
+        sqe.opcode = CQ_IORING_OP_ASYNC_CANCEL
+        sqe.flags = self.remove_flags
+        sqe.addr = RECV_DATA | (<uint64_t>reg.recv_serial << 32) | <uint32_t>fd
+        sqe.user_data = REMOVE_DATA
+        reg.recv_state = RECV_STOPPING
+        n = cq_ring_submit(&self.ring)
+        return -n if n < 0 else 0
+
+    cdef bint received(self, int i, int *res, const char **buf, PyObject **owner) noexcept:
+        res[0] = self.done[i].res
+        buf[0] = self.done[i].buf
+        owner[0] = self.done[i].owner
+        return self.done[i].more
+
+    cdef int visit_receivers(self, cq_visitproc visit, void *arg) noexcept:
+        cdef int fd
+        cdef int err
+        for fd in range(self.nregs):
+            if self.regs[fd].recv_owner is not NULL:
+                err = visit(self.regs[fd].recv_owner, arg)
+                if err:
+                    return err
+        return 0
+
+    cdef int _release_owner(self, Reg *reg) noexcept:
+        """Hand reg's receive owner to `released` (freed at the next wait, after the
+        dispatch of this one's completions)."""
+        cdef PyObject *owner = reg.recv_owner
+        if owner is NULL:
+            return 0
+        reg.recv_owner = NULL
+        self.released.append(<object>owner)
+        Py_DECREF(<object>owner)
+        return 0
+
+    cdef int _take_received(self, cq_cqe *cqe, int n) noexcept:
+        """A receive's completion: fill entry n of the event buffer with it and return 1,
+        or return 0 when it is stale (an earlier receive's on this fd number: its buffer
+        goes back to the ring at once). With n < 0, only tell which, changing nothing for
+        a live one."""
+        cdef int fd = <int>(cqe.user_data & 0xffffffffu)
+        cdef uint32_t serial = <uint32_t>(cqe.user_data >> 32) & SERIAL_MASK
+        cdef bint has_buffer = cqe.flags & CQ_IORING_CQE_F_BUFFER
+        cdef unsigned bid = cqe.flags >> CQ_IORING_CQE_BUFFER_SHIFT
+        cdef Reg *reg = NULL
+        if fd < self.nregs:
+            reg = &self.regs[fd]
+            if reg.recv_state == RECV_NONE or reg.recv_serial != serial:
+                reg = NULL
+        if reg is NULL:
+            if has_buffer:
+                cq_pbuf_recycle(&self.ring, bid)
+                self.pbuf_dirty = True
+            return 0
+        if n < 0:
+            return 1
+        self.events[n].events = EV_RECEIVED
+        self.events[n].data.u64 = <uint64_t>fd
+        self.done[n].owner = reg.recv_owner
+        self.done[n].res = cqe.res
+        self.done[n].more = (cqe.flags & CQ_IORING_CQE_F_MORE) != 0
+        self.done[n].buf = NULL
+        if has_buffer:
+            self.done[n].buf = cq_pbuf_buffer(&self.ring, bid)
+            self.lent[self.nlent] = <uint16_t>bid
+            self.nlent += 1
+        if not self.done[n].more:
+            reg.recv_state = RECV_NONE
+            self._release_owner(reg)
+        return 1
+
+    cdef int _ensure_done(self) noexcept:
+        """Make the receive results and lent-buffer arrays as long as the event buffer:
+        0, or ENOMEM."""
+        cdef Received *done
+        cdef uint16_t *lent
+        if self.done_cap >= self.capacity:
+            return 0
+        done = <Received *>realloc(self.done, self.capacity * sizeof(Received))
+        if done is NULL:
+            return ENOMEM
+        self.done = done
+        lent = <uint16_t *>realloc(self.lent, self.capacity * sizeof(uint16_t))
+        if lent is NULL:
+            return ENOMEM
+        self.lent = lent
+        self.done_cap = self.capacity
+        return 0
+
+    cdef int _return_lent(self) noexcept:
+        """Put the buffers the last wait lent back in the ring (the dispatch has copied
+        them by now) and publish them."""
+        cdef int i
+        if self.released:
+            self.released.clear()
+        if not self.nlent:
+            return 0
+        for i in range(self.nlent):
+            cq_pbuf_recycle(&self.ring, self.lent[i])
+        self.nlent = 0
+        cq_pbuf_publish(&self.ring)
+        return 0
+
     # -- waiting ---------------------------------------------------------------------------
 
     cdef int _arm_pending(self) noexcept:
@@ -543,7 +797,7 @@ cdef class UringPoller(Poller):
         registration's current request (a removal's, or a replaced or removed request's)."""
         cdef int fd
         cdef Reg *reg
-        if user_data & REMOVE_DATA:
+        if user_data & (REMOVE_DATA | RECV_DATA):
             return NULL
         fd = <int>(user_data & 0xffffffffu)
         if fd >= self.nregs:
@@ -562,9 +816,14 @@ cdef class UringPoller(Poller):
         cdef cq_cqe *cqe
         cdef int fd
         cdef Reg *reg
+        if self._ensure_done():
+            return -ENOMEM
         while i < ready and n < self.capacity:
             cqe = cq_ring_cqe_at(&self.ring, i)
             i += 1
+            if cqe.user_data & RECV_DATA:
+                n += self._take_received(cqe, n)
+                continue
             reg = self._owner(cqe.user_data)
             if reg is NULL:
                 continue  # a request replaced or removed since: not the registration's
@@ -589,6 +848,9 @@ cdef class UringPoller(Poller):
                 cq_ring_advance(&self.ring, i)
                 return -ENOMEM
         cq_ring_advance(&self.ring, i)
+        if self.pbuf_dirty:
+            cq_pbuf_publish(&self.ring)
+            self.pbuf_dirty = False
         return n
 
     cdef int _queue_rearm(self, int fd) noexcept:
@@ -626,6 +888,14 @@ cdef class UringPoller(Poller):
         cdef Reg *reg
         for i in range(ready):
             cqe = cq_ring_cqe_at(&self.ring, i)
+            if cqe.user_data & RECV_DATA:
+                if self._take_received(cqe, -1):
+                    # Received data is work the loop has, not a readiness to check
+                    # again: it stays in the CQ (and the ring fd readable) for the next
+                    # wait, with what follows it.
+                    ready = i
+                    break
+                continue
             reg = self._owner(cqe.user_data)
             if reg is NULL:
                 continue
@@ -643,6 +913,9 @@ cdef class UringPoller(Poller):
                 cq_ring_advance(&self.ring, i)
                 return err
         cq_ring_advance(&self.ring, ready)
+        if self.pbuf_dirty:
+            cq_pbuf_publish(&self.ring)
+            self.pbuf_dirty = False
         return 0
 
     cdef int flush(self) except -1:
@@ -650,6 +923,7 @@ cdef class UringPoller(Poller):
         cdef int err
         if self.ring.fd < 0:
             return 0
+        self._return_lent()
         err = self._revalidate()
         if not err:
             err = self._arm_pending()
@@ -670,6 +944,7 @@ cdef class UringPoller(Poller):
             raise RuntimeError("the poller is closed")
         # Pending Python-level signal handlers first (see EpollPoller.wait).
         PyErr_CheckSignals()
+        self._return_lent()
         self._arm_pending()
         if timeout_ms > 0:
             deadline_ms = _monotonic_ms() + timeout_ms
@@ -708,9 +983,13 @@ cdef class UringPoller(Poller):
         return n
 
     cdef int close(self) except -1:
+        # (cq_ring_close unregisters the buffer ring before it unmaps it: a receive still
+        # in flight can no longer take a buffer.)
         cq_ring_close(&self.ring)
         self.epfd = -1
         self.nrearm = 0
+        self.nlent = 0
+        _release_all(self)
         if self.regs is not NULL:
             memset(self.regs, 0, self.nregs * sizeof(Reg))
         return 0

@@ -23,6 +23,7 @@ cdef class FdWatcher:
 
     cdef uint32_t wanted(self) noexcept
     cdef int _on_events(self, uint32_t events, list ready) except -1
+    cdef int _on_received(self, int res, const char *data, bint more, list ready) except -1
 
 
 # How a HandleWatcher's registration is made (Kernel._register_handle): level-triggered

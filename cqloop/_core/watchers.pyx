@@ -32,6 +32,13 @@ cdef class FdWatcher:
         its registration, else 0."""
         return 0
 
+    cdef int _on_received(self, int res, const char *data, bint more, list ready) except -1:
+        """A completion of the receive the engine runs for this watcher's fd (io_uring's
+        multishot receive, Poller.recv_start): `res` bytes at `data` (lent until the next
+        wait: copy them now), 0 for end of file, or a negative errno; `more` says whether
+        the receive goes on. Only watchers that start receives get these."""
+        return 0
+
 
 cdef class HandleWatcher(FdWatcher):
     def __init__(self, int fd):

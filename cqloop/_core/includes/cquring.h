@@ -105,6 +105,24 @@ struct cq_probe {
     struct cq_probe_op ops[CQ_PROBE_OPS];
 };
 
+/* A provided buffer ring's entry (io_uring_buf); the ring's tail overlays entry 0's resv. */
+struct cq_buf {
+    uint64_t addr;
+    uint32_t len;
+    uint16_t bid;
+    uint16_t resv;
+};
+
+struct cq_buf_reg {
+    uint64_t ring_addr;
+    uint32_t ring_entries;
+    uint16_t bgid;
+    uint16_t flags;
+    uint64_t resv[3];
+};
+
+_Static_assert(sizeof(struct cq_buf) == 16, "io_uring_buf is 16 bytes");
+_Static_assert(sizeof(struct cq_buf_reg) == 40, "io_uring_buf_reg is 40 bytes");
 _Static_assert(sizeof(struct cq_sqe) == 64, "io_uring_sqe is 64 bytes");
 _Static_assert(sizeof(struct cq_cqe) == 16, "io_uring_cqe is 16 bytes");
 _Static_assert(sizeof(struct cq_uring_params) == 120, "io_uring_params is 120 bytes");
@@ -139,13 +157,21 @@ _Static_assert(offsetof(struct cq_sqe, user_data) == 32, "sqe user_data at 32");
 #define CQ_IORING_OP_SEND 26
 #define CQ_IORING_OP_RECV 27
 
+#define CQ_IOSQE_BUFFER_SELECT (1U << 5)
 #define CQ_IOSQE_CQE_SKIP_SUCCESS (1U << 6)
+
+/* sqe->ioprio for RECV: a multishot receive (Linux 6.0). */
+#define CQ_IORING_RECV_MULTISHOT (1U << 1)
 
 #define CQ_IORING_POLL_ADD_MULTI (1U << 0)
 
+#define CQ_IORING_CQE_F_BUFFER (1U << 0)
 #define CQ_IORING_CQE_F_MORE (1U << 1)
+#define CQ_IORING_CQE_BUFFER_SHIFT 16
 
 #define CQ_IORING_REGISTER_PROBE 8
+#define CQ_IORING_REGISTER_PBUF_RING 22
+#define CQ_IORING_UNREGISTER_PBUF_RING 23
 #define CQ_IO_URING_OP_SUPPORTED (1U << 0)
 
 /* The kernel's sigset_t: _NSIG bits (64 on every Linux architecture cqloop builds on). */
@@ -197,6 +223,16 @@ typedef struct cq_ring {
     /* Set to -1 with fd when a forked child forgets the ring (the owner's copy of the fd
      * number), or NULL. */
     int *fd_mirror;
+    /* The provided buffer ring (cq_pbuf_setup), or NULL: its entries, then the buffers,
+     * pbuf_entries of pbuf_size bytes each, in one MADV_DONTFORK mapping of pbuf_map_len
+     * bytes. Part of the ring so that a forked child forgets it with the ring. */
+    struct cq_buf *pbuf_ring;
+    char *pbuf_data;
+    size_t pbuf_map_len;
+    unsigned pbuf_entries;
+    unsigned pbuf_size;
+    uint16_t pbuf_tail;
+    uint16_t pbuf_group;
 } cq_ring;
 
 static inline void cq_ring_clear(cq_ring *ring) {
@@ -257,8 +293,11 @@ static inline void cq_rings_untrack(cq_ring *ring) {
 
 /* Unmap and close. Safe on a cleared or half set-up ring, and on a ring a forked child
  * forgot (cleared then). */
+static inline void cq_pbuf_close(cq_ring *ring);
+
 static inline void cq_ring_close(cq_ring *ring) {
     cq_rings_untrack(ring);
+    cq_pbuf_close(ring);
     if (ring->sqes_map != NULL)
         munmap(ring->sqes_map, ring->sqes_map_len);
     if (ring->cq_map != NULL && ring->cq_map != ring->sq_map)
@@ -463,6 +502,86 @@ static inline int cq_probe_supports(struct cq_probe *probe, unsigned op) {
     if (op > probe->last_op || op >= probe->ops_len)
         return 0;
     return (probe->ops[op].flags & CQ_IO_URING_OP_SUPPORTED) != 0;
+}
+
+/* -- the provided buffer ring ------------------------------------------------------------
+ * One ring of `entries` buffers of `size` bytes (IORING_REGISTER_PBUF_RING, Linux 5.19)
+ * for buffer group `group`: a receive with IOSQE_BUFFER_SELECT takes a buffer from it when
+ * data arrives and names it in its completion (IORING_CQE_F_BUFFER, the id in the flags'
+ * high half). From then on the buffer is the reaper's, until cq_pbuf_recycle puts it back
+ * and cq_pbuf_publish makes the kernel see it. */
+
+static inline char *cq_pbuf_buffer(cq_ring *ring, unsigned bid) {
+    return ring->pbuf_data + (size_t)bid * ring->pbuf_size;
+}
+
+static inline void cq_pbuf_recycle(cq_ring *ring, unsigned bid) {
+    /* Never writes resv: entry 0's is the kernel's view of the tail. */
+    struct cq_buf *buf = &ring->pbuf_ring[ring->pbuf_tail & (ring->pbuf_entries - 1)];
+    buf->addr = (uint64_t)(uintptr_t)cq_pbuf_buffer(ring, bid);
+    buf->len = ring->pbuf_size;
+    buf->bid = (uint16_t)bid;
+    ring->pbuf_tail++;
+}
+
+static inline void cq_pbuf_publish(cq_ring *ring) {
+    __atomic_store_n(&ring->pbuf_ring[0].resv, ring->pbuf_tail, __ATOMIC_RELEASE);
+}
+
+/* 0, or a negative errno (nothing is then set up). `entries` is a power of two. */
+static inline int cq_pbuf_setup(cq_ring *ring, unsigned entries, unsigned size,
+                                uint16_t group) {
+    struct cq_buf_reg reg;
+    size_t ring_len = (size_t)entries * sizeof(struct cq_buf);
+    size_t len;
+    void *map;
+    unsigned i;
+    int err;
+    if (ring->pbuf_ring != NULL)
+        return -EEXIST;
+    /* The entries first, page-aligned (the kernel requires it), then the buffers. */
+    ring_len = (ring_len + 4095) & ~(size_t)4095;
+    len = ring_len + (size_t)entries * size;
+    map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (map == MAP_FAILED)
+        return -errno;
+    madvise(map, len, MADV_DONTFORK);
+    memset(&reg, 0, sizeof(reg));
+    reg.ring_addr = (uint64_t)(uintptr_t)map;
+    reg.ring_entries = entries;
+    reg.bgid = group;
+    if (cq_io_uring_register(ring->fd, CQ_IORING_REGISTER_PBUF_RING, &reg, 1) < 0) {
+        err = errno;
+        munmap(map, len);
+        return -err;
+    }
+    ring->pbuf_ring = (struct cq_buf *)map;
+    ring->pbuf_data = (char *)map + ring_len;
+    ring->pbuf_map_len = len;
+    ring->pbuf_entries = entries;
+    ring->pbuf_size = size;
+    ring->pbuf_group = group;
+    ring->pbuf_tail = 0;
+    for (i = 0; i < entries; i++)
+        cq_pbuf_recycle(ring, i);
+    cq_pbuf_publish(ring);
+    return 0;
+}
+
+/* Unregister the buffer ring (no receive can take a buffer from it afterwards: one in
+ * flight fails with ENOBUFS), then unmap it. The ring's own fd must still be open. */
+static inline void cq_pbuf_close(cq_ring *ring) {
+    struct cq_buf_reg reg;
+    if (ring->pbuf_ring == NULL)
+        return;
+    if (ring->fd >= 0) {
+        memset(&reg, 0, sizeof(reg));
+        reg.bgid = ring->pbuf_group;
+        cq_io_uring_register(ring->fd, CQ_IORING_UNREGISTER_PBUF_RING, &reg, 1);
+    }
+    munmap(ring->pbuf_ring, ring->pbuf_map_len);
+    ring->pbuf_ring = NULL;
+    ring->pbuf_data = NULL;
 }
 
 #endif

@@ -18,6 +18,9 @@ cdef extern from "<errno.h>" nogil:
         EINVAL
         ETIME
         ECANCELED
+        EBUSY
+        ENOBUFS
+        EOPNOTSUPP
 
 
 cdef extern from "<unistd.h>" nogil:

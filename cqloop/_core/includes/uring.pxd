@@ -17,11 +17,15 @@ cdef extern from "cquring.h" nogil:
         uint32_t len
         uint32_t op_flags
         uint64_t user_data
+        uint16_t buf_index
 
     struct cq_cqe:
         uint64_t user_data
         int32_t res
         uint32_t flags
+
+    struct cq_buf:
+        pass
 
     struct cq_probe:
         uint8_t last_op
@@ -33,6 +37,9 @@ cdef extern from "cquring.h" nogil:
         unsigned features
         unsigned sq_entries
         unsigned cq_entries
+        unsigned pbuf_entries
+        unsigned pbuf_size
+        cq_buf *pbuf_ring
 
     enum:
         CQ_IORING_SETUP_SUBMIT_ALL
@@ -45,6 +52,12 @@ cdef extern from "cquring.h" nogil:
         CQ_IOSQE_CQE_SKIP_SUCCESS
         CQ_IORING_POLL_ADD_MULTI
         CQ_IORING_CQE_F_MORE
+        CQ_IORING_CQE_F_BUFFER
+        CQ_IORING_CQE_BUFFER_SHIFT
+        CQ_IORING_OP_RECV
+        CQ_IORING_OP_ASYNC_CANCEL
+        CQ_IORING_RECV_MULTISHOT
+        CQ_IOSQE_BUFFER_SELECT
 
     void cq_ring_clear(cq_ring *ring)
     void cq_ring_close(cq_ring *ring)
@@ -61,3 +74,7 @@ cdef extern from "cquring.h" nogil:
     int cq_ring_get_events(cq_ring *ring)
     int cq_ring_probe(cq_ring *ring, cq_probe *probe)
     int cq_probe_supports(cq_probe *probe, unsigned op)
+    int cq_pbuf_setup(cq_ring *ring, unsigned entries, unsigned size, uint16_t group)
+    char *cq_pbuf_buffer(cq_ring *ring, unsigned bid)
+    void cq_pbuf_recycle(cq_ring *ring, unsigned bid)
+    void cq_pbuf_publish(cq_ring *ring)

@@ -1,0 +1,3 @@
+from cqloop._core.watchers import FdWatcher
+
+class RingReader(FdWatcher): ...
