@@ -92,10 +92,17 @@ run_one() {  # name src venv loop
         uvicorn) args=(-n 2) ;;
     esac
     echo "== $name on $loop (log $log)"
+    # A run that ends before its report (the plugin failing to import, say) must not leave
+    # the last run's report to be compared.
+    rm -f "$xml" "$log"
     (cd "$src" && CQLOOP_SUITE_LOOP="$loop" PYTHONPATH="$TOOLS" \
         "$venv/bin/pytest" -p suite_loop_plugin -p no:cacheprovider -q "${args[@]}" \
         --junitxml="$xml" "${EXTRA[@]}" > "$log" 2>&1) || true
     tail -n 1 "$log"
+    if ! grep -q "<testcase" "$xml" 2>/dev/null; then
+        echo "$name on $loop ran no test (see $log)" >&2
+        return 1
+    fi
 }
 
 compare() {  # name venv: tests failing on one loop only, the accepted ones marked
@@ -133,10 +140,10 @@ status=0
 for name in aiohttp uvicorn; do
     [ -n "${SRC[$name]:-}" ] || continue
     [ -z "$ONLY" ] || [ "$ONLY" = "$name" ] || continue
-    venv="$(make_venv "$name")"
+    venv="$(make_venv "$name")" || exit 1
     "setup_$name" "${SRC[$name]}" "$venv"
     for loop in $LOOPS; do
-        run_one "$name" "${SRC[$name]}" "$venv" "$loop"
+        run_one "$name" "${SRC[$name]}" "$venv" "$loop" || exit 1
     done
     if [ -f "$WORK/$name-asyncio.xml" ] && [ -f "$WORK/$name-cqloop.xml" ]; then
         compare "$name" "$venv" || status=1
