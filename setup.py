@@ -22,6 +22,7 @@ CORE_MODULES = [
     "fdtable",
     "loopfd",
     "kernel",
+    "contexts",
     "ringread",
     "stream",
     "transportmethods",

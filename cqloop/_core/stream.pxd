@@ -7,10 +7,6 @@ from cqloop._core.kernel cimport Kernel
 from cqloop._core.ringread cimport RingReader
 
 
-# callback(*args) in `context`, entering nothing if it is current (see stream.pyx).
-cdef object call_in_context(object context, object callback, tuple args)
-
-
 cdef class StreamTransport(RingReader):
     # -- who we serve -----------------------------------------------------------------
     cdef readonly Kernel _loop

@@ -35,7 +35,7 @@ from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.memoryview cimport PyMemoryView_FromMemory
 
-from cqloop._core.stream cimport call_in_context
+from cqloop._core.contexts cimport call_in_context
 
 logger = logging.getLogger("asyncio")
 

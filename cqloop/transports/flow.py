@@ -25,7 +25,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from cqloop._core.stream import run_in_context, water_marks
+from cqloop._core.contexts import run_in_context
+from cqloop._core.stream import water_marks
 
 __all__ = [
     "CallbackContext",

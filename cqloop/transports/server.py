@@ -36,7 +36,7 @@ from asyncio import constants, trsock
 from typing import TYPE_CHECKING, Any
 
 from cqloop._core.acceptor import Acceptor
-from cqloop._core.stream import run_in_context
+from cqloop._core.contexts import run_in_context
 from cqloop.transports.socket_transport import SocketTransport
 from cqloop.transports.sockutil import raw_family_and_type, remove_unix_socket_file
 from cqloop.transports.tls import SSLProtocol
