@@ -234,6 +234,12 @@ async def test_a_server_closed_by_its_protocol_factory_mid_batch_accepts_no_more
     # the closed listening socket's fd (which a new file may already have been given).
     loop = asyncio.get_running_loop()
     skip_where_uvloop_differs(loop, "it reports an AssertionError from its accept path")
+    if not is_cqloop(loop):
+        # asyncio's Server wakes its closers when close() finds no connection, and again
+        # when a connection accepted after that detaches: the second wake-up iterates
+        # None (TypeError in Server._wakeup, from the transport's close or, on 3.13, its
+        # __del__). asyncio cannot run this scenario cleanly.
+        pytest.skip("asyncio's Server._wakeup fails when a connection detaches after close()")
     reports: list[dict[str, Any]] = []
     loop.set_exception_handler(lambda _loop, context: reports.append(context))
     server_box: list[asyncio.AbstractServer] = []
