@@ -43,7 +43,7 @@ import socket as _socket
 from typing import Any, NoReturn
 
 from cqloop._core.cqsock import _Handled, _to_bytes
-from cqloop._cqcommon import _io_error, _oserror
+from cqloop._cqcommon import _io_error, _operation, _oserror
 from cqloop._cqsocket import Socket
 
 
@@ -59,14 +59,12 @@ class DatagramSocket(Socket):
 
     # -- reading ----------------------------------------------------------------------
 
+    @_operation
     async def read(self, *formats: str | int) -> Any:
         """As a stream socket's read(): each format in turn, each within the datagram
         in the buffer (the compiled fast path is a stream's, so this is the general
         one)."""
-        try:
-            return await self._read_formats(formats or ("*l",))
-        except _Handled as handled:
-            return handled.value
+        return await self._read_formats(formats or ("*l",))
 
     async def _read1(
         self, fmt: str | int, mode: str | None, deadline: float | None, op: str
@@ -113,6 +111,11 @@ class DatagramSocket(Socket):
         if marked:
             ibuf.feed_eof()
 
+    def _events_after_fill(self, fmt: object) -> None:
+        # A datagram ends every fill (cqueues' lso_fill stops at the message's end): a read
+        # that brought one waits for nothing more.
+        self._events = ""
+
     def _end_of_message(self) -> None:
         # The read that empties the buffer clears the mark (cqueues' lso_recv3 does it
         # at the end of every read), so the next read takes the next datagram.
@@ -155,14 +158,12 @@ class DatagramSocket(Socket):
 
     # -- writing ----------------------------------------------------------------------
 
+    @_operation
     async def write(self, *data: bytes | bytearray | memoryview | str) -> Any:
         """As a stream socket's write(); what each flush decision makes due goes as one
         datagram."""
-        try:
-            await self._write_pieces(data)
-            return self
-        except _Handled as handled:
-            return handled.value
+        await self._write_pieces(data)
+        return self
 
     async def _write_pieces(self, data: tuple[bytes | bytearray | memoryview | str, ...]) -> None:
         """All pieces into the output buffer, then one flush decision in the socket's

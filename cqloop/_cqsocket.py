@@ -315,6 +315,7 @@ class Socket(SocketSetup, SocketTLS, SocketCore):
             if self._ibuf.at_eof or self._eof_in:
                 return False
             await self._fill_once(deadline, "fill")
+            self._events_after_fill(None)
         return True
 
     def unget(self, data: bytes | str) -> None:
@@ -342,6 +343,7 @@ class Socket(SocketSetup, SocketTLS, SocketCore):
                 if not self._fill_nowait("recv"):
                     self._events = "r"
                     raise BlockingIOError(errno.EAGAIN, "socket:recv: would block")
+                self._events_after_fill(format)
         finally:
             self._restore_input_mode(saved)
 
@@ -363,8 +365,7 @@ class Socket(SocketSetup, SocketTLS, SocketCore):
                 if value is not NEED_MORE:
                     return value
                 await self._fill_once(deadline, op)
-                if not self._eof_in and _fills_to_maxline(fmt):
-                    self._events = "r"
+                self._events_after_fill(fmt)
         finally:
             self._restore_input_mode(saved)
 
@@ -407,6 +408,13 @@ class Socket(SocketSetup, SocketTLS, SocketCore):
             else:
                 self._recv_error = error
         return True
+
+    def _events_after_fill(self, fmt: str | int | None) -> None:
+        """What cqueues' events() says once a read's fill brought input (cqueues retries
+        an operation after each wait, starting with no events): a line or header read of a
+        stream fills to maxline, which ends on EAGAIN ("r"); any other fill stops once the
+        format has its bytes (""). The compiled read does the same in line."""
+        self._events = "r" if not self._eof_in and _fills_to_maxline(fmt) else ""
 
     def _check_recv_error(self, op: str) -> None:
         error = self._recv_error
@@ -649,6 +657,7 @@ class Socket(SocketSetup, SocketTLS, SocketCore):
                     return self._raise("unpack", _oserror(errno.EPIPE, "unpack: end of input"))
                 return value
             await self._fill_once(deadline, "unpack")
+            self._events_after_fill(None)
 
     # -- descriptor passing and names ------------------------------------------------------
 

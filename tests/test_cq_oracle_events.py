@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 from tests.cqoracle import EOF, SIGNAL, Call, Expect, SocketCase, WaitPeer, check, params
+from tests.cqoracle.dgram import Datagrams, DgramCase
 from tests.cqoracle.tls import STARTTLS, CloseNotify, StartTLS, TLSSocketCase
 
 
@@ -43,6 +44,22 @@ PLAIN_CASES = [
             _events("read of d"),
             Call("write", "bye\n", ok=True),
             Call("read", "*l", label="read at EOF"),
+        ],
+    ),
+    SocketCase(
+        "events_after_reads_that_waited",
+        [Expect(b"go"), b"abcd", Expect(b"more"), b"ef\n", Expect(b"last"), b"gh", EOF],
+        [
+            Call("write", "go\n", ok=True),
+            Call("read", 4, label="read of 4 that waited"),
+            _events("a read of 4 that waited"),
+            Call("write", "more\n", ok=True),
+            Call("read", "*l", label="line read that waited"),
+            _events("a line read that waited"),
+            Call("write", "last\n", ok=True),
+            Call("fill", 2, label="fill that waited"),
+            _events("a fill that waited"),
+            Call("read", "*a"),
         ],
     ),
     SocketCase(
@@ -89,6 +106,31 @@ TLS_CASES = [
         ],
     ),
 ]
+
+
+DGRAM_CASES = [
+    DgramCase(
+        "datagram_events_follow_each_operation",
+        [Datagrams(1), b"one", b"two", SIGNAL],
+        [
+            _events("the hello"),
+            Call("recv", "*a", label="recv before data"),
+            _events("recv that found nothing"),
+            Call("write", "go", ok=True),
+            Call("flush", ok=True),
+            Call("read", "*a", label="read that waited"),
+            _events("read that waited"),
+            WaitPeer(),
+            Call("read", "*a", label="read of a queued datagram"),
+            _events("read of a queued datagram"),
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize("case", params(DGRAM_CASES))
+async def test_datagram_events_match_cqueues(case: DgramCase) -> None:
+    await check(case)
 
 
 @pytest.mark.parametrize("case", params(PLAIN_CASES))

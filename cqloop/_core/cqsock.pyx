@@ -154,6 +154,7 @@ cdef class SocketCore:
         cdef bint waited = False
         if not formats:
             formats = ("*l",)
+        self._events = ""  # every operation starts with none (see _cqcommon._operation)
         try:
             if len(formats) != 1 or self._state is not _READY or self._rerror is not None:
                 return await self._read_formats(formats)
@@ -165,7 +166,6 @@ cdef class SocketCore:
             ibuf = self._ibuf
             deadline = None
             self._input_fresh = False
-            self._events = ""  # every operation starts with none (see _cqcommon._operation)
             while True:
                 if line:
                     value = ibuf._line(False, ibuf.text)
@@ -178,8 +178,7 @@ cdef class SocketCore:
                     return value
                 if self._receiving is None and self._receive():
                     self._check_recv_error("read")
-                    if not self._eof_in and _fills_to_maxline(fmt):
-                        self._events = "r"
+                    self._events = "r" if not self._eof_in and _fills_to_maxline(fmt) else ""
                     continue
                 if not waited:
                     if self._timeout is not None:
@@ -214,6 +213,8 @@ cdef class SocketCore:
                     await self._wait_input(deadline, "read")
                 if self._recv_error is not None:
                     self._check_recv_error("read")
+                # (Socket._events_after_fill, for a stream.)
+                self._events = "r" if not self._eof_in and _fills_to_maxline(fmt) else ""
         except _Handled as handled:
             return handled.value
 
